@@ -1,0 +1,113 @@
+//! Azure errors, each carrying the retry decision the engine acts on.
+
+use std::time::Duration;
+
+/// What the caller should do about a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Retrying cannot help until someone changes the spec or Azure (permissions, names, limits).
+    WaitForChange,
+    /// Throttled: wait at least this long (ARM's `Retry-After`).
+    After(Duration),
+    /// Transient: retry with capped exponential backoff and jitter.
+    Backoff,
+}
+
+/// A bounded classification, used for metrics labels, event reasons and status reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AzureErrorKind {
+    /// 404 for the thing asked about (Graph `Request_ResourceNotFound`, ARM 404).
+    NotFound,
+    /// A group display name matched several groups.
+    Ambiguous,
+    /// ARM `PrincipalNotFound` or a Graph 404 for an object that may still be replicating.
+    PrincipalNotFound,
+    /// ARM `UnmatchedPrincipalType`: the principalType sent does not match the directory object.
+    UnmatchedPrincipalType,
+    /// ARM `RoleAssignmentUpdateNotPermitted`: the name is taken by another principal or scope.
+    UpdateNotPermitted,
+    /// 403 `AuthorizationFailed` (ARM) or `Authorization_RequestDenied` (Graph).
+    AuthorizationFailed,
+    /// 401: the token was refused.
+    Unauthorized,
+    /// `RoleAssignmentLimitExceeded`: 4,000 assignments per subscription.
+    LimitExceeded,
+    /// `ScopeLocked`: a lock forbids deleting at this scope.
+    ScopeLocked,
+    /// 429.
+    Throttled,
+    /// 5xx, connection errors, timeouts.
+    Transient,
+    /// No token could be had from the credential.
+    Credential,
+    /// Any other 4xx: the request itself is wrong.
+    BadRequest,
+}
+
+impl AzureErrorKind {
+    /// A stable CamelCase name for metrics labels and status reasons.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AzureErrorKind::NotFound => "NotFound",
+            AzureErrorKind::Ambiguous => "Ambiguous",
+            AzureErrorKind::PrincipalNotFound => "PrincipalNotFound",
+            AzureErrorKind::UnmatchedPrincipalType => "UnmatchedPrincipalType",
+            AzureErrorKind::UpdateNotPermitted => "UpdateNotPermitted",
+            AzureErrorKind::AuthorizationFailed => "AuthorizationFailed",
+            AzureErrorKind::Unauthorized => "Unauthorized",
+            AzureErrorKind::LimitExceeded => "LimitExceeded",
+            AzureErrorKind::ScopeLocked => "ScopeLocked",
+            AzureErrorKind::Throttled => "Throttled",
+            AzureErrorKind::Transient => "Transient",
+            AzureErrorKind::Credential => "CredentialUnavailable",
+            AzureErrorKind::BadRequest => "BadRequest",
+        }
+    }
+}
+
+/// A failed Azure call. The message names the object and, where an admin must act, what to do; it
+/// never contains a token or an Authorization header.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct AzureError {
+    pub kind: AzureErrorKind,
+    pub message: String,
+    /// ARM's `x-ms-request-id` (or Graph's `request-id`), for support tickets.
+    pub request_id: Option<String>,
+    /// `Retry-After` when the service sent one.
+    pub retry_after: Option<Duration>,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl AzureError {
+    pub fn new(kind: AzureErrorKind, message: impl Into<String>) -> AzureError {
+        AzureError {
+            kind,
+            message: message.into(),
+            request_id: None,
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    pub fn retry(&self) -> RetryDecision {
+        match self.kind {
+            AzureErrorKind::Throttled => {
+                RetryDecision::After(self.retry_after.unwrap_or(Duration::from_secs(10)))
+            }
+            AzureErrorKind::Transient
+            | AzureErrorKind::Credential
+            | AzureErrorKind::Unauthorized
+            | AzureErrorKind::PrincipalNotFound => RetryDecision::Backoff,
+            AzureErrorKind::NotFound
+            | AzureErrorKind::Ambiguous
+            | AzureErrorKind::UnmatchedPrincipalType
+            | AzureErrorKind::UpdateNotPermitted
+            | AzureErrorKind::AuthorizationFailed
+            | AzureErrorKind::LimitExceeded
+            | AzureErrorKind::ScopeLocked
+            | AzureErrorKind::BadRequest => RetryDecision::WaitForChange,
+        }
+    }
+}

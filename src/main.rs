@@ -1,0 +1,12 @@
+use clap::Parser;
+use keyless::cli::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", keyless::api::crds_yaml()?);
+        }
+    }
+    Ok(())
+}
