@@ -1,7 +1,8 @@
 use clap::Parser;
 use keyless::cli::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {
