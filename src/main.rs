@@ -5,9 +5,17 @@ use keyless::cli::{Cli, Command};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd => {
-            print!("{}", keyless::api::crds_yaml()?);
-        }
+        Command::Crd(args) => match args.output_dir {
+            None => print!("{}", keyless::api::crds_yaml()?),
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                for crd in keyless::api::crds() {
+                    let path = dir.join(keyless::api::crd_file_name(&crd));
+                    std::fs::write(&path, keyless::api::crd_yaml(&crd)?)?;
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+        },
     }
     Ok(())
 }

@@ -30,7 +30,10 @@ pub enum Deleted {
 #[async_trait]
 pub trait RoleAssignments: Send + Sync {
     /// One `atScope()` LIST (every page), filtered in code to exactly this scope.
-    async fn observe_scope(&self, scope: &AccountScope) -> Result<Vec<ObservedAssignment>, AzureError>;
+    async fn observe_scope(
+        &self,
+        scope: &AccountScope,
+    ) -> Result<Vec<ObservedAssignment>, AzureError>;
     /// A PUT with the planner's name, always sending `principalType` and the ownership marker.
     async fn create_assignment(&self, assignment: &NewAssignment) -> Result<Created, AzureError>;
     /// DELETE by full assignment id; 204 (already gone) is success.
@@ -78,8 +81,14 @@ pub trait ManagedIdentities: Send + Sync {
     /// `Ok(None)` on 404.
     async fn get_identity(&self, resource_id: &str) -> Result<Option<ManagedIdentity>, AzureError>;
     /// Finds the identity with this client id in the configured subscriptions (cached).
-    async fn find_identity_by_client_id(&self, client_id: &str) -> Result<Option<ManagedIdentity>, AzureError>;
-    async fn federated_credentials(&self, identity_resource_id: &str) -> Result<Vec<FederatedCredential>, AzureError>;
+    async fn find_identity_by_client_id(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<ManagedIdentity>, AzureError>;
+    async fn federated_credentials(
+        &self,
+        identity_resource_id: &str,
+    ) -> Result<Vec<FederatedCredential>, AzureError>;
 }
 
 /// A directory object resolved through Microsoft Graph.
@@ -95,7 +104,13 @@ pub struct DirectoryObject {
 #[async_trait]
 pub trait Directory: Send + Sync {
     async fn user_by_upn(&self, user_principal_name: &str) -> Result<DirectoryObject, AzureError>;
-    async fn group_by_display_name(&self, display_name: &str) -> Result<DirectoryObject, AzureError>;
-    async fn service_principal_by_app_id(&self, app_id: &str) -> Result<DirectoryObject, AzureError>;
+    async fn group_by_display_name(
+        &self,
+        display_name: &str,
+    ) -> Result<DirectoryObject, AzureError>;
+    async fn service_principal_by_app_id(
+        &self,
+        app_id: &str,
+    ) -> Result<DirectoryObject, AzureError>;
     async fn object_by_id(&self, object_id: &str) -> Result<DirectoryObject, AzureError>;
 }
