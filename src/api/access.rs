@@ -1,5 +1,8 @@
 //! `OpenAIAccess`: a team's request for access to a registered account, for a list of principals.
 
+// kube-derive's printcolumn(...) repeats `type_ = ...`, which clippy mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use super::account::PrincipalKind;
 use super::common::{Condition, DeletionPolicy, Time, not_nullable, patterns};
 use super::roles::RoleName;

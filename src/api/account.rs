@@ -1,6 +1,9 @@
 //! `OpenAIAccount`: a platform team registers one Azure OpenAI / AI Services account, and says which
 //! namespaces may request which roles on it for which kinds of principal.
 
+// kube-derive's printcolumn(...) repeats `type_ = ...`, which clippy mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use super::common::{Condition, DeletionPolicy, LabelSelector, not_nullable, patterns};
 use super::roles::RoleName;
 use kube::{CustomResource, KubeSchema};
