@@ -10,4 +10,5 @@
 pub mod api;
 pub mod azure;
 pub mod cli;
+pub mod engine;
 pub mod plan;

@@ -225,9 +225,8 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 .as_ref()
                 .and_then(|s| s.principals.iter().find(|p| p.principal == label));
             let previous_oid = previous.and_then(|p| p.object_id.as_deref()).map(lower);
-            let prior_oid = previous_oid.clone();
             let resolution = access.resolutions.get(index);
-            let mut intent = match (reference, resolution) {
+            let intent = match (reference, resolution) {
                 (None, _) => PrincipalIntent::invalid(label, index),
                 (Some(_), None) => PrincipalIntent::unresolved(
                     label,
@@ -303,7 +302,6 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     }
                 }
             };
-            intent.prior_oid = prior_oid;
             match &intent.grant {
                 Some((oid, principal_type)) if live => {
                     let entry = desired
@@ -412,19 +410,22 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 deferred_deletes += 1;
                 continue;
             }
+            // An object that declared this grant in its last status and now declares another
+            // principal: its new grant must exist before the old one goes.
             let after_creates_of = input
                 .accesses
                 .iter()
-                .zip(&intents)
-                .filter(|(access, _)| !access.being_deleted)
-                .filter(|(access, principal_intents)| {
-                    access.spec.role == *role
-                        && principal_intents.iter().any(|i| {
-                            i.prior_oid.as_deref() == Some(oid.as_str())
-                                && i.grant.as_ref().is_some_and(|(g, _)| g != oid)
+                .filter(|access| !access.being_deleted && access.spec.role == *role)
+                .filter(|access| {
+                    access.previous.as_ref().is_some_and(|s| {
+                        s.principals.iter().any(|p| {
+                            p.object_id
+                                .as_deref()
+                                .is_some_and(|o| o.eq_ignore_ascii_case(oid))
                         })
+                    })
                 })
-                .map(|(access, _)| access.key.clone())
+                .map(|access| access.key.clone())
                 .collect();
             deletes.push(Write::Delete {
                 assignment: (*assignment).clone(),
@@ -761,8 +762,6 @@ struct PrincipalIntent {
     grant: Option<(String, PrincipalType)>,
     /// The object id the previous pass knew, or the one resolved now.
     previous_oid: Option<String>,
-    /// The object id the previous pass's status recorded, if any.
-    prior_oid: Option<String>,
     unresolved: bool,
     denial_reason: Option<&'static str>,
 }
@@ -796,7 +795,6 @@ impl PrincipalIntent {
             status,
             grant: None,
             previous_oid: None,
-            prior_oid: None,
             unresolved: false,
             denial_reason: None,
         }
@@ -821,7 +819,6 @@ impl PrincipalIntent {
             status,
             grant: None,
             previous_oid,
-            prior_oid: None,
             unresolved: true,
             denial_reason: None,
         }
@@ -840,7 +837,6 @@ impl PrincipalIntent {
             status,
             grant: None,
             previous_oid: object_id,
-            prior_oid: None,
             unresolved: false,
             denial_reason: Some(static_reason(&reason)),
         }
@@ -860,7 +856,6 @@ impl PrincipalIntent {
             status,
             grant: Some((object_id.clone(), principal_type)),
             previous_oid: Some(object_id),
-            prior_oid: None,
             unresolved: false,
             denial_reason: None,
         }
