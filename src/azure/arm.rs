@@ -534,7 +534,17 @@ impl RoleAssignments for ArmClient {
         )?;
         let items: Vec<RoleAssignmentResource> = self
             .list_all(url, "list_role_assignments", scope.subscription_id(), &what)
-            .await?;
+            .await
+            .map_err(|mut error| {
+                if error.kind == AzureErrorKind::AuthorizationFailed {
+                    error.message = format!(
+                        "{}. keyless's identity needs Microsoft.Authorization/roleAssignments/read at the account; {}",
+                        error.message,
+                        role_assignment_guidance(None)
+                    );
+                }
+                error
+            })?;
         // atScope() also returns assignments above the scope (resource group, subscription, ...):
         // only those exactly at the account are the planner's to manage.
         Ok(items

@@ -11,6 +11,7 @@ use super::http::{ApiClient, Call, Reply, set_query};
 use super::{Directory, DirectoryObject};
 use crate::plan::PrincipalType;
 use async_trait::async_trait;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use url::Url;
@@ -180,18 +181,82 @@ impl GraphClient {
     }
 }
 
+// A path segment: everything but RFC 3986 unreserved characters and '@' is percent-encoded, so a
+// name can add no segment, query or fragment.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'@');
+
+/// The path of a user addressed by UPN. Graph reads a segment starting with `$` as a system query
+/// option, so such a UPN is addressed as a key literal, `users('$x@y')` (facts §B).
+fn user_path(user_principal_name: &str) -> String {
+    if user_principal_name.starts_with('$') {
+        let literal = odata_string(user_principal_name);
+        format!(
+            "v1.0/users({})",
+            utf8_percent_encode(&literal, PATH_SEGMENT)
+        )
+    } else {
+        format!(
+            "v1.0/users/{}",
+            utf8_percent_encode(user_principal_name, PATH_SEGMENT)
+        )
+    }
+}
+
+impl GraphClient {
+    /// A GET of one object by key: 404 is `not_found`'s kind, naming what was asked.
+    async fn get_one(
+        &self,
+        path: &str,
+        select: &str,
+        lookup: Lookup,
+        what: &str,
+        operation: &'static str,
+        not_found: AzureErrorKind,
+    ) -> Result<GraphObject, AzureError> {
+        let url = self.url(path, &[("$select", select)])?;
+        let reply = self.get(url, operation).await?;
+        match reply.status {
+            StatusCode::OK => reply.json(what),
+            StatusCode::NOT_FOUND => {
+                let mut error = self.failure(&reply, what, lookup);
+                error.kind = not_found;
+                Err(error)
+            }
+            _ => Err(self.failure(&reply, what, lookup)),
+        }
+    }
+}
+
 #[async_trait]
 impl Directory for GraphClient {
     async fn user_by_upn(&self, user_principal_name: &str) -> Result<DirectoryObject, AzureError> {
-        self.find_one(
-            "users",
-            format!("userPrincipalName eq {}", odata_string(user_principal_name)),
-            PrincipalType::User,
-            Lookup::User,
-            format!("resolve user {user_principal_name:?}"),
-            "find_user",
-        )
-        .await
+        let what = format!("resolve user {user_principal_name:?}");
+        if !user_principal_name.contains('@') {
+            return Err(AzureError::new(
+                AzureErrorKind::BadRequest,
+                format!("{what}: a user principal name has the form name@domain"),
+            ));
+        }
+        let user = self
+            .get_one(
+                &user_path(user_principal_name),
+                "id,displayName,userPrincipalName",
+                Lookup::User,
+                &what,
+                "get_user",
+                AzureErrorKind::NotFound,
+            )
+            .await?;
+        Ok(DirectoryObject {
+            id: user.id,
+            principal_type: PrincipalType::User,
+            display_name: user.display_name,
+        })
     }
 
     async fn group_by_display_name(
@@ -214,21 +279,32 @@ impl Directory for GraphClient {
         app_id: &str,
     ) -> Result<DirectoryObject, AzureError> {
         let what = format!("resolve the service principal of application {app_id:?}");
-        if uuid::Uuid::try_parse(app_id).is_err() {
+        let Ok(app_id) = uuid::Uuid::try_parse(app_id) else {
             return Err(AzureError::new(
                 AzureErrorKind::BadRequest,
                 format!("{what}: an application (client) id is a GUID"),
             ));
-        }
-        self.find_one(
-            "servicePrincipals",
-            format!("appId eq {}", odata_string(app_id)),
-            PrincipalType::ServicePrincipal,
-            Lookup::ServicePrincipal,
-            what,
-            "find_service_principal",
-        )
-        .await
+        };
+        // An app id comes from an app registration that exists somewhere: when Graph does not know
+        // its service principal (yet), it is most likely still replicating.
+        let principal = self
+            .get_one(
+                &format!(
+                    "v1.0/servicePrincipals(appId={})",
+                    odata_string(&app_id.to_string())
+                ),
+                "id,appId,displayName",
+                Lookup::ServicePrincipal,
+                &what,
+                "get_service_principal",
+                AzureErrorKind::PrincipalNotFound,
+            )
+            .await?;
+        Ok(DirectoryObject {
+            id: principal.id,
+            principal_type: PrincipalType::ServicePrincipal,
+            display_name: principal.display_name,
+        })
     }
 
     async fn object_by_id(&self, object_id: &str) -> Result<DirectoryObject, AzureError> {
@@ -239,38 +315,35 @@ impl Directory for GraphClient {
                 format!("{what}: an object id is a GUID"),
             ));
         };
-        let url = self.url(&format!("v1.0/directoryObjects/{id}"), &[])?;
-        let reply = self.get(url, "get_directory_object").await?;
-        match reply.status {
-            StatusCode::OK => {
-                let object: GraphObject = reply.json(&what)?;
-                let Some(principal_type) = principal_type_of(object.odata_type.as_deref()) else {
-                    return Err(AzureError::new(
-                        AzureErrorKind::BadRequest,
-                        format!(
-                            "{what}: it is a {}, not a user, group or service principal",
-                            object
-                                .odata_type
-                                .as_deref()
-                                .unwrap_or("directory object of unknown type")
-                        ),
-                    ));
-                };
-                Ok(DirectoryObject {
-                    id: object.id,
-                    principal_type,
-                    display_name: object.display_name,
-                })
-            }
-            // An object id comes from something that exists somewhere: when Graph does not know it
-            // (yet), it is most likely still replicating. The engine keeps the deadline.
-            StatusCode::NOT_FOUND => {
-                let mut error = self.failure(&reply, &what, Lookup::Object);
-                error.kind = AzureErrorKind::PrincipalNotFound;
-                Err(error)
-            }
-            _ => Err(self.failure(&reply, &what, Lookup::Object)),
-        }
+        // An object id comes from something that exists somewhere: when Graph does not know it
+        // (yet), it is most likely still replicating. The engine keeps the deadline.
+        let object = self
+            .get_one(
+                &format!("v1.0/directoryObjects/{id}"),
+                "id,displayName",
+                Lookup::Object,
+                &what,
+                "get_directory_object",
+                AzureErrorKind::PrincipalNotFound,
+            )
+            .await?;
+        let Some(principal_type) = principal_type_of(object.odata_type.as_deref()) else {
+            return Err(AzureError::new(
+                AzureErrorKind::BadRequest,
+                format!(
+                    "{what}: it is a {}, not a user, group or service principal",
+                    object
+                        .odata_type
+                        .as_deref()
+                        .unwrap_or("directory object of unknown type")
+                ),
+            ));
+        };
+        Ok(DirectoryObject {
+            id: object.id,
+            principal_type,
+            display_name: object.display_name,
+        })
     }
 }
 
@@ -314,6 +387,17 @@ mod tests {
             assert_eq!(value, hostile);
             assert_eq!(rest, "", "nothing after the literal for {hostile:?}");
         }
+    }
+
+    #[test]
+    fn upns_become_one_path_segment_and_dollar_upns_a_key_literal() {
+        assert_eq!(user_path("ada@contoso.com"), "v1.0/users/ada@contoso.com");
+        assert_eq!(
+            user_path("guest_example.com#EXT#@contoso.onmicrosoft.com"),
+            "v1.0/users/guest_example.com%23EXT%23@contoso.onmicrosoft.com"
+        );
+        assert_eq!(user_path("a/../b?x=1@c"), "v1.0/users/a%2F..%2Fb%3Fx%3D1@c");
+        assert_eq!(user_path("$o'k@c"), "v1.0/users(%27%24o%27%27k@c%27)");
     }
 
     #[test]
