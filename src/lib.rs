@@ -8,6 +8,6 @@
 //! - [`azure`]: ARM, Graph and Entra behind traits of domain verbs.
 
 pub mod api;
-pub mod cli;
 pub mod azure;
+pub mod cli;
 pub mod plan;
