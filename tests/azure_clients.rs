@@ -492,3 +492,337 @@ async fn stub_errors_never_show_the_token() {
         .await;
     assert_eq!(deleted.unwrap_err().kind, AzureErrorKind::BadRequest);
 }
+
+fn new_assignment(role: RoleName) -> NewAssignment {
+    NewAssignment {
+        scope: scope(),
+        name: uuid::Uuid::parse_str("99999999-9999-4999-8999-999999999999").unwrap(),
+        principal_id: "aaaaaaaa-0000-0000-0000-000000000001".into(),
+        principal_type: PrincipalType::User,
+        role,
+        description: "managed-by: keyless/ns/name".into(),
+    }
+}
+
+#[tokio::test]
+async fn stub_each_arm_error_code_becomes_its_kind_with_its_retry_decision() {
+    let cases: [(u16, &str, AzureErrorKind, RetryDecision); 6] = [
+        (
+            400,
+            "PrincipalNotFound",
+            AzureErrorKind::PrincipalNotFound,
+            RetryDecision::Backoff,
+        ),
+        (
+            404,
+            "PrincipalNotFound",
+            AzureErrorKind::PrincipalNotFound,
+            RetryDecision::Backoff,
+        ),
+        (
+            400,
+            "UnmatchedPrincipalType",
+            AzureErrorKind::UnmatchedPrincipalType,
+            RetryDecision::WaitForChange,
+        ),
+        (
+            400,
+            "RoleAssignmentUpdateNotPermitted",
+            AzureErrorKind::UpdateNotPermitted,
+            RetryDecision::WaitForChange,
+        ),
+        (
+            400,
+            "RoleAssignmentLimitExceeded",
+            AzureErrorKind::LimitExceeded,
+            RetryDecision::WaitForChange,
+        ),
+        (
+            403,
+            "AuthorizationFailed",
+            AzureErrorKind::AuthorizationFailed,
+            RetryDecision::WaitForChange,
+        ),
+    ];
+    for (status, code, kind, decision) in cases {
+        let stub = stub::start(move |_, _| {
+            answer(
+                status,
+                format!(r#"{{"error":{{"code":"{code}","message":"ARM says {code}"}}}}"#),
+            )
+        })
+        .await;
+        let err = clients(&stub)
+            .role_assignments
+            .create_assignment(&new_assignment(RoleName::OpenAIUser))
+            .await
+            .unwrap_err();
+        assert_eq!((err.kind, err.retry()), (kind, decision), "{code}: {err}");
+        assert!(err.message.contains(&format!("ARM says {code}")), "{err}");
+        assert_eq!(err.request_id.as_deref(), Some("req-0"));
+        assert_eq!(
+            stub.seen().len(),
+            1,
+            "{code} is not retried inside the call"
+        );
+    }
+}
+
+#[tokio::test]
+async fn stub_a_403_on_assignment_tells_the_admin_which_role_and_condition_keyless_needs() {
+    let stub = stub::start(|_, _| {
+        answer(403, r#"{"error":{"code":"AuthorizationFailed","message":"The client 'x' with object id 'x' does not have authorization or an ABAC condition not fulfilled to perform action 'Microsoft.Authorization/roleAssignments/write'"}}"#)
+    })
+    .await;
+    let err = clients(&stub)
+        .role_assignments
+        .create_assignment(&new_assignment(RoleName::OpenAIContributor))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .contains("Role Based Access Control Administrator"),
+        "{err}"
+    );
+    assert!(
+        err.message
+            .contains(&keyless::api::roles::delegation_condition(&RoleName::ALL)),
+        "{err}"
+    );
+    assert!(
+        err.message
+            .contains("Cognitive Services OpenAI Contributor"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn stub_a_409_without_the_id_falls_back_to_the_principals_assignments_at_this_scope_and_role()
+{
+    let account = scope().to_string();
+    let stub = stub::start(move |seen, _| {
+        if seen.method == "PUT" {
+            return answer(409, r#"{"error":{"code":"RoleAssignmentExists","message":"The role assignment already exists."}}"#);
+        }
+        let principal = "aaaaaaaa-0000-0000-0000-000000000001";
+        answer(
+            200,
+            serde_json::json!({ "value": [
+                // Same principal, another role: not the one.
+                assignment_json(&account, "11111111-1111-1111-1111-111111111111", principal, RoleName::CognitiveServicesUser.definition_guid()),
+                // Same principal and role at the subscription: not at this scope.
+                assignment_json(&format!("/subscriptions/{SUB}"), "22222222-2222-2222-2222-222222222222", principal, RoleName::OpenAIUser.definition_guid()),
+                assignment_json(&account, "33333333-3333-3333-3333-333333333333", principal, RoleName::OpenAIUser.definition_guid()),
+            ]})
+            .to_string(),
+        )
+    })
+    .await;
+    let created = clients(&stub)
+        .role_assignments
+        .create_assignment(&new_assignment(RoleName::OpenAIUser))
+        .await
+        .unwrap();
+    let Created::AlreadyExists(adopted) = created else {
+        panic!("{created:?}")
+    };
+    assert_eq!(adopted.name, "33333333-3333-3333-3333-333333333333");
+    let seen = stub.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[1]
+            .target
+            .ends_with("roleAssignments?api-version=2022-04-01&$filter=principalId%20eq%20%27aaaaaaaa-0000-0000-0000-000000000001%27"),
+        "{}",
+        seen[1].target
+    );
+}
+
+#[tokio::test]
+async fn stub_delete_treats_200_as_deleted_204_as_gone_and_scope_locked_as_its_own_kind() {
+    let id = format!(
+        "{}/providers/Microsoft.Authorization/roleAssignments/2f826ae1-1728-4c63-bbb7-a8a150a5a52d",
+        scope()
+    );
+    let stub = stub::start(|_, index| match index {
+        0 => answer(200, "{}"),
+        1 => answer(204, ""),
+        _ => answer(409, r#"{"error":{"code":"ScopeLocked","message":"The scope cannot perform delete operation because following scope(s) are locked"}}"#),
+    })
+    .await;
+    let clients = clients(&stub);
+    assert_eq!(
+        clients
+            .role_assignments
+            .delete_assignment(&id)
+            .await
+            .unwrap(),
+        keyless::azure::Deleted::Deleted
+    );
+    assert_eq!(
+        clients
+            .role_assignments
+            .delete_assignment(&id)
+            .await
+            .unwrap(),
+        keyless::azure::Deleted::AlreadyGone
+    );
+    let locked = clients
+        .role_assignments
+        .delete_assignment(&id)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (locked.kind, locked.retry()),
+        (AzureErrorKind::ScopeLocked, RetryDecision::WaitForChange)
+    );
+    assert!(locked.message.contains("remove it"), "{locked}");
+    assert!(stub.seen().iter().all(|seen| seen.method == "DELETE"));
+}
+
+#[tokio::test]
+async fn stub_group_names_are_escaped_and_zero_or_several_matches_name_the_group() {
+    let stub = stub::start(|seen, _| {
+        if seen.target.contains("Nobody") {
+            answer(200, r#"{"value":[]}"#)
+        } else if seen.target.contains("Twins") {
+            answer(200, r#"{"value":[{"id":"g1","displayName":"Twins"},{"id":"g2","displayName":"Twins"}]}"#)
+        } else {
+            answer(200, r#"{"value":[{"id":"g3","displayName":"x"}]}"#)
+        }
+    })
+    .await;
+    let directory = clients(&stub).directory;
+    let none = directory.group_by_display_name("Nobody").await.unwrap_err();
+    assert_eq!(none.kind, AzureErrorKind::NotFound);
+    assert!(none.message.contains("\"Nobody\""), "{none}");
+    let twins = directory.group_by_display_name("Twins").await.unwrap_err();
+    assert_eq!(twins.kind, AzureErrorKind::Ambiguous);
+    assert!(
+        twins.message.contains("\"Twins\"") && twins.message.contains("g1, g2"),
+        "{twins}"
+    );
+
+    let hostile = "x' or displayName ne '&$top=999#";
+    let found = directory.group_by_display_name(hostile).await.unwrap();
+    assert_eq!(found.id, "g3");
+    let target = stub.seen().last().unwrap().target.clone();
+    let url = url::Url::parse(&format!("https://h{target}")).unwrap();
+    let params: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    assert_eq!(
+        params[0],
+        (
+            "$filter".to_string(),
+            "displayName eq 'x'' or displayName ne ''&$top=999#'".to_string()
+        ),
+        "the name stays one string literal"
+    );
+    assert!(
+        params
+            .iter()
+            .all(|(k, _)| k != "$top" || params.iter().filter(|(k, _)| k == "$top").count() == 1)
+    );
+}
+
+#[tokio::test]
+async fn stub_graph_lookups_map_types_404s_and_403s() {
+    let stub = stub::start(|seen, _| {
+        if seen.target.contains("directoryObjects/0000000a") {
+            answer(200, r##"{"@odata.type":"#microsoft.graph.group","id":"0000000a-0000-0000-0000-000000000000","displayName":"G"}"##)
+        } else if seen.target.contains("directoryObjects/") {
+            answer(404, r#"{"error":{"code":"Request_ResourceNotFound","message":"Resource does not exist"}}"#)
+        } else if seen.target.starts_with("/v1.0/users/") {
+            answer(200, r#"{"id":"u1","displayName":"Ada","userPrincipalName":"ada@contoso.com"}"#)
+        } else {
+            answer(403, r#"{"error":{"code":"Authorization_RequestDenied","message":"Insufficient privileges to complete the operation."}}"#)
+        }
+    })
+    .await;
+    let directory = clients(&stub).directory;
+    let group = directory
+        .object_by_id("0000000a-0000-0000-0000-000000000000")
+        .await
+        .unwrap();
+    assert_eq!(group.principal_type, PrincipalType::Group);
+    let missing = directory
+        .object_by_id("0000000b-0000-0000-0000-000000000000")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (missing.kind, missing.retry()),
+        (AzureErrorKind::PrincipalNotFound, RetryDecision::Backoff)
+    );
+    let user = directory.user_by_upn("ada@contoso.com").await.unwrap();
+    assert_eq!(
+        (user.id.as_str(), user.principal_type),
+        ("u1", PrincipalType::User)
+    );
+    let denied = directory
+        .service_principal_by_app_id("0000000c-0000-0000-0000-000000000000")
+        .await
+        .unwrap_err();
+    assert_eq!(denied.kind, AzureErrorKind::AuthorizationFailed);
+    assert!(denied.message.contains("Application.Read.All"), "{denied}");
+    assert!(
+        stub.seen()
+            .last()
+            .unwrap()
+            .target
+            .starts_with("/v1.0/servicePrincipals(appId='0000000c-0000-0000-0000-000000000000')"),
+        "{}",
+        stub.seen().last().unwrap().target
+    );
+}
+
+#[tokio::test]
+async fn stub_identities_are_found_by_client_id_in_the_given_subscriptions_and_cached() {
+    let stub = stub::start(|_, _| {
+        answer(
+            200,
+            r#"{"value":[
+                {"id":"/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/a","properties":{"principalId":"p-a","clientId":"C-A","tenantId":"t"}},
+                {"id":"/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/b","properties":{"principalId":"p-b","clientId":"c-b","tenantId":"t"}}
+            ]}"#,
+        )
+    })
+    .await;
+    let mut config = stub_config(&stub);
+    config.identity_subscriptions = vec![SUB.to_string()];
+    let clients = AzureClients::with_credential(&config, Arc::new(FixedToken)).unwrap();
+    let a = clients
+        .identities
+        .find_identity_by_client_id("c-a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.principal_id, "p-a");
+    let b = clients
+        .identities
+        .find_identity_by_client_id("c-b")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.principal_id, "p-b");
+    assert_eq!(
+        stub.seen().len(),
+        1,
+        "the second lookup is served from the cache"
+    );
+    assert_eq!(
+        stub.seen()[0].target,
+        format!(
+            "/subscriptions/{SUB}/providers/Microsoft.ManagedIdentity/userAssignedIdentities?api-version=2023-01-31"
+        )
+    );
+    assert!(
+        clients
+            .identities
+            .find_identity_by_client_id("c-zzz")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
