@@ -826,3 +826,66 @@ async fn stub_identities_are_found_by_client_id_in_the_given_subscriptions_and_c
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn stub_the_real_workload_identity_credential_gets_its_token_through_the_shared_client_and_ca()
+ {
+    const TENANT: &str = "22222222-2222-2222-2222-222222222222";
+    const CLIENT: &str = "11111111-1111-1111-1111-111111111111";
+    const ISSUED: &str = "eyJ.issued-by-the-stub-sts.sig";
+    let stub = stub::start(|seen, _| {
+        if seen.method == "POST" {
+            answer(
+                200,
+                format!(r#"{{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"{ISSUED}"}}"#),
+            )
+        } else {
+            answer(200, r#"{"value":[]}"#)
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, "projected.sa.token").unwrap();
+    let mut config = stub_config(&stub);
+    config.endpoints.authority_host = Some(stub.url());
+    let env = move |name: &str| match name {
+        "AZURE_FEDERATED_TOKEN_FILE" => Some(token_file.display().to_string()),
+        "AZURE_TENANT_ID" => Some(TENANT.to_string()),
+        "AZURE_CLIENT_ID" => Some(CLIENT.to_string()),
+        "KUBERNETES_SERVICE_HOST" => Some("10.0.0.1".to_string()),
+        _ => None,
+    };
+    let clients = AzureClients::from_config_with_env(&config, &env).unwrap();
+    assert_eq!(
+        clients.credential.as_ref().map(|decision| decision.kind),
+        Some(keyless::azure::credential::CredentialKind::WorkloadIdentity)
+    );
+    assert!(
+        clients
+            .role_assignments
+            .observe_scope(&scope())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let seen = stub.seen();
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].target, format!("/{TENANT}/oauth2/v2.0/token"));
+    assert!(
+        seen[0].body.contains("client_assertion=projected.sa.token"),
+        "{}",
+        seen[0].body
+    );
+    assert!(
+        seen[0]
+            .body
+            .contains("scope=https%3A%2F%2Fmanagement.azure.com%2F.default"),
+        "{}",
+        seen[0].body
+    );
+    assert_eq!(
+        seen[1].authorization.as_deref(),
+        Some(format!("Bearer {ISSUED}").as_str())
+    );
+}
