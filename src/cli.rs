@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
     about = "Azure OpenAI access through Entra ID role assignments, never API keys"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub log: crate::ops::logging::LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -17,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the keyless CustomResourceDefinitions as YAML, or write one file per CRD.
     Crd(CrdArgs),
+    /// Run the controller: keep ARM's role assignments as the cluster's OpenAIAccess objects declare.
+    Run(Box<crate::controller::args::RunArgs>),
 }
 
 #[derive(Debug, clap::Args)]

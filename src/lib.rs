@@ -10,5 +10,7 @@
 pub mod api;
 pub mod azure;
 pub mod cli;
+pub mod controller;
 pub mod engine;
+pub mod ops;
 pub mod plan;

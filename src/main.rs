@@ -4,6 +4,7 @@ use keyless::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    keyless::ops::logging::init(&cli.log);
     match cli.command {
         Command::Crd(args) => match args.output_dir {
             None => print!("{}", keyless::api::crds_yaml()?),
@@ -16,6 +17,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Run(args) => keyless::controller::run_from_args(*args).await?,
     }
     Ok(())
 }
