@@ -88,10 +88,14 @@ install_tools() {
     "$BIN/venv/bin/pip" install --quiet "kubernetes-validate==$VALIDATE_VERSION"
   fi
 
-  if ! command -v shellcheck >/dev/null; then
-    echo "installing shellcheck from Debian"
+  # Debian packages: shellcheck for the scripts; Lua 5.1 (the dialect of Argo CD's gopher-lua) for the README's health check.
+  local missing=()
+  command -v shellcheck >/dev/null || missing+=(shellcheck)
+  command -v lua5.1 >/dev/null || missing+=(lua5.1)
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "installing ${missing[*]} from Debian"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
 install_tools
@@ -162,6 +166,14 @@ check_assertions "assertions on the non-default render" "$PY" .ci/chart/assert_c
 check_assertions "every RBAC rule in the templates says why" "$PY" .ci/chart/assert_chart.py rule-comments "$CHART/templates"
 check_assertions "the chart README's OpenAIAccount/OpenAIAccess examples match the CRD schemas" \
   "$PY" .ci/chart/validate_examples.py "$CHART/README.md" "$CHART/crds"
+
+argocd_health_check() {
+  # The backticks are a Markdown fence, not a command substitution.
+  # shellcheck disable=SC2016
+  "$PY" -c 'import re, sys; print(re.findall(r"```lua\n(.*?)```", open(sys.argv[1]).read(), re.S)[0])' \
+    "$CHART/README.md" >"$WORK/health.lua" && lua5.1 .ci/chart/argocd_health_test.lua "$WORK/health.lua"
+}
+check_assertions "the README's Argo CD health check reads Ready/Stalled" argocd_health_check
 
 # The schema and the template guards must refuse what would silently misbehave.
 check_fails "schema rejects a mistyped top-level key (replicas)" "additional properties 'replicas' not allowed" \
