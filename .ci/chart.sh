@@ -189,7 +189,7 @@ check_fails "2 replicas without leader election are refused" "needs leaderElecti
 check "schema accepts global (the chart works as a subchart)" "$HELM" template k "$CHART" --set global.imageRegistry=example.azurecr.io
 
 # ------------------------------------------------------------------------------------ Azure setup
-check "shellcheck deploy/azure/setup.sh .ci/*.sh" shellcheck deploy/azure/setup.sh .ci/*.sh
+check "shellcheck deploy/azure/setup.sh .ci/*.sh .ci/chart/fake-az/az" shellcheck deploy/azure/setup.sh .ci/*.sh .ci/chart/fake-az/az
 check "deploy/azure/setup.sh --help" bash deploy/azure/setup.sh --help
 check_fails "deploy/azure/setup.sh rejects an unknown option" "unknown option" bash deploy/azure/setup.sh --no-such-option
 
@@ -215,6 +215,30 @@ condition_lists_the_role_table() {
   [[ $(grep -oE '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}' <<<"$printed" | sort -u | wc -l) -eq 4 ]]
 }
 check "setup.sh's default condition allows exactly the four roles of the role table" condition_lists_the_role_table
+# Control flow and idempotency, against a stand-in for az (.ci/chart/fake-az): the first run creates the
+# identity, credential, delegation (with the printed condition), reader role and Graph grants; a second
+# run with the same arguments changes nothing.
+setup_is_idempotent() {
+  local state=$WORK/az-state
+  local args=(--resource-group rg-aks --cluster aks1 --roles OpenAIUser --grant-graph
+    --account /subscriptions/aaaaaaaa-0000-0000-0000-000000000001/resourceGroups/rg-ai/providers/Microsoft.CognitiveServices/accounts/oai
+    --identity-scope /subscriptions/aaaaaaaa-0000-0000-0000-000000000001)
+  mkdir -p "$state"
+  PATH="$PWD/.ci/chart/fake-az:$PATH" FAKE_STATE=$state bash deploy/azure/setup.sh "${args[@]}" || return 1
+  local writes
+  writes=$(grep -cE '^az (identity create|identity federated-credential create|role assignment create|role definition create|rest --method POST)' "$state/calls")
+  echo "first run: $writes writes"
+  [[ $writes -eq 8 ]] || { echo "expected 8 writes (identity, credential, delegation, role, reader, 3 Graph)"; return 1; }
+  [[ $(cat "$state/delegation") == "$(bash deploy/azure/setup.sh --print-condition --roles OpenAIUser)" ]] ||
+    { echo "the delegation's condition is not the printed one"; return 1; }
+  : >"$state/calls"
+  PATH="$PWD/.ci/chart/fake-az:$PATH" FAKE_STATE=$state bash deploy/azure/setup.sh "${args[@]}" || return 1
+  if grep -E '^az .*(create|delete|update|--method POST)' "$state/calls"; then
+    echo "the second run changed something"
+    return 1
+  fi
+}
+check "setup.sh creates everything once and a second run changes nothing (fake az)" setup_is_idempotent
 check_fails "setup.sh refuses a role outside the role table" "unknown role" \
   bash deploy/azure/setup.sh --print-condition --roles Owner
 

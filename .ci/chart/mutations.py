@@ -84,6 +84,9 @@ MUTATIONS = [
     ("README example has a typo", "charts/keyless/README.md",
      "  allowedRoles:\n    - OpenAIUser", "  allowedRole:\n    - OpenAIUser",
      "the chart README's OpenAIAccount/OpenAIAccess examples match"),
+    ("setup.sh re-creates an up-to-date delegation", "deploy/azure/setup.sh",
+     'if [[ $existing_condition == "$condition" ]]; then', "if false; then",
+     "setup.sh creates everything once and a second run changes nothing"),
     ("cached helm is not the pinned binary", ".ci/chart.sh",
      "HELM_SHA256=210d", "HELM_SHA256=310d", "does not have the pinned sha256"),
 ]

@@ -162,7 +162,8 @@ change() {
   shift
   if $dry_run; then
     log "would $description:"
-    printf '    %q' "$@" >&2
+    printf '   ' >&2
+    printf ' %q' "$@" >&2
     echo >&2
   else
     log "$description"
