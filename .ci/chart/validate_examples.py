@@ -50,8 +50,12 @@ def main():
                 kind = crd["spec"]["names"]["kind"]
                 for version in crd["spec"]["versions"]:
                     schema = strict(version["schema"]["openAPIV3Schema"])
-                    # metadata is validated by the API server, not by the CRD schema.
-                    schema.setdefault("properties", {})["metadata"] = {"type": "object"}
+                    # apiVersion, kind and metadata are validated by the API server, not by the CRD
+                    # schema (kube-derive's root schema lists only spec and status).
+                    properties = schema.setdefault("properties", {})
+                    properties["metadata"] = {"type": "object"}
+                    properties.setdefault("apiVersion", {"type": "string"})
+                    properties.setdefault("kind", {"type": "string"})
                     schemas[(f"{crd['spec']['group']}/{version['name']}", kind)] = schema
     if not schemas:
         print(f"FAIL no CustomResourceDefinition in {crd_dir} (see the CRD drift check)")
