@@ -3,11 +3,7 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "keyless",
-    version,
-    about = "Azure OpenAI access through Entra ID role assignments, never API keys"
-)]
+#[command(name = "keyless", version, about = "Azure OpenAI access through Entra ID role assignments, never API keys")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -9,7 +9,7 @@
 //! - [`emulator`]: the Azure emulator tests and users run keyless against.
 
 pub mod api;
-pub mod azure;
 pub mod cli;
+pub mod azure;
 pub mod emulator;
 pub mod plan;
