@@ -21,6 +21,8 @@ pub enum Command {
     Crd(CrdArgs),
     /// Run the controller: keep ARM's role assignments as the cluster's OpenAIAccess objects declare.
     Run(Box<crate::controller::args::RunArgs>),
+    /// Run the Azure emulator (ARM, Graph, Entra token endpoint) on loopback until stopped.
+    Emulator(crate::emulator::EmulatorArgs),
 }
 
 #[derive(Debug, clap::Args)]

@@ -18,6 +18,7 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Command::Run(args) => keyless::controller::run_from_args(*args).await?,
+        Command::Emulator(args) => keyless::emulator::run(args).await?,
     }
     Ok(())
 }
