@@ -117,6 +117,8 @@ enum FaultAction {
     },
     /// Serve the watch, but end the stream after this many events (0: at once).
     EndWatchAfter(usize),
+    /// Serve the watch as one ERROR event with a 410 Gone status, as for a compacted version.
+    WatchGone,
 }
 
 /// A fault to inject, matched against incoming requests. Built with [`Fault::on`]; by default it
@@ -238,6 +240,12 @@ impl Fault {
     /// For a watch: open it, deliver `n` events, then end the stream (the client re-watches).
     pub fn end_watch_after(mut self, n: usize) -> Self {
         self.action = FaultAction::EndWatchAfter(n);
+        self
+    }
+
+    /// For a watch: answer with a single ERROR event carrying 410 Gone (the client relists).
+    pub fn gone(mut self) -> Self {
+        self.action = FaultAction::WatchGone;
         self
     }
 
@@ -559,7 +567,7 @@ impl ApiServer {
 
     // ---- watches ----
 
-    /// Forgets the watch history: a watch from any version seen so far gets 410 Gone.
+    /// Forgets the watch history: a watch from a version older than the current one gets 410 Gone.
     pub fn compact(&self) {
         self.lock().store.compact();
     }
@@ -698,6 +706,15 @@ impl ApiServer {
                 }),
                 _,
             ) => Err(ApiError::new(code, &reason, message)),
+            (Some(FaultAction::WatchGone), _) => {
+                let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+                let gone = ApiError::gone("too old resource version (injected)");
+                let _ = tx.send(store::frame("ERROR", &gone.to_status()));
+                Ok(Reply::Watch {
+                    events,
+                    timeout: None,
+                })
+            }
             (action, Target::Resource(route)) => {
                 let input = Input {
                     route,

@@ -167,7 +167,7 @@ impl ResourceType {
         name == self.plural
             || name == self.singular
             || name == self.kind.to_lowercase()
-            || self.short_names.iter().any(|s| *s == name)
+            || self.short_names.contains(&name)
     }
 
     fn verbs() -> Vec<&'static str> {

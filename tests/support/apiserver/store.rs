@@ -191,7 +191,7 @@ impl Store {
         }
     }
 
-    /// Forgets all history: a watch from any earlier version now gets 410 Gone.
+    /// Forgets all history: a watch from any version before the current one now gets 410 Gone.
     pub fn compact(&mut self) {
         self.history.clear();
         self.compacted_rv = self.rv;

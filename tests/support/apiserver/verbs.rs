@@ -244,6 +244,22 @@ impl State {
                 schema::prune(schema_doc, &mut object, true);
                 object = schema::apply_defaults(schema_doc, &object);
                 schema::validate(schema_doc, &object, "", &mut causes, true);
+                // As the apiserver: CEL rules are not run over an object with blocking schema errors.
+                const BLOCKING: [&str; 5] = [
+                    "FieldValueNotSupported",
+                    "FieldValueRequired",
+                    "FieldValueTooLong",
+                    "FieldValueTooMany",
+                    "FieldValueTypeInvalid",
+                ];
+                if causes.iter().any(|c| BLOCKING.contains(&c.reason.as_str())) {
+                    causes.push(Cause::new(
+                        "FieldValueInvalid",
+                        "<nil>",
+                        "Invalid value: \"null\": some validation rules were not checked because the object was invalid; correct the existing errors to complete validation",
+                    ));
+                    return Err(ApiError::invalid(rt, &name, &causes));
+                }
                 let context = RootContext {
                     api_version: rt.api_version(version),
                     api_group: rt.group.clone(),
@@ -767,8 +783,18 @@ impl State {
                         "the body of the request could not be decoded as a JSON patch: {e}"
                     ))
                 })?;
-                json_patch::patch(&mut patched, &ops)
-                    .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+                for op in &ops.0 {
+                    // As the apiserver's JSON patch library: testing a missing path against null passes
+                    // (kube's finalizer helper sends exactly that when there are no finalizers yet).
+                    if let json_patch::PatchOperation::Test(test) = op
+                        && test.value.is_null()
+                        && patched.pointer(test.path.as_str()).is_none()
+                    {
+                        continue;
+                    }
+                    json_patch::patch(&mut patched, std::slice::from_ref(op))
+                        .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+                }
             }
             // Strategic merge is treated as a JSON merge patch: lists are replaced, not merged by key.
             "application/merge-patch+json"
@@ -961,7 +987,9 @@ impl State {
         }
         let mut new = self.admit(rt, version, new, Some(old))?;
         new["apiVersion"] = json!(rt.api_version(rt.storage_version()));
-        if rt.custom && content(&new) != content(old) {
+        // Only spec-side writes move the generation: a status write has already been reduced to
+        // the old object plus the new status.
+        if rt.custom && subresource.is_none() && content(&new) != content(old) {
             let generation = old
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
