@@ -77,6 +77,18 @@ pub struct WidgetCondition {
     pub status: String,
 }
 
+/// A cluster-scoped CRD, as keyless's `OpenAIAccount` is.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "stand-in.test",
+    version = "v1",
+    kind = "Gadget",
+    status = "WidgetStatus"
+)]
+pub struct GadgetSpec {
+    pub size: i32,
+}
+
 fn spec(label: &str) -> WidgetSpec {
     WidgetSpec {
         color: Color::Red,
@@ -93,7 +105,7 @@ fn widget(name: &str) -> Widget {
 
 fn stand_in() -> ApiServer {
     ApiServer::builder()
-        .crd(Widget::crd())
+        .crds([Widget::crd(), Gadget::crd()])
         .namespace("team-a")
         .issuer("https://issuer.example/team")
         .build()
@@ -489,6 +501,27 @@ async fn an_invalid_name_is_422() {
     assert_eq!(fields(&status), vec!["metadata.name".to_owned()]);
 }
 
+#[tokio::test]
+async fn status_writes_succeed_over_a_spec_that_no_longer_validates() {
+    let server = stand_in();
+    let mut w = widget("old");
+    w.metadata.namespace = Some("team-a".into());
+    w.spec.replicas = 9; // breaks the replicas <= maxReplicas rule, as if the rule came later
+    server.seed(&w);
+    let api = widgets(&server);
+    let ready = json!({"status": {"phase": "Ready"}});
+    api.patch_status("old", &PatchParams::default(), &Patch::Merge(&ready))
+        .await
+        .unwrap();
+    let relabel = json!({"spec": {"label": "touched"}});
+    let status = api_error(
+        api.patch("old", &PatchParams::default(), &Patch::Merge(&relabel))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status.code, 422, "a spec write is held to the rules again");
+}
+
 // ---- patches ----
 
 #[tokio::test]
@@ -797,6 +830,59 @@ async fn deleting_a_namespace_deletes_what_is_in_it() {
             .is_none()
     );
     assert!(server.get::<Namespace>(None, "team-a").is_none());
+}
+
+#[tokio::test]
+async fn a_cluster_scoped_custom_resource_is_served_without_a_namespace() {
+    let server = stand_in();
+    let gadgets: Api<Gadget> = Api::all(server.client());
+    let created = gadgets
+        .create(
+            &PostParams::default(),
+            &Gadget::new("big", GadgetSpec { size: 3 }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.namespace, None);
+    assert_eq!(gadgets.get("big").await.unwrap().spec.size, 3);
+    assert_eq!(
+        server.calls()[0].path,
+        "/apis/stand-in.test/v1/gadgets",
+        "no namespace in the path"
+    );
+    assert!(server.get::<Gadget>(None, "big").is_some());
+}
+
+#[tokio::test]
+async fn a_status_subresource_that_does_not_exist_is_404() {
+    let server = stand_in();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "team-a");
+    cms.create(&PostParams::default(), &cm("c")).await.unwrap();
+    let patch = json!({"status": {}});
+    let status = api_error(
+        cms.patch_status("c", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status.code, 404);
+}
+
+#[tokio::test]
+async fn wait_until_wakes_on_changes_made_through_the_api() {
+    let server = stand_in();
+    let api = widgets(&server);
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        api.create(&PostParams::default(), &widget("later"))
+            .await
+            .unwrap();
+    });
+    server
+        .wait_until("the widget exists", |s| {
+            s.get::<Widget>(Some("team-a"), "later").is_some()
+        })
+        .await;
+    writer.await.unwrap();
 }
 
 // ---- list ----
@@ -1541,5 +1627,5 @@ async fn the_crd_objects_are_listed() {
         .iter()
         .map(|c| c.name_any())
         .collect();
-    assert_eq!(names, ["widgets.stand-in.test"]);
+    assert_eq!(names, ["gadgets.stand-in.test", "widgets.stand-in.test"]);
 }

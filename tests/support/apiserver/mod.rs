@@ -82,6 +82,8 @@ pub struct Call {
     pub verb: Option<Verb>,
     /// The resource's plural, e.g. `configmaps`.
     pub resource: Option<String>,
+    /// The resource's kind, e.g. `ConfigMap`, when the stand-in serves it.
+    pub kind: Option<String>,
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub subresource: Option<String>,
@@ -99,10 +101,12 @@ impl Call {
     /// Whether this call was `verb` on `resource` (plural, singular or kind, any case).
     pub fn is(&self, verb: Verb, resource: &str) -> bool {
         let resource = resource.to_lowercase();
-        self.verb == Some(verb)
-            && self.resource.as_ref().is_some_and(|r| {
-                *r == resource || r.trim_end_matches('s') == resource.trim_end_matches('s')
-            })
+        let named = self.resource.as_ref().is_some_and(|r| *r == resource)
+            || self
+                .kind
+                .as_ref()
+                .is_some_and(|k| k.to_lowercase() == resource);
+        self.verb == Some(verb) && named
     }
 }
 
@@ -328,6 +332,7 @@ impl Builder {
             registry.add_crd(crd);
         }
         let server = ApiServer {
+            changed: Arc::new(tokio::sync::Notify::new()),
             state: Arc::new(Mutex::new(State {
                 registry,
                 store: Store::new(self.history_limit),
@@ -357,6 +362,8 @@ impl Builder {
 #[derive(Clone)]
 pub struct ApiServer {
     state: Arc<Mutex<State>>,
+    /// Woken after every request and every direct change, for [`ApiServer::wait_until`].
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Default for ApiServer {
@@ -465,6 +472,8 @@ impl ApiServer {
             old,
         });
         state.sweep();
+        drop(state);
+        self.changed.notify_waiters();
         object
     }
 
@@ -544,6 +553,8 @@ impl ApiServer {
         new["apiVersion"] = old["apiVersion"].clone();
         state.store_modified_public(&key, &old, new);
         state.sweep();
+        drop(state);
+        self.changed.notify_waiters();
         true
     }
 
@@ -557,6 +568,8 @@ impl ApiServer {
         let mut state = self.lock();
         let removed = state.remove_object(&key).is_some();
         state.sweep();
+        drop(state);
+        self.changed.notify_waiters();
         removed
     }
 
@@ -673,6 +686,12 @@ impl ApiServer {
             content_type: content_type.clone(),
             verb,
             resource: route.as_ref().map(|r| r.plural.clone()),
+            kind: route.as_ref().and_then(|r| {
+                state
+                    .registry
+                    .find(&r.group, &r.version, &r.plural)
+                    .map(|t| t.kind.clone())
+            }),
             namespace: route.as_ref().and_then(|r| r.namespace.clone()),
             name: route.as_ref().and_then(|r| r.name.clone()),
             subresource: route.as_ref().and_then(|r| r.subresource.clone()),
@@ -794,7 +813,25 @@ impl ApiServer {
         if let Some(call) = state.calls.get_mut(index) {
             call.status = code;
         }
+        drop(state);
+        self.changed.notify_waiters();
         response
+    }
+
+    /// Waits until `check` holds, re-checking after every request and direct change; panics
+    /// naming `what` after 10 s. For controller tests: "wait until the status says Ready".
+    pub async fn wait_until(&self, what: &str, check: impl Fn(&ApiServer) -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let changed = self.changed.notified();
+            if check(self) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                assert!(check(self), "timed out waiting until {what}");
+                return;
+            }
+        }
     }
 }
 

@@ -190,7 +190,8 @@ fn without_managed_fields(object: &Value) -> Value {
 
 impl State {
     fn resource(&self, route: &Route) -> Result<ResourceType, ApiError> {
-        self.registry
+        let rt = self
+            .registry
             .find(&route.group, &route.version, &route.plural)
             .cloned()
             .ok_or_else(|| {
@@ -198,7 +199,15 @@ impl State {
                     "{}/{}/{}",
                     route.group, route.version, route.plural
                 ))
-            })
+            })?;
+        match route.subresource.as_deref() {
+            None => Ok(rt),
+            Some("status") if rt.status_subresource => Ok(rt),
+            Some(other) => Err(ApiError::no_route(&format!(
+                "{}/{other}",
+                rt.qualified_resource()
+            ))),
+        }
     }
 
     fn namespace_of<'a>(&self, rt: &ResourceType, input: &'a Input) -> Result<&'a str, ApiError> {
@@ -244,6 +253,11 @@ impl State {
                 schema::prune(schema_doc, &mut object, true);
                 object = schema::apply_defaults(schema_doc, &object);
                 schema::validate(schema_doc, &object, "", &mut causes, true);
+                // Validation ratcheting (on by default since Kubernetes 1.33): on an update, an error
+                // on a field the update leaves unchanged is not held against the object.
+                if let Some(old) = old {
+                    causes.retain(|c| !unchanged_at(&object, old, &c.field, usize::MAX));
+                }
                 // As the apiserver: CEL rules are not run over an object with blocking schema errors.
                 const BLOCKING: [&str; 5] = [
                     "FieldValueNotSupported",
@@ -265,27 +279,17 @@ impl State {
                     api_group: rt.group.clone(),
                     kind: rt.kind.clone(),
                 };
-                causes.extend(schema::validate_cel(schema_doc, &object, old, &context));
+                let mut cel = schema::validate_cel(schema_doc, &object, old, &context);
+                // A CEL error names the field of its rule's `fieldPath`, not the node the rule sits
+                // on, so CEL errors are ratcheted coarsely: only when the whole top-level field
+                // (`spec`, `status`) is unchanged, as in a status write over an older spec.
+                if let Some(old) = old {
+                    cel.retain(|c| !unchanged_at(&object, old, &c.field, 1));
+                }
+                causes.extend(cel);
             }
         }
         causes.extend(schema::validate_metadata(&object, rt.name_rule));
-        if let Some(old) = old {
-            causes.retain(|c| {
-                let path: Vec<&str> = c
-                    .field
-                    .split(['.', '[', ']'])
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                let at = |v: &Value| {
-                    path.iter()
-                        .try_fold(v.clone(), |v, k| match k.parse::<usize>() {
-                            Ok(i) => v.get(i).cloned(),
-                            Err(_) => v.get(*k).cloned(),
-                        })
-                };
-                c.field.is_empty() || at(&object) != at(old) || c.field == "metadata.name"
-            });
-        }
         if causes.is_empty() {
             Ok(object)
         } else {
@@ -1389,6 +1393,28 @@ impl State {
         meta_mut(&mut new).insert("finalizers".into(), json!(kept));
         self.store_modified(key, object, new);
     }
+}
+
+/// Whether `object` and `old` agree at the first `depth` segments of a field path
+/// (`spec.items[0].name`). The root path never counts as unchanged.
+fn unchanged_at(object: &Value, old: &Value, field: &str, depth: usize) -> bool {
+    let segments: Vec<&str> = field
+        .split(['.', '[', ']'])
+        .filter(|s| !s.is_empty())
+        .take(depth)
+        .collect();
+    if segments.is_empty() || segments[0] == "<nil>" {
+        return false;
+    }
+    let at = |v: &Value| {
+        segments
+            .iter()
+            .try_fold(v.clone(), |v, k| match k.parse::<usize>() {
+                Ok(i) => v.get(i).cloned(),
+                Err(_) => v.get(*k).cloned(),
+            })
+    };
+    at(object) == at(old)
 }
 
 fn owner_uids(object: &Value) -> Vec<String> {
