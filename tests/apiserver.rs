@@ -1171,6 +1171,30 @@ async fn a_streaming_list_watcher_gets_its_initial_events() {
     assert_eq!(watch.param("sendInitialEvents"), Some("true"));
 }
 
+#[tokio::test]
+async fn a_selector_watch_sees_objects_enter_and_leave_the_selection() {
+    let server = stand_in();
+    let api = widgets(&server);
+    let rv = server.resource_version().to_string();
+    let params = WatchParams::default().labels("team=red");
+    let mut stream = api.watch(&params, &rv).await.unwrap().boxed();
+    api.create(&PostParams::default(), &widget("w"))
+        .await
+        .unwrap();
+    let label = |team: &str| json!({"metadata": {"labels": {"team": team}}});
+    api.patch("w", &PatchParams::default(), &Patch::Merge(&label("red")))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next_event(&mut stream).await, WatchEvent::Added(w) if w.name_any() == "w"),
+        "the unlabelled create is not seen; the relabel into the selection is an ADDED"
+    );
+    api.patch("w", &PatchParams::default(), &Patch::Merge(&label("blue")))
+        .await
+        .unwrap();
+    assert!(matches!(next_event(&mut stream).await, WatchEvent::Deleted(w) if w.name_any() == "w"));
+}
+
 // ---- the runtime on top ----
 
 #[derive(Clone, Debug, PartialEq)]
@@ -1513,7 +1537,7 @@ async fn the_event_recorder_creates_then_patches_a_series() {
     };
     recorder.publish(&event, &w.object_ref(&())).await.unwrap();
     recorder.publish(&event, &w.object_ref(&())).await.unwrap();
-    let events = server.list::<k8s_openapi::api::events::v1::Event>();
+    let events = server.events_about("Widget", "w");
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
     assert_eq!(events[0].reason.as_deref(), Some("Granted"));
@@ -1549,6 +1573,31 @@ async fn service_accounts_and_config_maps_are_served_and_normalised() {
         .unwrap();
     let status = api_error(server.client().request::<Value>(request).await.unwrap_err());
     assert_eq!(status.code, 400, "a body of the wrong shape is refused");
+}
+
+#[tokio::test]
+async fn a_strategic_merge_patch_is_accepted_as_a_merge_patch() {
+    let server = stand_in();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "team-a");
+    cms.create(&PostParams::default(), &cm("c")).await.unwrap();
+    let patch = json!({"data": {"k": "v"}});
+    let after = cms
+        .patch("c", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+    assert_eq!(after.data.unwrap()["k"], "v");
+}
+
+#[tokio::test]
+async fn a_dry_run_create_stores_nothing() {
+    let server = stand_in();
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let answered = widgets(&server).create(&pp, &widget("w")).await.unwrap();
+    assert_eq!(answered.name_any(), "w");
+    assert!(server.get::<Widget>(Some("team-a"), "w").is_none());
 }
 
 #[tokio::test]

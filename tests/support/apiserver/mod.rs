@@ -20,6 +20,23 @@
 //! [`ApiServer::list`], [`ApiServer::modify`] and [`ApiServer::remove`] reach the objects directly;
 //! [`ApiServer::inject`] queues faults ([`Fault`]); [`ApiServer::calls`] is the log of requests.
 //!
+//! ```ignore
+//! let server = ApiServer::builder().crds(keyless::api::crds()).namespace("team-a").build();
+//! let client = server.client(); // inside a tokio runtime
+//! server.seed(&some_object);                       // stored as given, status included
+//! server.inject(Fault::on(Verb::Patch).resource("OpenAIAccess").subresource("status").respond(500));
+//! // ... run the controller with `client` ...
+//! server.wait_until("the access is Ready", |s| s.get::<OpenAIAccess>(Some("team-a"), "a").is_some_and(ready)).await;
+//! assert_eq!(server.calls_to(Verb::Patch, "openaiaccesses")[0].content_type.as_deref(), Some("application/apply-patch+yaml"));
+//! ```
+//!
+//! Simplifications (where a real apiserver does more): lists are atomic for server-side apply (no
+//! merge by `x-kubernetes-list-map-keys`); strategic merge patch is a JSON merge patch; list
+//! `resourceVersion`/`resourceVersionMatch` are ignored (lists are always current); bookmarks are
+//! sent only on [`ApiServer::send_bookmarks`] and for streaming lists; no admission webhooks,
+//! RBAC, conversion webhooks or `format` validation; garbage collection and namespace cleanup run
+//! synchronously after each write.
+//!
 //! Module map: `registry` (what is served, discovery), `store` (objects, versions, history,
 //! watches), `verbs` (the semantics of each verb), `schema` (pruning, defaults, validation, CEL),
 //! `managed` (field managers), `selectors`, `status` (error bodies).
@@ -571,6 +588,18 @@ impl ApiServer {
         drop(state);
         self.changed.notify_waiters();
         removed
+    }
+
+    /// The events.k8s.io Events whose `regarding` names this object (kind and name), oldest first.
+    pub fn events_about(&self, kind: &str, name: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+        self.list::<k8s_openapi::api::events::v1::Event>()
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name)
+                })
+            })
+            .collect()
     }
 
     /// The current (latest) resourceVersion.
