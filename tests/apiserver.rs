@@ -1258,6 +1258,53 @@ async fn a_controller_reconciles_on_create_and_on_spec_update() {
 }
 
 #[tokio::test]
+async fn a_controller_reconciles_the_owner_when_an_owned_object_changes() {
+    let server = stand_in();
+    let api = widgets(&server);
+    let owner = api
+        .create(&PostParams::default(), &widget("owner"))
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let controller = Controller::new(
+        Api::<Widget>::all(server.client()),
+        watcher::Config::default(),
+    )
+    .owns(
+        Api::<ConfigMap>::all(server.client()),
+        watcher::Config::default(),
+    )
+    .run(
+        |w: Arc<Widget>, tx: Arc<tokio::sync::mpsc::UnboundedSender<String>>| async move {
+            tx.send(w.name_any()).unwrap();
+            Ok::<_, kube::Error>(Action::await_change())
+        },
+        |_, _, _| Action::requeue(Duration::from_secs(60)),
+        Arc::new(tx),
+    )
+    .for_each(|_| async {});
+    let task = tokio::spawn(controller);
+    let next = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a reconcile in time")
+            .unwrap()
+    };
+    assert_eq!(next(&mut rx).await, "owner");
+
+    let mut owned = cm("owned");
+    owned.metadata.owner_references = Some(vec![owner.controller_owner_ref(&()).unwrap()]);
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "team-a");
+    cms.create(&PostParams::default(), &owned).await.unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        "owner",
+        "creating an owned object reconciles the owner"
+    );
+    task.abort();
+}
+
+#[tokio::test]
 async fn the_finalizer_helper_adds_its_finalizer_and_cleans_up_on_delete() {
     let server = stand_in();
     let api = widgets(&server);
