@@ -8,6 +8,9 @@
 //! - [`azure`]: ARM, Graph and Entra behind traits of domain verbs.
 
 pub mod api;
-pub mod cli;
 pub mod azure;
+pub mod cli;
+pub mod controller;
+pub mod engine;
+pub mod ops;
 pub mod plan;
