@@ -17,4 +17,6 @@ pub struct Cli {
 pub enum Command {
     /// Print the keyless CustomResourceDefinitions as YAML.
     Crd,
+    /// Run the Azure emulator (ARM, Graph, Entra token endpoint) on loopback until stopped.
+    Emulator(crate::emulator::EmulatorArgs),
 }

@@ -6,8 +6,10 @@
 //! - [`api`]: the keyless.dev/v1alpha1 types users write (no IO).
 //! - [`plan`]: the pure planner (no IO).
 //! - [`azure`]: ARM, Graph and Entra behind traits of domain verbs.
+//! - [`emulator`]: the Azure emulator tests and users run keyless against.
 
 pub mod api;
 pub mod azure;
 pub mod cli;
+pub mod emulator;
 pub mod plan;

@@ -8,6 +8,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Crd => {
             print!("{}", keyless::api::crds_yaml()?);
         }
+        Command::Emulator(args) => keyless::emulator::run(args).await?,
     }
     Ok(())
 }
