@@ -2,7 +2,6 @@
 //!
 //! One engine, two front ends. The same pass — resolve → observe → plan → apply → outcome, over one
 //! account scope — runs under file mode (`plan` / `apply -f`) and under the controller (`run`).
-//!
 //! - [`api`]: the keyless.dev/v1alpha1 types users write (no IO).
 //! - [`plan`]: the pure planner (no IO).
 //! - [`azure`]: ARM, Graph and Entra behind traits of domain verbs.

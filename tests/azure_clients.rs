@@ -889,3 +889,612 @@ async fn stub_the_real_workload_identity_credential_gets_its_token_through_the_s
         Some(format!("Bearer {ISSUED}").as_str())
     );
 }
+
+// ---- against the Azure emulator ------------------------------------------------------------------
+
+mod emulated {
+    use super::*;
+    use keyless::azure::credential::{CredentialChoice, CredentialKind, CredentialSettings};
+    use keyless::azure::pacing::{BucketLimits, PacingConfig};
+    use keyless::emulator::{
+        Emulator, EmulatorConfig, EmulatorHandle, NewGroup, NewUser, Seed, Throttling,
+    };
+
+    pub const SUB: &str = "3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f";
+    pub const ALICE: &str = "82f6c951-ea04-4434-a839-f80b32aa6337";
+    pub const BOB: &str = "16cb6f20-2462-4c3e-91e6-df2449d889ba";
+    pub const TEAM: &str = "d81d0366-c3d7-4b8d-92f3-1be6d6479d9a";
+    pub const OPERATOR: &str = "37d99a9d-85be-4a09-9afa-73e46bc24f11";
+    pub const BOBS_BICEP_ASSIGNMENT: &str = "486f9612-51c0-5f11-a5cd-84378ffd1469";
+
+    pub fn oai_prod() -> AccountScope {
+        AccountScope::parse(&format!(
+            "/subscriptions/{SUB}/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-prod"
+        ))
+        .unwrap()
+    }
+
+    pub fn seed_text() -> String {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/emulator/seed.yaml"
+        ))
+        .unwrap()
+    }
+
+    pub async fn start(configure: impl FnOnce(&mut EmulatorConfig)) -> EmulatorHandle {
+        start_with_seed(Seed::from_yaml(&seed_text()).unwrap(), configure).await
+    }
+
+    pub async fn start_with_seed(
+        seed: Seed,
+        configure: impl FnOnce(&mut EmulatorConfig),
+    ) -> EmulatorHandle {
+        let mut config = EmulatorConfig::new(seed);
+        configure(&mut config);
+        Emulator::start(config).await.unwrap()
+    }
+
+    /// keyless pointed at the emulator, authenticating as the operator identity through the real
+    /// workload identity credential (token file + the emulator's authority + its CA).
+    pub fn config(emulator: &EmulatorHandle) -> AzureConfig {
+        let endpoint = url::Url::parse(emulator.endpoint()).unwrap();
+        AzureConfig {
+            endpoints: EndpointOverrides {
+                arm_endpoint: Some(endpoint.clone()),
+                graph_endpoint: Some(endpoint.clone()),
+                authority_host: Some(endpoint),
+                ..EndpointOverrides::default()
+            },
+            credential: CredentialSettings {
+                choice: CredentialChoice::Auto,
+                tenant_id: Some(emulator.tenant_id()),
+                client_id: emulator.operator_client_id().map(str::to_string),
+                federated_token_file: emulator
+                    .federated_token_file()
+                    .map(|path| path.to_path_buf()),
+            },
+            ca_files: vec![emulator.ca_file().to_path_buf()],
+            timeout: Duration::from_secs(10),
+            retry: RetryConfig {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(100),
+                max_retry_after: Duration::from_secs(2),
+            },
+            ..AzureConfig::default()
+        }
+    }
+
+    pub fn clients_for(config: &AzureConfig) -> AzureClients {
+        // In a pod, as keyless runs: auto must pick workload identity, never IMDS.
+        let env = |name: &str| (name == "KUBERNETES_SERVICE_HOST").then(|| "10.0.0.1".to_string());
+        AzureClients::from_config_with_env(config, &env).unwrap()
+    }
+
+    pub fn clients(emulator: &EmulatorHandle) -> AzureClients {
+        clients_for(&config(emulator))
+    }
+
+    pub fn assign(principal: &str, principal_type: PrincipalType, role: RoleName) -> NewAssignment {
+        NewAssignment {
+            scope: oai_prod(),
+            name: uuid::Uuid::new_v4(),
+            principal_id: principal.to_string(),
+            principal_type,
+            role,
+            description: "managed-by: keyless/team-a/access".to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_workload_identity_credential_gets_a_token_from_the_emulator_and_observes_a_scope()
+    {
+        let emulator = start(|_| {}).await;
+        let clients = clients(&emulator);
+        assert_eq!(
+            clients.credential.as_ref().unwrap().kind,
+            CredentialKind::WorkloadIdentity
+        );
+        let observed = clients
+            .role_assignments
+            .observe_scope(&oai_prod())
+            .await
+            .unwrap();
+        let bobs = observed
+            .iter()
+            .find(|o| o.name == BOBS_BICEP_ASSIGNMENT)
+            .expect("Bob's Bicep assignment at oai-prod");
+        assert_eq!(bobs.principal_id, BOB);
+        assert_eq!(
+            RoleName::from_definition_id(&bobs.role_definition_id),
+            Some(RoleName::OpenAIUser)
+        );
+        assert!(
+            observed.iter().all(|o| oai_prod().matches(&o.scope)),
+            "keyless's own grant at the subscription is above the scope and filtered out"
+        );
+        assert_eq!(emulator.request_count("Token", 200), 1);
+        assert_eq!(
+            emulator.request_count("RoleAssignments_ListForScope", 200),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn create_adopts_an_equivalent_assignment_and_delete_is_idempotent() {
+        let emulator = start(|_| {}).await;
+        let clients = clients(&emulator);
+        let first = assign(ALICE, PrincipalType::User, RoleName::OpenAIUser);
+        let Created::Created(created) = clients
+            .role_assignments
+            .create_assignment(&first)
+            .await
+            .unwrap()
+        else {
+            panic!("first create")
+        };
+        assert_eq!(created.name, first.name.to_string());
+        assert_eq!(
+            created.description.as_deref(),
+            Some("managed-by: keyless/team-a/access")
+        );
+        // The same PUT again: idempotent.
+        assert!(matches!(
+            clients
+                .role_assignments
+                .create_assignment(&first)
+                .await
+                .unwrap(),
+            Created::Created(_)
+        ));
+        // The same (scope, principal, role) under another name: 409, adopted.
+        let second = assign(ALICE, PrincipalType::User, RoleName::OpenAIUser);
+        let Created::AlreadyExists(existing) = clients
+            .role_assignments
+            .create_assignment(&second)
+            .await
+            .unwrap()
+        else {
+            panic!("expected adoption")
+        };
+        assert_eq!(existing.name, first.name.to_string());
+        assert_eq!(emulator.request_count("RoleAssignments_Create", 409), 1);
+
+        let id = first.id();
+        assert_eq!(
+            clients
+                .role_assignments
+                .delete_assignment(&id)
+                .await
+                .unwrap(),
+            keyless::azure::Deleted::Deleted
+        );
+        assert_eq!(
+            clients
+                .role_assignments
+                .delete_assignment(&id)
+                .await
+                .unwrap(),
+            keyless::azure::Deleted::AlreadyGone
+        );
+    }
+
+    #[tokio::test]
+    async fn arm_refusals_come_back_as_their_kinds() {
+        let emulator = start(|config| config.assignment_limit = 3).await;
+        let clients = clients(&emulator);
+        let ra = &clients.role_assignments;
+
+        let wrong_type = ra
+            .create_assignment(&assign(TEAM, PrincipalType::User, RoleName::OpenAIUser))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (wrong_type.kind, wrong_type.retry()),
+            (
+                AzureErrorKind::UnmatchedPrincipalType,
+                RetryDecision::WaitForChange
+            )
+        );
+
+        let mut reused = assign(ALICE, PrincipalType::User, RoleName::OpenAIUser);
+        reused.name = uuid::Uuid::parse_str(BOBS_BICEP_ASSIGNMENT).unwrap();
+        let reused = ra.create_assignment(&reused).await.unwrap_err();
+        assert_eq!(
+            (reused.kind, reused.retry()),
+            (
+                AzureErrorKind::UpdateNotPermitted,
+                RetryDecision::WaitForChange
+            )
+        );
+
+        // The seed holds 2 assignments in the subscription; the limit is 3.
+        ra.create_assignment(&assign(ALICE, PrincipalType::User, RoleName::OpenAIUser))
+            .await
+            .unwrap();
+        let full = ra
+            .create_assignment(&assign(
+                ALICE,
+                PrincipalType::User,
+                RoleName::CognitiveServicesUser,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (full.kind, full.retry()),
+            (AzureErrorKind::LimitExceeded, RetryDecision::WaitForChange)
+        );
+        assert!(
+            full.request_id.is_some(),
+            "the request id is kept for support tickets"
+        );
+    }
+
+    #[tokio::test]
+    async fn keyless_cannot_assign_a_role_outside_the_allowed_set_and_says_what_the_admin_must_grant()
+     {
+        // The operator's delegation condition allows only Cognitive Services OpenAI User here.
+        let others = ", a001fd3d-188f-4b5d-821b-7da978bf7442, a97b65f3-24c7-4388-baec-2e87135dc908, 53ca6127-db72-4b80-b1b0-d745d6d5456d";
+        let seed = Seed::from_yaml(&seed_text().replace(others, "")).unwrap();
+        let emulator = start_with_seed(seed, |_| {}).await;
+        let clients = clients(&emulator);
+        let before = emulator.role_assignments().len();
+
+        let refused = clients
+            .role_assignments
+            .create_assignment(&assign(
+                ALICE,
+                PrincipalType::User,
+                RoleName::OpenAIContributor,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (refused.kind, refused.retry()),
+            (
+                AzureErrorKind::AuthorizationFailed,
+                RetryDecision::WaitForChange
+            )
+        );
+        assert!(
+            refused
+                .message
+                .contains("Role Based Access Control Administrator"),
+            "{refused}"
+        );
+        assert!(
+            refused
+                .message
+                .contains("Cognitive Services OpenAI Contributor"),
+            "{refused}"
+        );
+        assert!(refused.message.contains("ABAC condition"), "{refused}");
+        assert_eq!(
+            emulator.role_assignments().len(),
+            before,
+            "nothing was created"
+        );
+
+        // The allowed role still goes through.
+        clients
+            .role_assignments
+            .create_assignment(&assign(ALICE, PrincipalType::User, RoleName::OpenAIUser))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_token_arm_does_not_accept_is_unauthorized() {
+        let emulator = start(|_| {}).await;
+        let clients =
+            AzureClients::with_credential(&config(&emulator), Arc::new(FixedToken)).unwrap();
+        let err = clients.accounts.get_account(&oai_prod()).await.unwrap_err();
+        assert_eq!(
+            (err.kind, err.retry()),
+            (AzureErrorKind::Unauthorized, RetryDecision::Backoff)
+        );
+        assert!(!format!("{err} {err:?}").contains(TOKEN));
+    }
+
+    #[tokio::test]
+    async fn observe_scope_reads_every_page() {
+        let emulator = start(|config| config.page_size = 2).await;
+        let clients = clients(&emulator);
+        for role in RoleName::ALL {
+            clients
+                .role_assignments
+                .create_assignment(&assign(ALICE, PrincipalType::User, role))
+                .await
+                .unwrap();
+        }
+        let observed = clients
+            .role_assignments
+            .observe_scope(&oai_prod())
+            .await
+            .unwrap();
+        // Bob's Bicep assignment and Alice's four; the operator's grant is above the scope.
+        assert_eq!(observed.len(), 5, "{observed:#?}");
+        assert!(
+            emulator.request_count("RoleAssignments_ListForScope", 200) >= 3,
+            "several pages"
+        );
+    }
+
+    #[tokio::test]
+    async fn accounts_and_identities_are_read_and_a_missing_account_is_none() {
+        let emulator = start(|_| {}).await;
+        let clients = clients(&emulator);
+        let account = clients
+            .accounts
+            .get_account(&oai_prod())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(account.kind, "OpenAI");
+        assert!(account.local_auth_disabled);
+        assert_eq!(account.custom_sub_domain_name.as_deref(), Some("oai-prod"));
+        let gone = AccountScope::parse(&format!(
+            "/subscriptions/{SUB}/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/nope"
+        ))
+        .unwrap();
+        assert_eq!(clients.accounts.get_account(&gone).await.unwrap(), None);
+
+        let summarizer = format!(
+            "/subscriptions/{SUB}/resourceGroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-summarizer"
+        );
+        let identity = clients
+            .identities
+            .get_identity(&summarizer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            identity.principal_id,
+            "95ce509f-d768-4c1d-b9ae-4595afb90593"
+        );
+        // The account lookup taught keyless the subscription to search.
+        let by_client_id = clients
+            .identities
+            .find_identity_by_client_id("abfae246-2b2d-4cc2-b528-9067a57d93af")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(by_client_id.principal_id, identity.principal_id);
+        let chat = format!(
+            "/subscriptions/{SUB}/resourceGroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-chat-backend"
+        );
+        let federated = clients
+            .identities
+            .federated_credentials(&chat)
+            .await
+            .unwrap();
+        assert_eq!(federated.len(), 1);
+        assert_eq!(
+            federated[0].subject,
+            "system:serviceaccount:team-chat:chat-backend"
+        );
+        assert_eq!(federated[0].audiences, ["api://AzureADTokenExchange"]);
+    }
+
+    #[tokio::test]
+    async fn graph_resolves_names_escapes_hostile_ones_and_reports_ambiguity() {
+        let emulator = start(|config| config.replication_window = Duration::ZERO).await;
+        let directory = clients(&emulator).directory;
+        assert_eq!(
+            directory.user_by_upn("alice@contoso.com").await.unwrap().id,
+            ALICE
+        );
+        let team = directory
+            .group_by_display_name("ML Platform Team")
+            .await
+            .unwrap();
+        assert_eq!(
+            (team.id.as_str(), team.principal_type),
+            (TEAM, PrincipalType::Group)
+        );
+        let app = directory
+            .service_principal_by_app_id("1f314dbd-f47f-4150-ba72-84dd3ee0450a")
+            .await
+            .unwrap();
+        assert_eq!(app.principal_type, PrincipalType::ServicePrincipal);
+        assert_eq!(
+            directory.object_by_id(BOB).await.unwrap().principal_type,
+            PrincipalType::User
+        );
+
+        for hostile in [
+            "O'Brien's team",
+            "x' or displayName ne '",
+            "''",
+            "a&$top=1#",
+        ] {
+            let group = emulator
+                .add_group(NewGroup {
+                    display_name: hostile.to_string(),
+                    ..NewGroup::default()
+                })
+                .unwrap();
+            let found = directory.group_by_display_name(hostile).await.unwrap();
+            assert_eq!(found.id, group.id, "{hostile}");
+        }
+        let missing = directory
+            .group_by_display_name("No Such Team")
+            .await
+            .unwrap_err();
+        assert_eq!(missing.kind, AzureErrorKind::NotFound);
+        assert!(missing.message.contains("No Such Team"), "{missing}");
+
+        emulator
+            .add_group(NewGroup {
+                display_name: "ML Platform Team".to_string(),
+                ..NewGroup::default()
+            })
+            .unwrap();
+        let ambiguous = directory
+            .group_by_display_name("ML Platform Team")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (ambiguous.kind, ambiguous.retry()),
+            (AzureErrorKind::Ambiguous, RetryDecision::WaitForChange)
+        );
+        assert!(
+            ambiguous.message.contains("ML Platform Team") && ambiguous.message.contains(TEAM),
+            "{ambiguous}"
+        );
+
+        let nobody = directory
+            .user_by_upn("nobody@contoso.com")
+            .await
+            .unwrap_err();
+        assert_eq!(nobody.kind, AzureErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn a_principal_still_replicating_is_principal_not_found_and_graph_403_names_the_permission()
+     {
+        let emulator = start(|config| config.replication_window = Duration::from_secs(3600)).await;
+        let directory = clients(&emulator).directory;
+        let fresh = emulator
+            .add_user(NewUser {
+                user_principal_name: "carol@contoso.com".to_string(),
+                display_name: "Carol".to_string(),
+                ..NewUser::default()
+            })
+            .unwrap();
+        let replicating = directory.object_by_id(&fresh.id).await.unwrap_err();
+        assert_eq!(
+            (replicating.kind, replicating.retry()),
+            (AzureErrorKind::PrincipalNotFound, RetryDecision::Backoff)
+        );
+
+        // App roles travel in the token, as Entra's do: a new keyless (a new token) sees the revocation.
+        emulator.revoke_app_role(OPERATOR, "User.Read.All").unwrap();
+        let directory = clients(&emulator).directory;
+        let denied = directory
+            .user_by_upn("alice@contoso.com")
+            .await
+            .unwrap_err();
+        assert_eq!(denied.kind, AzureErrorKind::AuthorizationFailed);
+        assert!(denied.message.contains("User.Read.All"), "{denied}");
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_honoured_and_the_call_succeeds() {
+        let emulator = start(|_| {}).await;
+        let clients = clients(&emulator);
+        clients.accounts.get_account(&oai_prod()).await.unwrap();
+        emulator.inject_fault(keyless::emulator::ScriptedFault {
+            kind: keyless::emulator::FaultKind::Throttle,
+            count: 1,
+            operation: Some("Accounts_Get".to_string()),
+        });
+        emulator.inject_fault(keyless::emulator::ScriptedFault {
+            kind: keyless::emulator::FaultKind::ServerError,
+            count: 1,
+            operation: Some("Accounts_Get".to_string()),
+        });
+        assert!(
+            clients
+                .accounts
+                .get_account(&oai_prod())
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(emulator.request_count("Accounts_Get", 429), 1);
+        assert_eq!(emulator.request_count("Accounts_Get", 500), 1);
+        assert_eq!(emulator.request_count("Accounts_Get", 200), 2);
+    }
+
+    async fn burst(clients: &AzureClients, calls: usize) -> Vec<Result<(), AzureErrorKind>> {
+        let scope = oai_prod();
+        futures::future::join_all((0..calls).map(|_| {
+            let accounts = clients.accounts.clone();
+            let scope = scope.clone();
+            async move {
+                accounts
+                    .get_account(&scope)
+                    .await
+                    .map(|_| ())
+                    .map_err(|err| err.kind)
+            }
+        }))
+        .await
+    }
+
+    /// ARM's buckets shrunk to 5 + 20/s, so a burst of 30 exceeds them.
+    fn small_buckets() -> impl FnOnce(&mut EmulatorConfig) {
+        move |config: &mut EmulatorConfig| {
+            let bucket = keyless::emulator::Bucket {
+                capacity: 5,
+                refill_per_second: 20.0,
+            };
+            config.throttling = Throttling {
+                enabled: true,
+                reads: bucket,
+                writes: bucket,
+                deletes: bucket,
+            };
+        }
+    }
+
+    async fn warmed_up(emulator: &EmulatorHandle, pacing: BucketLimits) -> AzureClients {
+        let mut config = config(emulator);
+        config.retry.max_attempts = 1;
+        config.pacing = PacingConfig {
+            reads: pacing,
+            writes: pacing,
+            deletes: pacing,
+        };
+        let clients = clients_for(&config);
+        // One call fetches the token and creates both buckets; then both refill to full, so they
+        // start the burst level.
+        clients.accounts.get_account(&oai_prod()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        emulator.reset_request_counts();
+        clients
+    }
+
+    #[tokio::test]
+    async fn pacing_spreads_a_burst_so_arm_never_throttles() {
+        let emulator = start(small_buckets()).await;
+        let clients = warmed_up(
+            &emulator,
+            BucketLimits {
+                capacity: 5,
+                refill_per_second: 20.0,
+            },
+        )
+        .await;
+        let results = burst(&clients, 30).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(emulator.request_count("Accounts_Get", 429), 0);
+        assert_eq!(emulator.request_count("Accounts_Get", 200), 30);
+        assert!(
+            clients.arm.rate_limit_remaining(SUB).reads.is_some(),
+            "ARM's remaining count is exposed"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_pacing_the_same_burst_is_throttled() {
+        // The control for the test above: it shows the burst does exceed ARM's bucket.
+        let emulator = start(small_buckets()).await;
+        let clients = warmed_up(
+            &emulator,
+            BucketLimits {
+                capacity: 10_000,
+                refill_per_second: 10_000.0,
+            },
+        )
+        .await;
+        let results = burst(&clients, 30).await;
+        assert!(emulator.request_count("Accounts_Get", 429) > 0);
+        assert!(
+            results.contains(&Err(AzureErrorKind::Throttled)),
+            "{results:?}"
+        );
+    }
+}

@@ -306,10 +306,12 @@ impl ApiClient {
     pub async fn send(&self, call: &Call, pacer: Option<&Pacer>) -> Result<Reply, AzureError> {
         let mut retry = 0u32;
         loop {
+            // The token first, the pacing slot last: the request then reaches ARM right after it
+            // took a token from our bucket, so our bucket never runs ahead of ARM's.
+            let authorization = self.authorization().await?;
             if let (Some(pacer), Some((subscription, class))) = (pacer, &call.pacing) {
                 pacer.acquire(subscription, *class).await;
             }
-            let authorization = self.authorization().await?;
             let mut request = self
                 .http
                 .request(call.method.clone(), call.url.clone())
