@@ -184,3 +184,211 @@ pub async fn publish(
         tracing::warn!(%error, reason, "could not publish event");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! kube's mock-service pattern: each test scripts the apiserver's side and asserts the method,
+    //! path, parsed query and body keyless sends.
+    use super::*;
+    use crate::api::{AccountRef, OpenAIAccessSpec, RoleName};
+    use http::{Request, Response};
+    use kube::Client;
+    use kube::client::Body;
+    use std::collections::BTreeMap;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn mock() -> (Client, Handle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (Client::new(service, "default"), handle)
+    }
+
+    fn access(finalizers: Option<Vec<&str>>) -> OpenAIAccess {
+        let mut access = OpenAIAccess::new(
+            "chat",
+            OpenAIAccessSpec {
+                account_ref: AccountRef {
+                    name: "prod".into(),
+                },
+                role: RoleName::OpenAIUser,
+                principals: vec![],
+                expires_at: None,
+                deletion_policy: Default::default(),
+                export_to: None,
+            },
+        );
+        access.metadata.namespace = Some("team-a".into());
+        access.metadata.finalizers = finalizers.map(|f| f.into_iter().map(String::from).collect());
+        access
+    }
+
+    fn query(request: &Request<Body>) -> BTreeMap<String, String> {
+        url::form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    async fn body(request: Request<Body>) -> serde_json::Value {
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn respond_with(object: &impl serde::Serialize) -> Response<Body> {
+        Response::builder()
+            .body(Body::from(serde_json::to_vec(object).unwrap()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn adding_the_finalizer_guards_the_patch_with_a_test_of_the_current_list() {
+        let (client, mut handle) = mock();
+        let api: Api<OpenAIAccess> = Api::namespaced(client, "team-a");
+        let object = access(None);
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::PATCH);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/keyless.dev/v1alpha1/namespaces/team-a/openaiaccesses/chat"
+            );
+            assert_eq!(
+                request.headers()["content-type"],
+                "application/json-patch+json"
+            );
+            let patch = body(request).await;
+            assert_eq!(
+                patch,
+                json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": ["keyless.dev/cleanup"]}
+                ])
+            );
+            send.send_response(respond_with(&access(Some(vec![CLEANUP_FINALIZER]))));
+        });
+        set_finalizer(&api, &object, true).await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn removing_the_finalizer_tests_its_index_and_leaves_others() {
+        let (client, mut handle) = mock();
+        let api: Api<OpenAIAccess> = Api::namespaced(client, "team-a");
+        let object = access(Some(vec!["other.io/keep", CLEANUP_FINALIZER]));
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            let patch = body(request).await;
+            assert_eq!(
+                patch,
+                json!([
+                    {"op": "test", "path": "/metadata/finalizers/1", "value": "keyless.dev/cleanup"},
+                    {"op": "remove", "path": "/metadata/finalizers/1"}
+                ])
+            );
+            send.send_response(respond_with(&access(Some(vec!["other.io/keep"]))));
+        });
+        set_finalizer(&api, &object, false).await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_finalizer_already_in_place_costs_no_request() {
+        let (client, mut handle) = mock();
+        let api: Api<OpenAIAccess> = Api::namespaced(client, "team-a");
+        set_finalizer(&api, &access(Some(vec![CLEANUP_FINALIZER])), true)
+            .await
+            .unwrap();
+        set_finalizer(&api, &access(None), false).await.unwrap();
+        drop(api);
+        // Every client is gone: the mock sees the end of requests without having received any.
+        assert!(handle.next_request().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn status_is_server_side_applied_by_keyless_only_when_it_changed() {
+        let (client, mut handle) = mock();
+        let api: Api<OpenAIAccess> = Api::namespaced(client, "team-a");
+        let status = OpenAIAccessStatus {
+            summary: Some("1/1 granted".into()),
+            observed_generation: Some(3),
+            ..Default::default()
+        };
+        assert!(
+            !apply_access_status(&api, "chat", Some(&status), &status)
+                .await
+                .unwrap(),
+            "unchanged: no write"
+        );
+        let expected = status.clone();
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::PATCH);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/keyless.dev/v1alpha1/namespaces/team-a/openaiaccesses/chat/status"
+            );
+            let query = query(&request);
+            assert_eq!(
+                query.get("fieldManager").map(String::as_str),
+                Some(FIELD_MANAGER)
+            );
+            assert_eq!(query.get("force").map(String::as_str), Some("true"));
+            assert_eq!(
+                request.headers()["content-type"],
+                "application/apply-patch+yaml"
+            );
+            let sent = body(request).await;
+            assert_eq!(sent["apiVersion"], "keyless.dev/v1alpha1");
+            assert_eq!(sent["kind"], "OpenAIAccess");
+            assert_eq!(
+                serde_json::from_value::<OpenAIAccessStatus>(sent["status"].clone()).unwrap(),
+                expected
+            );
+            let mut object = access(None);
+            object.status = Some(expected);
+            send.send_response(respond_with(&object));
+        });
+        assert!(
+            apply_access_status(&api, "chat", None, &status)
+                .await
+                .unwrap()
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn events_are_posted_to_events_k8s_io_about_the_object() {
+        let (client, mut handle) = mock();
+        let recorder = Recorder::new(
+            client,
+            kube::runtime::events::Reporter {
+                controller: "keyless".into(),
+                instance: Some("pod-1".into()),
+            },
+        );
+        let reference = access(None).object_ref(&());
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::POST);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/events.k8s.io/v1/namespaces/team-a/events"
+            );
+            let event = body(request).await;
+            assert_eq!(event["reason"], "AccessDenied");
+            assert_eq!(event["type"], "Warning");
+            assert_eq!(event["regarding"]["name"], "chat");
+            assert_eq!(event["reportingController"], "keyless");
+            send.send_response(respond_with(&event));
+        });
+        publish(
+            &recorder,
+            &reference,
+            true,
+            "AccessDenied",
+            "Plan",
+            "user:alice: namespace not allowed".into(),
+        )
+        .await;
+        server.await.unwrap();
+    }
+}
