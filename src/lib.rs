@@ -4,12 +4,18 @@
 //! account scope — runs under file mode (`plan` / `apply -f`) and under the controller (`run`).
 //!
 //! - [`api`]: the keyless.dev/v1alpha1 types users write (no IO).
-//! - [`plan`]: the pure planner (no IO).
-//! - [`azure`]: ARM, Graph and Entra behind traits of domain verbs.
+//! - [`plan`]: the pure planner (no IO): grant identity, names, ownership, policy, deletion safety.
+//! - [`engine`]: one pass over one account scope, generic over the Azure traits.
+//! - [`azure`]: ARM, Graph and Entra behind traits of domain verbs; the only azure_identity user.
+//! - [`controller`]: `keyless run`, the kube-runtime wiring.
 //! - [`emulator`]: the Azure emulator tests and users run keyless against.
+//! - [`ops`]: logging (metrics, health and leader election with the controller).
 
 pub mod api;
-pub mod cli;
 pub mod azure;
+pub mod cli;
+pub mod controller;
 pub mod emulator;
+pub mod engine;
+pub mod ops;
 pub mod plan;

@@ -4,10 +4,20 @@ use keyless::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    keyless::ops::logging::init(&cli.log);
     match cli.command {
-        Command::Crd => {
-            print!("{}", keyless::api::crds_yaml()?);
-        }
+        Command::Crd(args) => match args.output_dir {
+            None => print!("{}", keyless::api::crds_yaml()?),
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                for crd in keyless::api::crds() {
+                    let path = dir.join(keyless::api::crd_file_name(&crd));
+                    std::fs::write(&path, keyless::api::crd_yaml(&crd)?)?;
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+        },
+        Command::Run(args) => keyless::controller::run_from_args(*args).await?,
         Command::Emulator(args) => keyless::emulator::run(args).await?,
     }
     Ok(())

@@ -6,7 +6,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A role keyless can grant on an Azure OpenAI / AI Services account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum RoleName {
     /// Cognitive Services OpenAI User: call deployments (chat, completions, embeddings, images).
     OpenAIUser,
@@ -111,9 +113,15 @@ mod tests {
                 role.definition_guid().to_uppercase()
             );
             assert_eq!(RoleName::from_definition_id(&tenant_form), Some(role));
-            assert_eq!(RoleName::from_definition_id(&role.definition_id("sub")), Some(role));
+            assert_eq!(
+                RoleName::from_definition_id(&role.definition_id("sub")),
+                Some(role)
+            );
         }
-        assert_eq!(RoleName::from_definition_id("/providers/x/roleDefinitions/nope"), None);
+        assert_eq!(
+            RoleName::from_definition_id("/providers/x/roleDefinitions/nope"),
+            None
+        );
     }
 
     #[test]

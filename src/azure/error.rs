@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// How long a principal that ARM or Graph does not know yet is treated as still replicating (Entra
+/// documents "a few minutes"; the default is 10 minutes).
+pub const DEFAULT_REPLICATION_WINDOW: Duration = Duration::from_secs(600);
+
 /// What the caller should do about a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryDecision {
@@ -91,6 +95,30 @@ impl AzureError {
         }
     }
 
+    /// Whether this error may be a principal that is still replicating.
+    pub fn is_replicating(&self) -> bool {
+        self.kind == AzureErrorKind::PrincipalNotFound
+    }
+
+    /// The retry decision for a principal first found missing at `first_seen` (a time the caller
+    /// persists, e.g. in status): keep backing off within `window`, then report it as failed
+    /// (`WaitForChange`; the caller still retries at each resync). Other errors: [`retry`](Self::retry).
+    pub fn retry_replicating(
+        &self,
+        first_seen: jiff::Timestamp,
+        now: jiff::Timestamp,
+        window: Duration,
+    ) -> RetryDecision {
+        if !self.is_replicating() {
+            return self.retry();
+        }
+        let waited = now.duration_since(first_seen);
+        match Duration::try_from(waited) {
+            Ok(waited) if waited >= window => RetryDecision::WaitForChange,
+            _ => RetryDecision::Backoff,
+        }
+    }
+
     pub fn retry(&self) -> RetryDecision {
         match self.kind {
             AzureErrorKind::Throttled => {
@@ -109,5 +137,76 @@ impl AzureError {
             | AzureErrorKind::ScopeLocked
             | AzureErrorKind::BadRequest => RetryDecision::WaitForChange,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(kind: AzureErrorKind) -> AzureError {
+        AzureError::new(kind, "x")
+    }
+
+    #[test]
+    fn every_kind_has_its_retry_decision() {
+        use AzureErrorKind::*;
+        let mut throttled = error(Throttled);
+        assert_eq!(
+            throttled.retry(),
+            RetryDecision::After(Duration::from_secs(10))
+        );
+        throttled.retry_after = Some(Duration::from_secs(3));
+        assert_eq!(
+            throttled.retry(),
+            RetryDecision::After(Duration::from_secs(3))
+        );
+        for kind in [Transient, Credential, Unauthorized, PrincipalNotFound] {
+            assert_eq!(error(kind).retry(), RetryDecision::Backoff, "{kind:?}");
+        }
+        for kind in [
+            NotFound,
+            Ambiguous,
+            UnmatchedPrincipalType,
+            UpdateNotPermitted,
+            AuthorizationFailed,
+            LimitExceeded,
+            ScopeLocked,
+            BadRequest,
+        ] {
+            assert_eq!(
+                error(kind).retry(),
+                RetryDecision::WaitForChange,
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_principal_is_retried_until_the_replication_deadline_then_failed() {
+        let first_seen: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let missing = error(AzureErrorKind::PrincipalNotFound);
+        let at = |minutes: i64| first_seen + jiff::SignedDuration::from_mins(minutes);
+        assert_eq!(
+            missing.retry_replicating(first_seen, at(9), DEFAULT_REPLICATION_WINDOW),
+            RetryDecision::Backoff
+        );
+        assert_eq!(
+            missing.retry_replicating(first_seen, at(10), DEFAULT_REPLICATION_WINDOW),
+            RetryDecision::WaitForChange
+        );
+        assert_eq!(
+            missing.retry_replicating(first_seen, at(-1), DEFAULT_REPLICATION_WINDOW),
+            RetryDecision::Backoff,
+            "a clock that went backwards keeps waiting"
+        );
+        assert_eq!(
+            error(AzureErrorKind::ScopeLocked).retry_replicating(
+                first_seen,
+                at(0),
+                DEFAULT_REPLICATION_WINDOW
+            ),
+            RetryDecision::WaitForChange
+        );
     }
 }

@@ -29,15 +29,24 @@ impl AccountScope {
         };
         let segments: Vec<&str> = resource_id.trim_end_matches('/').split('/').collect();
         match segments.as_slice() {
-            ["", subscriptions, sub, resource_groups, rg, providers, namespace, accounts, name]
-                if subscriptions.eq_ignore_ascii_case("subscriptions")
-                    && resource_groups.eq_ignore_ascii_case("resourceGroups")
-                    && providers.eq_ignore_ascii_case("providers")
-                    && namespace.eq_ignore_ascii_case("Microsoft.CognitiveServices")
-                    && accounts.eq_ignore_ascii_case("accounts")
-                    && uuid::Uuid::parse_str(sub).is_ok()
-                    && is_resource_group_name(rg)
-                    && is_account_name(name) =>
+            [
+                "",
+                subscriptions,
+                sub,
+                resource_groups,
+                rg,
+                providers,
+                namespace,
+                accounts,
+                name,
+            ] if subscriptions.eq_ignore_ascii_case("subscriptions")
+                && resource_groups.eq_ignore_ascii_case("resourceGroups")
+                && providers.eq_ignore_ascii_case("providers")
+                && namespace.eq_ignore_ascii_case("Microsoft.CognitiveServices")
+                && accounts.eq_ignore_ascii_case("accounts")
+                && uuid::Uuid::parse_str(sub).is_ok()
+                && is_resource_group_name(rg)
+                && is_account_name(name) =>
             {
                 Ok(AccountScope {
                     subscription_id: sub.to_ascii_lowercase(),
@@ -106,7 +115,9 @@ mod tests {
             scope.to_string(),
             "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-ai/providers/Microsoft.CognitiveServices/accounts/team-openai"
         );
-        let shouted = ID.to_uppercase().replace("RESOURCEGROUPS", "resourcegroups");
+        let shouted = ID
+            .to_uppercase()
+            .replace("RESOURCEGROUPS", "resourcegroups");
         assert_eq!(AccountScope::parse(&shouted).unwrap(), scope);
         assert!(scope.matches(&format!("{ID}/")));
     }
@@ -121,7 +132,10 @@ mod tests {
             "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/a1/deployments/x",
             "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.CognitiveServices/accounts/a_b",
         ] {
-            assert!(AccountScope::parse(bad).is_err(), "{bad} should be rejected");
+            assert!(
+                AccountScope::parse(bad).is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 }

@@ -1,0 +1,195 @@
+//! `OpenAIAccount`: a platform team registers one Azure OpenAI / AI Services account, and says which
+//! namespaces may request which roles on it for which kinds of principal.
+
+// kube-derive's printcolumn(...) repeats `type_ = ...`, which clippy mistakes for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use super::common::{Condition, DeletionPolicy, LabelSelector, not_nullable, patterns};
+use super::roles::RoleName;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Registers one Azure OpenAI or AI Services account with keyless. Role assignments are always made
+/// at this account's scope, never at a resource group or subscription.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "keyless.dev",
+    version = "v1alpha1",
+    kind = "OpenAIAccount",
+    plural = "openaiaccounts",
+    singular = "openaiaccount",
+    shortname = "oaiaccount",
+    shortname = "oaia",
+    category = "keyless",
+    status = "OpenAIAccountStatus",
+    derive = "PartialEq",
+    printcolumn(
+        name = "Account",
+        type_ = "string",
+        json_path = ".status.accountName",
+        description = "The Azure account name"
+    ),
+    printcolumn(name = "Kind", type_ = "string", json_path = ".status.kind"),
+    printcolumn(
+        name = "Keyless",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"KeylessOnly\")].status",
+        description = "False while the account still accepts API keys"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenAIAccountSpec {
+    /// The ARM resource id of the account:
+    /// /subscriptions/{subscription-id}/resourceGroups/{group}/providers/Microsoft.CognitiveServices/accounts/{name}.
+    /// Compared case-insensitively. Immutable: register a new OpenAIAccount to point at another account.
+    #[schemars(length(max = 512), pattern(patterns::ACCOUNT_RESOURCE_ID))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("resourceId is immutable: register a new OpenAIAccount for another account"))]
+    pub resource_id: String,
+
+    /// Which namespaces may request access to this account: those listed in `names` and those whose
+    /// labels match `selector`. Absent means no namespace may (deny by default); `selector: {}`
+    /// selects every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = not_nullable)]
+    pub allowed_namespaces: Option<AllowedNamespaces>,
+
+    /// The roles an OpenAIAccess may request on this account. Defaults to [OpenAIUser].
+    #[serde(default = "default_allowed_roles")]
+    #[schemars(length(min = 1, max = 4))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub allowed_roles: Vec<RoleName>,
+
+    /// The kinds of principal an OpenAIAccess may name on this account. Defaults to every kind; a
+    /// production account might allow only WorkloadIdentity and ManagedIdentity.
+    #[serde(default = "default_allowed_principal_kinds")]
+    #[schemars(length(min = 1, max = 5))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub allowed_principal_kinds: Vec<PrincipalKind>,
+
+    /// Grant a `serviceAccount` principal only if its managed identity has a federated credential for
+    /// exactly that ServiceAccount in this cluster. Default true.
+    #[serde(default = "default_true")]
+    pub require_federation: bool,
+
+    /// What unregistering the account does: Delete (default) revokes the role assignments keyless
+    /// made on it; Retain leaves them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Namespaces allowed to request access. The two ways are OR-ed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedNamespaces {
+    /// Namespace names allowed by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        inner(length(max = 63), pattern(patterns::DNS_LABEL))
+    )]
+    pub names: Vec<String>,
+
+    /// A label selector over Namespaces. `{}` selects every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = not_nullable)]
+    pub selector: Option<LabelSelector>,
+}
+
+/// A kind of principal, as an OpenAIAccess names it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum PrincipalKind {
+    /// An Entra user (`user`, or `objectId` with principalType User).
+    User,
+    /// An Entra group (`groupName`, or `objectId` with principalType Group).
+    Group,
+    /// An application's service principal (`appId`, or `objectId` with principalType ServicePrincipal).
+    ServicePrincipal,
+    /// A user-assigned managed identity named by its ARM id (`managedIdentity`).
+    ManagedIdentity,
+    /// A Kubernetes ServiceAccount using Azure workload identity (`serviceAccount`).
+    WorkloadIdentity,
+}
+
+impl PrincipalKind {
+    pub const ALL: [PrincipalKind; 5] = [
+        PrincipalKind::User,
+        PrincipalKind::Group,
+        PrincipalKind::ServicePrincipal,
+        PrincipalKind::ManagedIdentity,
+        PrincipalKind::WorkloadIdentity,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "User",
+            PrincipalKind::Group => "Group",
+            PrincipalKind::ServicePrincipal => "ServicePrincipal",
+            PrincipalKind::ManagedIdentity => "ManagedIdentity",
+            PrincipalKind::WorkloadIdentity => "WorkloadIdentity",
+        }
+    }
+}
+
+impl std::fmt::Display for PrincipalKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn default_allowed_roles() -> Vec<RoleName> {
+    vec![RoleName::OpenAIUser]
+}
+
+fn default_allowed_principal_kinds() -> Vec<PrincipalKind> {
+    PrincipalKind::ALL.to_vec()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What keyless observed of the account, and whether its grants are in place.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenAIAccountStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Reconciling, Stalled, KeylessOnly, TokenAuthSupported, Conflict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The normalized scope role assignments are made at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The account's name in Azure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_name: Option<String>,
+    /// The account's endpoint, as ARM reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// OpenAI or AIServices (or another Cognitive Services kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// True when API keys are disabled on the account (ARM's disableLocalAuth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_auth_disabled: Option<bool>,
+    /// The custom subdomain Entra ID token authentication needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_sub_domain_name: Option<String>,
+    /// Grants keyless holds on this account, by state (e.g. "12 granted, 1 pending").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}

@@ -1,0 +1,80 @@
+//! The flags of `keyless run`. Each has an environment variable `KEYLESS_<FLAG>` (the Helm chart
+//! sets them), and every interval is a flag so tests can shrink it.
+
+use super::ControllerConfig;
+use crate::azure::config::{AzureArgs, parse_duration};
+use crate::engine::EngineConfig;
+use crate::plan::InstanceId;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// This installation's id, written into every role assignment keyless creates; an assignment is
+    /// keyless's only if it names this id. Keep it stable, and unique per cluster and pipeline.
+    #[arg(long, env = "KEYLESS_INSTANCE_ID", value_parser = parse_instance_id)]
+    pub instance_id: InstanceId,
+    /// How often every account is reconciled without a change (one LIST per account).
+    #[arg(long, env = "KEYLESS_RESYNC_INTERVAL", value_parser = parse_duration, default_value = "10m")]
+    pub resync_interval: Duration,
+    /// Accounts reconciled at once; writes within one account are always sequential.
+    #[arg(long, env = "KEYLESS_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// A grant counts as ready this long after ARM created it (role assignments take up to 10 minutes).
+    #[arg(long, env = "KEYLESS_PROPAGATION_GRACE", value_parser = parse_duration, default_value = "5m")]
+    pub propagation_grace: Duration,
+    /// How long a principal Entra does not know yet is waited for before it is reported Failed.
+    #[arg(long, env = "KEYLESS_REPLICATION_DEADLINE", value_parser = parse_duration, default_value = "10m")]
+    pub replication_deadline: Duration,
+    /// The most role assignments one pass over one account deletes; the rest wait for the next pass.
+    #[arg(long, env = "KEYLESS_MAX_DELETES_PER_PASS", default_value_t = 50)]
+    pub max_deletes_per_pass: usize,
+    /// First retry delay after a transient failure (doubles up to --retry-max, with jitter).
+    #[arg(long, env = "KEYLESS_RETRY_INITIAL", value_parser = parse_duration, default_value = "5s")]
+    pub retry_initial: Duration,
+    #[arg(long, env = "KEYLESS_RETRY_MAX", value_parser = parse_duration, default_value = "5m")]
+    pub retry_max: Duration,
+    /// This cluster's service account issuer; discovered from the API server when not set.
+    #[arg(long, env = "KEYLESS_SERVICE_ACCOUNT_ISSUER")]
+    pub service_account_issuer: Option<String>,
+    /// Let OpenAIAccess objects export the endpoint into a ConfigMap (needs ConfigMap RBAC).
+    #[arg(long, env = "KEYLESS_ENABLE_CONFIGMAP_EXPORT")]
+    pub enable_configmap_export: bool,
+    /// Serves /metrics, /healthz and /readyz.
+    #[arg(long, env = "KEYLESS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Only the holder of a coordination.k8s.io Lease reconciles; other replicas stand by.
+    #[arg(long, env = "KEYLESS_LEADER_ELECTION")]
+    pub leader_election: bool,
+    #[arg(long, env = "KEYLESS_LEASE_NAME", default_value = "keyless")]
+    pub lease_name: String,
+    /// The Lease's namespace (the chart passes the release namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "keyless-system")]
+    pub lease_namespace: String,
+    #[command(flatten)]
+    pub azure: AzureArgs,
+}
+
+fn parse_instance_id(value: &str) -> Result<InstanceId, String> {
+    InstanceId::new(value).map_err(|e| e.to_string())
+}
+
+impl RunArgs {
+    pub fn controller_config(&self, federation_issuer: Option<String>) -> ControllerConfig {
+        ControllerConfig {
+            engine: EngineConfig {
+                instance: self.instance_id.clone(),
+                max_deletes_per_pass: self.max_deletes_per_pass,
+                replication_deadline: self.replication_deadline,
+                propagation_grace: self.propagation_grace,
+                federation_issuer,
+                dry_run: false,
+            },
+            resync_interval: self.resync_interval,
+            concurrency: self.concurrency,
+            retry_initial: self.retry_initial,
+            retry_max: self.retry_max,
+            enable_configmap_export: self.enable_configmap_export,
+        }
+    }
+}

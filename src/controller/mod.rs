@@ -1,0 +1,293 @@
+//! `keyless run`: the controller. Reconciliation is keyed by OpenAIAccount (one account = one
+//! scope); OpenAIAccess, ServiceAccount and Namespace changes are mapped to the accounts they affect.
+//! A second, light controller over OpenAIAccess reports what the account controller cannot see:
+//! malformed objects and references to accounts that do not exist.
+
+pub mod args;
+pub mod kube_io;
+pub mod reconcile;
+
+use crate::api::{OpenAIAccess, OpenAIAccount};
+use crate::azure::AzureClients;
+use crate::engine::EngineConfig;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Config as ControllerRuntimeConfig;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of the controller; every interval is a parameter.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub engine: EngineConfig,
+    /// Each account is reconciled at least this often (one LIST per account per resync).
+    pub resync_interval: Duration,
+    /// Accounts reconciled at once (each account's writes stay sequential).
+    pub concurrency: u16,
+    /// Backoff after a transient failure: doubles from `retry_initial` up to `retry_max`, with jitter.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub enable_configmap_export: bool,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub azure: AzureClients,
+    pub config: ControllerConfig,
+    pub accounts: Store<DeserializeGuard<OpenAIAccount>>,
+    pub accesses: Store<DeserializeGuard<OpenAIAccess>>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub namespaces: Store<Namespace>,
+    pub recorder: Recorder,
+    pub backoff: reconcile::Backoffs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "the keyless CRDs are not installed (or not readable): install them with `keyless crd | kubectl apply -f -` or the Helm chart"
+    )]
+    CrdsMissing(#[source] kube::Error),
+    #[error("connect to the Kubernetes API (in-cluster config or KUBECONFIG)")]
+    Connect(#[source] kube::Error),
+    #[error("set up the Azure clients")]
+    Azure(#[source] crate::azure::AzureSetupError),
+}
+
+/// Checks that the CRDs are served before starting, so a missing install is one clear error.
+pub async fn check_crds(client: &Client) -> Result<(), RunError> {
+    let accounts: Api<OpenAIAccount> = Api::all(client.clone());
+    accounts
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .map(|_| ())
+        .map_err(RunError::CrdsMissing)
+}
+
+/// Runs both controllers until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    azure: AzureClients,
+    config: ControllerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), RunError> {
+    check_crds(&client).await?;
+    let watcher_config = watcher::Config::default().any_semantic();
+
+    let (access_store, access_writer) = reflector::store();
+    let access_stream = watcher(
+        Api::<DeserializeGuard<OpenAIAccess>>::all(client.clone()),
+        watcher_config.clone(),
+    )
+    .default_backoff()
+    .reflect(access_writer)
+    .touched_objects();
+    let (sa_store, sa_writer) = reflector::store();
+    let sa_stream = watcher(
+        Api::<ServiceAccount>::all(client.clone()),
+        watcher_config.clone(),
+    )
+    .default_backoff()
+    .reflect(sa_writer)
+    .touched_objects();
+    let (ns_store, ns_writer) = reflector::store();
+    let ns_stream = watcher(
+        Api::<Namespace>::all(client.clone()),
+        watcher_config.clone(),
+    )
+    .default_backoff()
+    .reflect(ns_writer)
+    .touched_objects();
+
+    let accounts_api = Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone());
+    let controller = Controller::new(accounts_api, watcher_config.clone())
+        .with_config(ControllerRuntimeConfig::default().concurrency(config.concurrency));
+    let account_store = controller.store();
+
+    let shutdown = futures::future::Shared::clone(&futures::FutureExt::shared(shutdown));
+    let context = Arc::new(Context {
+        client: client.clone(),
+        azure,
+        config,
+        accounts: account_store.clone(),
+        accesses: access_store.clone(),
+        service_accounts: sa_store.clone(),
+        namespaces: ns_store.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "keyless".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        backoff: reconcile::Backoffs::default(),
+    });
+
+    // OpenAIAccess → its account.
+    let access_to_account = |access: DeserializeGuard<OpenAIAccess>| {
+        access
+            .0
+            .ok()
+            .map(|a| ObjectRef::<DeserializeGuard<OpenAIAccount>>::new(&a.spec.account_ref.name))
+    };
+    // ServiceAccount → the accounts of the OpenAIAccess objects in its namespace that name it.
+    let accesses_for_sa = access_store.clone();
+    let sa_to_accounts = move |sa: ServiceAccount| {
+        let namespace = sa.namespace().unwrap_or_default();
+        let name = sa.name_any();
+        accesses_for_sa
+            .state()
+            .into_iter()
+            .filter_map(|a| a.0.as_ref().ok().cloned())
+            .filter(|a| a.namespace().as_deref() == Some(namespace.as_str()))
+            .filter(|a| {
+                a.spec
+                    .principals
+                    .iter()
+                    .any(|p| p.service_account.as_deref() == Some(name.as_str()))
+            })
+            .map(|a| ObjectRef::new(&a.spec.account_ref.name))
+            .collect::<Vec<_>>()
+    };
+    // Namespace → accounts whose allowedNamespaces could change for it.
+    let accounts_for_ns = account_store.clone();
+    let ns_to_accounts = move |ns: Namespace| {
+        let name = ns.name_any();
+        accounts_for_ns
+            .state()
+            .into_iter()
+            .filter_map(|a| a.0.as_ref().ok().cloned())
+            .filter(|a| {
+                a.spec
+                    .allowed_namespaces
+                    .as_ref()
+                    .is_some_and(|n| n.selector.is_some() || n.names.contains(&name))
+            })
+            .map(|a| ObjectRef::new(&a.name_any()))
+            .collect::<Vec<_>>()
+    };
+
+    let account_controller = controller
+        .watches_stream(access_stream, access_to_account)
+        .watches_stream(sa_stream, sa_to_accounts)
+        .watches_stream(ns_stream, ns_to_accounts)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            reconcile::reconcile_account,
+            reconcile::account_error_policy,
+            context.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "account reconcile");
+            }
+        });
+
+    // The light controller over OpenAIAccess: malformed objects and missing accounts.
+    let accounts_for_access = account_store.clone();
+    let access_controller = Controller::new(
+        Api::<DeserializeGuard<OpenAIAccess>>::all(client.clone()),
+        watcher_config,
+    )
+    .watches(
+        Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
+        watcher::Config::default(),
+        move |account| {
+            let name = account.name_any();
+            let _ = &accounts_for_access;
+            context_accesses_referencing(&access_store, &name)
+        },
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(
+        reconcile::reconcile_access,
+        reconcile::access_error_policy,
+        context,
+    )
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "access reconcile");
+        }
+    });
+
+    futures::join!(account_controller, access_controller);
+    Ok(())
+}
+
+fn context_accesses_referencing(
+    store: &Store<DeserializeGuard<OpenAIAccess>>,
+    account: &str,
+) -> Vec<ObjectRef<DeserializeGuard<OpenAIAccess>>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|a| {
+            a.0.as_ref()
+                .is_ok_and(|a| a.spec.account_ref.name == account)
+        })
+        .map(|a| ObjectRef::from(a.as_ref()))
+        .collect()
+}
+
+/// `keyless run`: connect to the cluster and Azure, then reconcile until SIGTERM or Ctrl-C.
+pub async fn run_from_args(args: args::RunArgs) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Connect)?;
+    let azure = AzureClients::from_config(&args.azure.to_config()).map_err(RunError::Azure)?;
+    if let Some(decision) = &azure.credential {
+        tracing::info!(credential = ?decision, "azure credential chosen");
+    }
+    let issuer = match &args.service_account_issuer {
+        Some(issuer) => Some(issuer.clone()),
+        None => discover_issuer(&client).await,
+    };
+    let config = args.controller_config(issuer);
+    tracing::info!(instance = %config.engine.instance, "keyless controller starting");
+    run(client, azure, config, shutdown_signal()).await
+}
+
+/// The cluster's service account issuer, from the API server's OIDC discovery document.
+pub async fn discover_issuer(client: &Client) -> Option<String> {
+    let request = http::Request::get("/.well-known/openid-configuration")
+        .body(Vec::new())
+        .ok()?;
+    match client.request::<serde_json::Value>(request).await {
+        Ok(document) => document
+            .get("issuer")
+            .and_then(|i| i.as_str())
+            .map(str::to_string),
+        Err(error) => {
+            tracing::warn!(%error, "could not discover the service account issuer; federated credentials are checked by subject only (set --service-account-issuer)");
+            None
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

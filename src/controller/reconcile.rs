@@ -1,0 +1,678 @@
+//! One reconcile of one OpenAIAccount: finalizers, the engine's pass over its scope, status and
+//! events for the account and every OpenAIAccess on it. And the light reconcile of an OpenAIAccess
+//! the account controller cannot see (malformed, or naming no existing account).
+
+use super::Context;
+use super::kube_io::{
+    KubeWriteError, apply_access_status, apply_account_status, publish, set_finalizer,
+};
+use crate::api::common::Time;
+use crate::api::{
+    CLEANUP_FINALIZER, OpenAIAccess, OpenAIAccessStatus, OpenAIAccount, OpenAIAccountStatus,
+    condition_types, reasons,
+};
+use crate::azure::RetryDecision;
+use crate::engine::conditions::{Verdict, condition};
+use crate::engine::{self, AccessSource, Azure, PassOutcome, ScopeSource, ServiceAccountInfo};
+use crate::plan::{AccountScope, ObjectKey};
+use jiff::Timestamp;
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("write to the Kubernetes API")]
+    Kube(#[from] KubeWriteError),
+}
+
+impl ReconcileError {
+    /// A bounded name for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(e) if e.is_conflict() => "KubeConflict",
+            ReconcileError::Kube(_) => "KubeWrite",
+        }
+    }
+}
+
+/// Per-account exponential backoff, reset on success. Losing it on restart only makes the first
+/// retry sooner, so it may live in memory.
+#[derive(Default)]
+pub struct Backoffs(Mutex<HashMap<String, u32>>);
+
+impl Backoffs {
+    fn next(&self, key: &str, initial: Duration, max: Duration) -> Duration {
+        let mut attempts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let attempt = attempts.entry(key.to_string()).or_insert(0);
+        *attempt = attempt.saturating_add(1);
+        let base = initial
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(16)))
+            .min(max);
+        // Full jitter over the upper half, so many accounts failing together spread out.
+        let jitter = rand::random_range(0.5..=1.0);
+        base.mul_f64(jitter)
+    }
+
+    fn reset(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+fn has_finalizer<K: Resource>(object: &K) -> bool {
+    object
+        .meta()
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == CLEANUP_FINALIZER)
+}
+
+#[tracing::instrument(skip_all, fields(account = %guard.name_any()))]
+pub async fn reconcile_account(
+    guard: Arc<DeserializeGuard<OpenAIAccount>>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let api: Api<OpenAIAccount> = Api::all(ctx.client.clone());
+    let account = match &guard.0 {
+        Ok(account) => account,
+        Err(invalid) => {
+            // Reported by status only; the spec cannot be read, so nothing else can be done.
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            let status = stalled_account_status(
+                invalid.metadata.generation,
+                None,
+                reasons::INVALID_SPEC,
+                format!(
+                    "the object does not match the OpenAIAccount schema: {} — fix the spec",
+                    invalid.error
+                ),
+            );
+            apply_account_status(&api, &name, None, &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let name = account.name_any();
+    let being_deleted = account.metadata.deletion_timestamp.is_some();
+    if being_deleted && !has_finalizer(account) {
+        return Ok(Action::await_change());
+    }
+    if !being_deleted && !has_finalizer(account) {
+        set_finalizer(&api, account, true).await?;
+        // The patch is seen as a watch event and reconciled again with the finalizer in place.
+        return Ok(Action::await_change());
+    }
+
+    let Ok(scope) = AccountScope::parse(&account.spec.resource_id) else {
+        let status = stalled_account_status(
+            account.metadata.generation,
+            account.status.as_ref(),
+            reasons::INVALID_SPEC,
+            format!(
+                "spec.resourceId {:?} is not a Cognitive Services account id",
+                account.spec.resource_id
+            ),
+        );
+        apply_account_status(&api, &name, account.status.as_ref(), &status).await?;
+        return Ok(Action::await_change());
+    };
+
+    // Two registrations of one account: the newer does nothing, so they cannot fight.
+    if let Some(older) = older_registration(&ctx, account, &scope) {
+        let mut status = stalled_account_status(
+            account.metadata.generation,
+            account.status.as_ref(),
+            reasons::CONFLICT,
+            format!("OpenAIAccount {older} already registers {scope}; delete one of them"),
+        );
+        status.conditions.push(condition(
+            condition_types::CONFLICT,
+            (
+                true,
+                reasons::CONFLICT,
+                format!("OpenAIAccount {older} already registers {scope}"),
+            ),
+            account.metadata.generation,
+            account
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default(),
+            Timestamp::now(),
+        ));
+        if apply_account_status(&api, &name, account.status.as_ref(), &status).await? {
+            publish(
+                &ctx.recorder,
+                &account.object_ref(&()),
+                true,
+                reasons::CONFLICT,
+                "Reconcile",
+                format!("OpenAIAccount {older} already registers {scope}: this one does nothing"),
+            )
+            .await;
+        }
+        if being_deleted {
+            // A duplicate never managed grants: it may go at once.
+            set_finalizer(&api, account, false).await?;
+        }
+        return Ok(Action::requeue(ctx.config.resync_interval));
+    }
+
+    // Every live OpenAIAccess on this account carries the finalizer before it gets a grant, so
+    // its deletion cannot skip the cleanup.
+    let access_objects: Vec<OpenAIAccess> = ctx
+        .accesses
+        .state()
+        .iter()
+        .filter_map(|a| a.0.as_ref().ok())
+        .filter(|a| a.spec.account_ref.name == name)
+        .cloned()
+        .collect();
+    let mut accesses = Vec::with_capacity(access_objects.len());
+    for access in &access_objects {
+        let deleting = access.metadata.deletion_timestamp.is_some();
+        if deleting && !has_finalizer(access) {
+            continue;
+        }
+        if !deleting && !has_finalizer(access) {
+            let namespaced: Api<OpenAIAccess> =
+                Api::namespaced(ctx.client.clone(), &access.namespace().unwrap_or_default());
+            set_finalizer(&namespaced, access, true).await?;
+        }
+        accesses.push(AccessSource {
+            key: ObjectKey {
+                namespace: access.namespace().unwrap_or_default(),
+                name: access.name_any(),
+            },
+            generation: access.metadata.generation,
+            spec: access.spec.clone(),
+            being_deleted: deleting,
+            previous: access.status.clone(),
+        });
+    }
+
+    let source = ScopeSource {
+        account_name: name.clone(),
+        account_generation: account.metadata.generation,
+        account: account.spec.clone(),
+        account_being_deleted: being_deleted,
+        service_accounts: service_accounts(&ctx, &accesses),
+        namespaces: ctx
+            .namespaces
+            .state()
+            .iter()
+            .map(|ns| (ns.name_any(), ns.labels().clone().into_iter().collect()))
+            .collect(),
+        accesses,
+    };
+    let azure = Azure {
+        assignments: ctx.azure.role_assignments.as_ref(),
+        accounts: ctx.azure.accounts.as_ref(),
+        identities: ctx.azure.identities.as_ref(),
+        directory: ctx.azure.directory.as_ref(),
+    };
+    let now = Timestamp::now();
+    let outcome = engine::run_pass(azure, &source, &ctx.config.engine, now).await;
+
+    // Status and finalizers of every OpenAIAccess.
+    for result in &outcome.accesses {
+        let Some(object) = access_objects.iter().find(|a| {
+            a.namespace().as_deref() == Some(result.key.namespace.as_str())
+                && a.name_any() == result.key.name
+        }) else {
+            continue;
+        };
+        let namespaced: Api<OpenAIAccess> =
+            Api::namespaced(ctx.client.clone(), &result.key.namespace);
+        if object.metadata.deletion_timestamp.is_none() {
+            apply_access_status(
+                &namespaced,
+                &result.key.name,
+                object.status.as_ref(),
+                &result.status,
+            )
+            .await?;
+        } else if result.cleanup_complete {
+            set_finalizer(&namespaced, object, false).await?;
+        }
+    }
+    for event in &outcome.events {
+        let reference = match &event.object {
+            Some(key) => access_objects
+                .iter()
+                .find(|a| {
+                    a.namespace().as_deref() == Some(key.namespace.as_str())
+                        && a.name_any() == key.name
+                })
+                .map(|a| a.object_ref(&()))
+                .unwrap_or_else(|| account.object_ref(&())),
+            None => account.object_ref(&()),
+        };
+        publish(
+            &ctx.recorder,
+            &reference,
+            event.warning,
+            event.reason,
+            event.action,
+            event.note.clone(),
+        )
+        .await;
+    }
+
+    let status = account_status(account, &scope, &outcome, now);
+    let keys_enabled_news = status_turned(
+        account.status.as_ref(),
+        &status,
+        condition_types::KEYLESS_ONLY,
+        "False",
+    );
+    apply_account_status(&api, &name, account.status.as_ref(), &status).await?;
+    if keys_enabled_news {
+        publish(&ctx.recorder, &account.object_ref(&()), true, "LocalAuthEnabled", "Reconcile", format!("the Azure account {scope} still accepts API keys: set disableLocalAuth to true so only Entra ID tokens work")).await;
+    }
+    if being_deleted && outcome.account_cleanup_complete {
+        set_finalizer(&api, account, false).await?;
+        return Ok(Action::await_change());
+    }
+
+    Ok(next_action(&ctx, &name, &outcome, now))
+}
+
+fn next_action(ctx: &Context, name: &str, outcome: &PassOutcome, now: Timestamp) -> Action {
+    let resync = ctx.config.resync_interval;
+    match outcome.retry {
+        Some(RetryDecision::After(wait)) => Action::requeue(wait.max(Duration::from_millis(100))),
+        Some(RetryDecision::Backoff) => Action::requeue(ctx.backoff.next(
+            name,
+            ctx.config.retry_initial,
+            ctx.config.retry_max,
+        )),
+        Some(RetryDecision::WaitForChange) | None => {
+            ctx.backoff.reset(name);
+            let until_deadline = outcome
+                .requeue_at
+                .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
+                .map(|d| d + Duration::from_millis(500));
+            Action::requeue(until_deadline.map_or(resync, |d| d.min(resync)))
+        }
+    }
+}
+
+pub fn account_error_policy(
+    guard: Arc<DeserializeGuard<OpenAIAccount>>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(account = %guard.name_any(), category = error.category(), error = %error, "reconcile failed");
+    Action::requeue(ctx.backoff.next(
+        &guard.name_any(),
+        ctx.config.retry_initial,
+        ctx.config.retry_max,
+    ))
+}
+
+fn older_registration(
+    ctx: &Context,
+    account: &OpenAIAccount,
+    scope: &AccountScope,
+) -> Option<String> {
+    let ours = (
+        account.metadata.creation_timestamp.clone().map(|t| t.0),
+        account.name_any(),
+    );
+    ctx.accounts
+        .state()
+        .iter()
+        .filter_map(|a| a.0.as_ref().ok())
+        .filter(|other| other.name_any() != account.name_any())
+        .filter(|other| AccountScope::parse(&other.spec.resource_id).is_ok_and(|s| &s == scope))
+        .filter(|other| {
+            (
+                other.metadata.creation_timestamp.clone().map(|t| t.0),
+                other.name_any(),
+            ) < ours
+        })
+        .map(|other| other.name_any())
+        .next()
+}
+
+fn service_accounts(
+    ctx: &Context,
+    accesses: &[AccessSource],
+) -> BTreeMap<ObjectKey, ServiceAccountInfo> {
+    let mut wanted = BTreeMap::new();
+    for access in accesses {
+        for name in access
+            .spec
+            .principals
+            .iter()
+            .filter_map(|p| p.service_account.as_deref())
+        {
+            let key = ObjectKey {
+                namespace: access.key.namespace.clone(),
+                name: name.to_string(),
+            };
+            let found = ctx
+                .service_accounts
+                .get(&kube::runtime::reflector::ObjectRef::new(name).within(&access.key.namespace));
+            if let Some(sa) = found {
+                wanted.insert(
+                    key,
+                    ServiceAccountInfo {
+                        client_id: sa.annotations().get(engine::CLIENT_ID_ANNOTATION).cloned(),
+                    },
+                );
+            }
+        }
+    }
+    wanted
+}
+
+fn status_turned(
+    before: Option<&OpenAIAccountStatus>,
+    after: &OpenAIAccountStatus,
+    type_: &str,
+    to: &str,
+) -> bool {
+    let find = |s: &OpenAIAccountStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.clone())
+    };
+    find(after).as_deref() == Some(to) && before.and_then(find).as_deref() != Some(to)
+}
+
+fn stalled_account_status(
+    generation: Option<i64>,
+    previous: Option<&OpenAIAccountStatus>,
+    reason: &'static str,
+    message: String,
+) -> OpenAIAccountStatus {
+    let now = Timestamp::now();
+    let previous_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    let mut status = previous.cloned().unwrap_or_default();
+    status.observed_generation = generation;
+    status.conditions = vec![
+        condition(
+            condition_types::READY,
+            (false, reason, message.clone()),
+            generation,
+            previous_conditions,
+            now,
+        ),
+        condition(
+            condition_types::RECONCILING,
+            (false, reason, "waiting for the spec to change".into()),
+            generation,
+            previous_conditions,
+            now,
+        ),
+        condition(
+            condition_types::STALLED,
+            (true, reason, message),
+            generation,
+            previous_conditions,
+            now,
+        ),
+    ];
+    status
+}
+
+fn account_status(
+    account: &OpenAIAccount,
+    scope: &AccountScope,
+    outcome: &PassOutcome,
+    now: Timestamp,
+) -> OpenAIAccountStatus {
+    let generation = account.metadata.generation;
+    let previous = account
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let info = outcome.account.as_ref();
+    let granted: usize = outcome
+        .accesses
+        .iter()
+        .flat_map(|a| &a.status.principals)
+        .filter(|p| p.state == Some(crate::api::GrantState::Granted))
+        .count();
+    let total: usize = outcome
+        .accesses
+        .iter()
+        .map(|a| a.status.principals.len())
+        .sum();
+    let (ready, reconciling, stalled): (Verdict, Verdict, Verdict) =
+        if let Some(error) = &outcome.read_error {
+            let message = format!("could not read the account or its role assignments: {error}");
+            let stalled = error.retry() == RetryDecision::WaitForChange;
+            (
+                (false, reasons::ARM_ERROR, message.clone()),
+                (!stalled, reasons::ARM_ERROR, message.clone()),
+                (stalled, reasons::ARM_ERROR, message),
+            )
+        } else if info.is_none() {
+            let message = format!("the Azure account {scope} does not exist (ARM answered 404)");
+            (
+                (false, reasons::AZURE_ACCOUNT_NOT_FOUND, message.clone()),
+                (false, reasons::AZURE_ACCOUNT_NOT_FOUND, message.clone()),
+                (true, reasons::AZURE_ACCOUNT_NOT_FOUND, message),
+            )
+        } else {
+            let failed = outcome
+                .results
+                .iter()
+                .filter(|r| matches!(r, engine::WriteResult::Failed(_)))
+                .count();
+            let summary = format!("{granted}/{total} grants in place");
+            if failed > 0 {
+                let message = format!("{failed} role assignment writes failed; {summary}");
+                (
+                    (false, reasons::ARM_ERROR, message.clone()),
+                    (true, reasons::ARM_ERROR, message.clone()),
+                    (false, reasons::ARM_ERROR, message),
+                )
+            } else {
+                (
+                    (true, reasons::RECONCILED, summary.clone()),
+                    (false, reasons::RECONCILED, summary.clone()),
+                    (false, reasons::RECONCILED, summary),
+                )
+            }
+        };
+    let mut conditions = vec![
+        condition(condition_types::READY, ready, generation, previous, now),
+        condition(
+            condition_types::RECONCILING,
+            reconciling,
+            generation,
+            previous,
+            now,
+        ),
+        condition(condition_types::STALLED, stalled, generation, previous, now),
+    ];
+    if let Some(info) = info {
+        let keyless = if info.local_auth_disabled {
+            (
+                true,
+                "LocalAuthDisabled",
+                "API keys are disabled: only Entra ID tokens work".to_string(),
+            )
+        } else {
+            (
+                false,
+                "LocalAuthEnabled",
+                "the account still accepts API keys: set disableLocalAuth to true".to_string(),
+            )
+        };
+        conditions.push(condition(
+            condition_types::KEYLESS_ONLY,
+            keyless,
+            generation,
+            previous,
+            now,
+        ));
+        let token = match info.custom_sub_domain_name.as_deref() {
+            Some(sub) if !sub.is_empty() => (true, "CustomSubDomain", format!("custom subdomain {sub} accepts Entra ID tokens")),
+            _ => (false, "NoCustomSubDomain", "the account has no custom subdomain, so Entra ID tokens cannot work: set customSubDomainName on it".to_string()),
+        };
+        conditions.push(condition(
+            condition_types::TOKEN_AUTH_SUPPORTED,
+            token,
+            generation,
+            previous,
+            now,
+        ));
+    }
+    OpenAIAccountStatus {
+        observed_generation: generation,
+        conditions,
+        scope: Some(scope.to_string()),
+        account_name: Some(scope.account_name().to_string()),
+        endpoint: info.and_then(|i| i.endpoint.clone()),
+        kind: info.map(|i| i.kind.clone()),
+        local_auth_disabled: info.map(|i| i.local_auth_disabled),
+        custom_sub_domain_name: info.and_then(|i| i.custom_sub_domain_name.clone()),
+        summary: Some(format!("{granted}/{total} granted")),
+    }
+}
+
+/// The light reconcile of an OpenAIAccess: reports what the account controller cannot.
+#[tracing::instrument(skip_all, fields(access = %guard.name_any()))]
+pub async fn reconcile_access(
+    guard: Arc<DeserializeGuard<OpenAIAccess>>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let namespace = guard.namespace().unwrap_or_default();
+    let api: Api<OpenAIAccess> = Api::namespaced(ctx.client.clone(), &namespace);
+    let access = match &guard.0 {
+        Ok(access) => access,
+        Err(invalid) => {
+            let name = invalid.metadata.name.clone().unwrap_or_default();
+            let message = format!(
+                "the object does not match the OpenAIAccess schema: {} — fix the spec",
+                invalid.error
+            );
+            let status = stalled_access_status(
+                invalid.metadata.generation,
+                None,
+                reasons::INVALID_SPEC,
+                message.clone(),
+            );
+            if apply_access_status(&api, &name, None, &status).await? {
+                let mut reference = guard.object_ref(&());
+                reference.name = Some(name);
+                publish(
+                    &ctx.recorder,
+                    &reference,
+                    true,
+                    reasons::INVALID_SPEC,
+                    "Validate",
+                    message,
+                )
+                .await;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+    ctx.accounts.wait_until_ready().await.ok();
+    let account_exists = ctx
+        .accounts
+        .get(&kube::runtime::reflector::ObjectRef::new(
+            &access.spec.account_ref.name,
+        ))
+        .is_some_and(|a| {
+            a.0.as_ref()
+                .is_ok_and(|a| a.metadata.deletion_timestamp.is_none() || has_finalizer(a))
+        });
+    if account_exists {
+        return Ok(Action::await_change());
+    }
+    if access.metadata.deletion_timestamp.is_some() {
+        // No account, so keyless manages no grant for it (the account's own finalizer revoked or
+        // retained them when it was unregistered).
+        set_finalizer(&api, access, false).await?;
+        return Ok(Action::await_change());
+    }
+    let message = format!(
+        "OpenAIAccount {} does not exist: ask the platform team to register it, or fix spec.accountRef.name",
+        access.spec.account_ref.name
+    );
+    let status = stalled_access_status(
+        access.metadata.generation,
+        access.status.as_ref(),
+        reasons::ACCOUNT_NOT_FOUND,
+        message.clone(),
+    );
+    if apply_access_status(&api, &access.name_any(), access.status.as_ref(), &status).await? {
+        publish(
+            &ctx.recorder,
+            &access.object_ref(&()),
+            true,
+            reasons::ACCOUNT_NOT_FOUND,
+            "Reconcile",
+            message,
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+pub fn access_error_policy(
+    guard: Arc<DeserializeGuard<OpenAIAccess>>,
+    error: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(access = %guard.name_any(), category = error.category(), error = %error, "reconcile failed");
+    Action::requeue(ctx.config.retry_initial)
+}
+
+fn stalled_access_status(
+    generation: Option<i64>,
+    previous: Option<&OpenAIAccessStatus>,
+    reason: &'static str,
+    message: String,
+) -> OpenAIAccessStatus {
+    let now = Timestamp::now();
+    let previous_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    let mut status = previous.cloned().unwrap_or_default();
+    status.observed_generation = generation;
+    status.conditions = vec![
+        condition(
+            condition_types::READY,
+            (false, reason, message.clone()),
+            generation,
+            previous_conditions,
+            now,
+        ),
+        condition(
+            condition_types::RECONCILING,
+            (false, reason, "waiting for a change".into()),
+            generation,
+            previous_conditions,
+            now,
+        ),
+        condition(
+            condition_types::STALLED,
+            (true, reason, message),
+            generation,
+            previous_conditions,
+            now,
+        ),
+    ];
+    for principal in status.principals.iter_mut() {
+        principal.state = Some(crate::api::GrantState::Failed);
+        principal.reason = Some(reason.to_string());
+        principal.granted_at = None::<Time>;
+    }
+    status.summary = Some(crate::plan::planner::summary(&status.principals));
+    status
+}

@@ -1,0 +1,529 @@
+//! One pass over one account scope — resolve → observe → plan → apply → outcome — generic over the
+//! Azure traits. File mode and the controller both run it; they differ only in where the objects
+//! come from and where the outcome goes.
+
+pub mod conditions;
+pub mod resolve;
+
+#[cfg(test)]
+mod tests;
+
+use crate::api::{
+    GrantState, OpenAIAccessSpec, OpenAIAccessStatus, OpenAIAccountSpec, PrincipalStatus, reasons,
+};
+use crate::azure::{
+    AccountInfo, Accounts, AzureError, AzureErrorKind, Created, Directory, ManagedIdentities,
+    RetryDecision, RoleAssignments,
+};
+use crate::plan::policy::NamespaceLabels;
+use crate::plan::{
+    AccessInput, AccountInput, AccountScope, Cleanup, InstanceId, ObjectKey, Observation, Plan,
+    PlanInput, Write, plan,
+};
+use jiff::Timestamp;
+pub use resolve::{CLIENT_ID_ANNOTATION, FederationCheck, ServiceAccountInfo};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// The Azure side, as the engine sees it.
+#[derive(Clone, Copy)]
+pub struct Azure<'a> {
+    pub assignments: &'a dyn RoleAssignments,
+    pub accounts: &'a dyn Accounts,
+    pub identities: &'a dyn ManagedIdentities,
+    pub directory: &'a dyn Directory,
+}
+
+/// Settings of a pass; every duration is a parameter.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub instance: InstanceId,
+    pub max_deletes_per_pass: usize,
+    pub replication_deadline: Duration,
+    /// Role assignments take effect up to 10 minutes after creation; a grant counts as ready this
+    /// long after ARM's createdOn.
+    pub propagation_grace: Duration,
+    pub federation_issuer: Option<String>,
+    /// Plan only: observe and plan, write nothing.
+    pub dry_run: bool,
+}
+
+/// One OpenAIAccess as the front end found it.
+#[derive(Clone, Debug)]
+pub struct AccessSource {
+    pub key: ObjectKey,
+    pub generation: Option<i64>,
+    pub spec: OpenAIAccessSpec,
+    pub being_deleted: bool,
+    pub previous: Option<OpenAIAccessStatus>,
+}
+
+/// Everything one pass over one account needs from the front end.
+#[derive(Clone, Debug)]
+pub struct ScopeSource {
+    pub account_name: String,
+    pub account_generation: Option<i64>,
+    pub account: OpenAIAccountSpec,
+    pub account_being_deleted: bool,
+    pub accesses: Vec<AccessSource>,
+    pub service_accounts: BTreeMap<ObjectKey, ServiceAccountInfo>,
+    pub namespaces: NamespaceLabels,
+}
+
+/// What happened to one write.
+#[derive(Debug)]
+pub enum WriteResult {
+    /// A delete or release succeeded.
+    Done,
+    /// ARM created (or confirmed) the assignment under our name.
+    Created(crate::plan::ObservedAssignment),
+    /// Created under another name already (409): adopted.
+    Adopted(crate::plan::ObservedAssignment),
+    Skipped(String),
+    Failed(AzureError),
+    /// Not attempted: a plan-only pass, or the pass stopped early (throttled).
+    NotAttempted,
+}
+
+/// A thing worth a Kubernetes Event or a log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineEvent {
+    /// The OpenAIAccess it concerns, or None for the account.
+    pub object: Option<ObjectKey>,
+    pub warning: bool,
+    pub reason: &'static str,
+    pub action: &'static str,
+    pub note: String,
+}
+
+#[derive(Debug)]
+pub struct AccessResult {
+    pub key: ObjectKey,
+    pub status: OpenAIAccessStatus,
+    /// For an object being deleted: its finalizer may go.
+    pub cleanup_complete: bool,
+}
+
+#[derive(Debug)]
+pub struct PassOutcome {
+    pub scope: Option<AccountScope>,
+    pub account: Option<AccountInfo>,
+    pub plan: Option<Plan>,
+    pub results: Vec<WriteResult>,
+    pub accesses: Vec<AccessResult>,
+    pub account_cleanup_complete: bool,
+    pub events: Vec<EngineEvent>,
+    /// Set when the pass must be retried sooner than the resync interval.
+    pub retry: Option<RetryDecision>,
+    /// Set when the account's spec is invalid: wait for a change.
+    pub invalid_spec: Option<String>,
+    /// A read failure (account or LIST) that stopped the pass.
+    pub read_error: Option<AzureError>,
+    /// When this scope must be looked at again regardless of changes: a grant's propagation grace
+    /// ends, or an OpenAIAccess expires.
+    pub requeue_at: Option<Timestamp>,
+}
+
+impl PassOutcome {
+    /// Whether anything was (or, in a plan-only pass, would be) written.
+    pub fn changed(&self) -> bool {
+        self.plan.as_ref().is_some_and(|p| !p.writes.is_empty())
+    }
+}
+
+/// Runs one pass over one account scope.
+pub async fn run_pass(
+    azure: Azure<'_>,
+    source: &ScopeSource,
+    config: &EngineConfig,
+    now: Timestamp,
+) -> PassOutcome {
+    let mut outcome = PassOutcome {
+        scope: None,
+        account: None,
+        plan: None,
+        results: Vec::new(),
+        accesses: Vec::new(),
+        account_cleanup_complete: false,
+        events: Vec::new(),
+        retry: None,
+        invalid_spec: None,
+        read_error: None,
+        requeue_at: None,
+    };
+    let scope = match AccountScope::parse(&source.account.resource_id) {
+        Ok(scope) => scope,
+        Err(error) => {
+            outcome.invalid_spec = Some(format!("spec.resourceId: {error}"));
+            return outcome;
+        }
+    };
+    outcome.scope = Some(scope.clone());
+
+    // Observe the account first: a 404 means every assignment at its scope is gone too.
+    let observation = match azure.accounts.get_account(&scope).await {
+        Ok(None) => Observation::AccountGone,
+        Ok(Some(info)) => {
+            outcome.account = Some(info);
+            match azure.assignments.observe_scope(&scope).await {
+                Ok(list) => Observation::Complete(list),
+                Err(error) => {
+                    let message = error.to_string();
+                    outcome.retry = Some(error.retry());
+                    outcome.read_error = Some(error);
+                    Observation::Unavailable { message }
+                }
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
+            outcome.retry = Some(error.retry());
+            outcome.read_error = Some(error);
+            Observation::Unavailable { message }
+        }
+    };
+
+    // Resolve (only when there is something to compare against).
+    let mut resolver = resolve::Resolver::new(
+        azure.directory,
+        azure.identities,
+        &source.service_accounts,
+        FederationCheck {
+            required: source.account.require_federation,
+            issuer: config.federation_issuer.clone(),
+        },
+    );
+    let mut accesses = Vec::with_capacity(source.accesses.len());
+    for access in &source.accesses {
+        let mut resolutions = Vec::with_capacity(access.spec.principals.len());
+        for principal in &access.spec.principals {
+            let resolution = match principal.reference() {
+                Some(reference) if !matches!(observation, Observation::Unavailable { .. }) => {
+                    resolver
+                        .resolve(
+                            &access.key,
+                            &reference,
+                            access.previous.as_ref(),
+                            access.generation,
+                        )
+                        .await
+                }
+                _ => crate::plan::Resolution::Unresolved {
+                    reason: reasons::RESOLUTION_FAILED.into(),
+                    message: "not resolved: the account could not be read".into(),
+                    replicating: false,
+                },
+            };
+            resolutions.push(resolution);
+        }
+        accesses.push(AccessInput {
+            key: access.key.clone(),
+            generation: access.generation,
+            spec: access.spec.clone(),
+            being_deleted: access.being_deleted,
+            previous: access.previous.clone(),
+            resolutions,
+        });
+    }
+    for (object, note) in std::mem::take(&mut resolver.findings) {
+        outcome.events.push(EngineEvent {
+            object: Some(object),
+            warning: true,
+            reason: "FederationFinding",
+            action: "Resolve",
+            note,
+        });
+    }
+
+    let account = AccountInput {
+        name: source.account_name.clone(),
+        spec: source.account.clone(),
+        being_deleted: source.account_being_deleted,
+    };
+    let plan = plan(&PlanInput {
+        scope: &scope,
+        account: &account,
+        accesses: &accesses,
+        namespaces: &source.namespaces,
+        observation: &observation,
+        instance: &config.instance,
+        now,
+        max_deletes: config.max_deletes_per_pass,
+        replication_deadline: config.replication_deadline,
+    });
+
+    // Apply, one write at a time: writes on a scope are never concurrent.
+    let mut failed_creates_of: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut stop: Option<RetryDecision> = None;
+    for write in &plan.writes {
+        if config.dry_run {
+            outcome.results.push(WriteResult::NotAttempted);
+            continue;
+        }
+        if stop.is_some() {
+            outcome.results.push(WriteResult::NotAttempted);
+            continue;
+        }
+        let result = match write {
+            Write::Create {
+                assignment,
+                declared_by,
+            } => match azure.assignments.create_assignment(assignment).await {
+                Ok(Created::Created(created)) => {
+                    outcome.events.push(EngineEvent {
+                        object: declared_by.first().cloned(),
+                        warning: false,
+                        reason: "RoleAssignmentCreated",
+                        action: "Create",
+                        note: format!(
+                            "granted {} to {} ({})",
+                            assignment.role, assignment.principal_id, assignment.principal_type
+                        ),
+                    });
+                    WriteResult::Created(created)
+                }
+                Ok(Created::AlreadyExists(existing)) => WriteResult::Adopted(existing),
+                Err(error) => {
+                    failed_creates_of.extend(declared_by.iter().cloned());
+                    if matches!(error.retry(), RetryDecision::After(_)) {
+                        stop = Some(error.retry());
+                    }
+                    outcome.events.push(EngineEvent {
+                        object: declared_by.first().cloned(),
+                        warning: true,
+                        reason: "RoleAssignmentFailed",
+                        action: "Create",
+                        note: format!(
+                            "could not grant {} to {}: {error}",
+                            assignment.role, assignment.principal_id
+                        ),
+                    });
+                    WriteResult::Failed(error)
+                }
+            },
+            Write::Release { assignment, .. } => {
+                match azure.assignments.create_assignment(assignment).await {
+                    Ok(_) => WriteResult::Done,
+                    Err(error) => {
+                        if matches!(error.retry(), RetryDecision::After(_)) {
+                            stop = Some(error.retry());
+                        }
+                        WriteResult::Failed(error)
+                    }
+                }
+            }
+            Write::Delete {
+                assignment,
+                reason,
+                after_creates_of,
+            } => {
+                if let Some(blocked) = after_creates_of
+                    .iter()
+                    .find(|k| failed_creates_of.contains(k))
+                {
+                    WriteResult::Skipped(format!(
+                        "kept until the replacement grant for {blocked} exists (make-before-break)"
+                    ))
+                } else {
+                    match azure.assignments.delete_assignment(&assignment.id).await {
+                        Ok(_) => {
+                            outcome.events.push(EngineEvent {
+                                object: None,
+                                warning: false,
+                                reason: "RoleAssignmentDeleted",
+                                action: "Delete",
+                                note: format!(
+                                    "revoked role assignment {} of {} ({reason})",
+                                    assignment.name, assignment.principal_id
+                                ),
+                            });
+                            WriteResult::Done
+                        }
+                        Err(error) => {
+                            if matches!(error.retry(), RetryDecision::After(_)) {
+                                stop = Some(error.retry());
+                            }
+                            outcome.events.push(EngineEvent {
+                                object: None,
+                                warning: true,
+                                reason: "RoleAssignmentFailed",
+                                action: "Delete",
+                                note: format!(
+                                    "could not revoke role assignment {}: {error}",
+                                    assignment.name
+                                ),
+                            });
+                            WriteResult::Failed(error)
+                        }
+                    }
+                }
+            }
+        };
+        outcome.results.push(result);
+    }
+    if let Some(decision) = stop {
+        outcome.retry = Some(decision);
+    }
+
+    // Outcomes: the plan's statuses, corrected by what the writes did.
+    for access_plan in &plan.accesses {
+        let source_access = source.accesses.iter().find(|a| a.key == access_plan.key);
+        let mut principals = access_plan.principals.clone();
+        for status in principals.iter_mut() {
+            apply_write_results(status, &plan, &outcome.results, now);
+        }
+        let cleanup_complete = match &access_plan.cleanup {
+            Cleanup::Complete => true,
+            Cleanup::AfterWrites(indexes) => indexes
+                .iter()
+                .all(|i| matches!(outcome.results.get(*i), Some(WriteResult::Done))),
+            Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
+        };
+        let previous = source_access.and_then(|a| a.previous.as_ref());
+        let status = conditions::access_status(
+            access_plan.generation,
+            &scope,
+            principals,
+            previous,
+            &plan,
+            config,
+            now,
+        );
+        for principal in status
+            .principals
+            .iter()
+            .filter(|p| p.state == Some(GrantState::Denied))
+        {
+            let was_denied = previous
+                .and_then(|s| {
+                    s.principals
+                        .iter()
+                        .find(|q| q.principal == principal.principal)
+                })
+                .is_some_and(|q| q.state == Some(GrantState::Denied));
+            if !was_denied {
+                outcome.events.push(EngineEvent {
+                    object: Some(access_plan.key.clone()),
+                    warning: true,
+                    reason: "AccessDenied",
+                    action: "Plan",
+                    note: format!(
+                        "{}: {}",
+                        principal.principal,
+                        principal.message.as_deref().unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        outcome.accesses.push(AccessResult {
+            key: access_plan.key.clone(),
+            status,
+            cleanup_complete,
+        });
+    }
+    outcome.account_cleanup_complete = match &plan.account_cleanup {
+        Cleanup::Complete => true,
+        Cleanup::AfterWrites(indexes) => indexes
+            .iter()
+            .all(|i| matches!(outcome.results.get(*i), Some(WriteResult::Done))),
+        Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
+    };
+    if outcome.retry.is_none()
+        && outcome.results.iter().any(
+            |r| matches!(r, WriteResult::Failed(e) if e.retry() != RetryDecision::WaitForChange),
+        )
+    {
+        outcome.retry = Some(RetryDecision::Backoff);
+    }
+    if outcome.retry.is_none() && plan.deferred_deletes > 0 {
+        // The rest of the deletes wait for the next pass; do not wait a whole resync for it.
+        outcome.retry = Some(RetryDecision::Backoff);
+    }
+    outcome.requeue_at = next_deadline(source, &outcome.accesses, config, now);
+    outcome.plan = Some(plan);
+    outcome
+}
+
+// The earliest future moment at which a status would change by itself.
+fn next_deadline(
+    source: &ScopeSource,
+    accesses: &[AccessResult],
+    config: &EngineConfig,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let expiries = source
+        .accesses
+        .iter()
+        .filter_map(|a| a.spec.expires_at.as_ref().map(|t| t.0));
+    let propagation = accesses
+        .iter()
+        .flat_map(|a| a.status.principals.iter())
+        .filter_map(|p| p.granted_at.as_ref())
+        .filter_map(|t| conditions::ready_at(t.0, config.propagation_grace));
+    expiries.chain(propagation).filter(|t| *t > now).min()
+}
+
+// A principal's planned status, corrected by the result of the write that concerned it.
+fn apply_write_results(
+    status: &mut PrincipalStatus,
+    plan: &Plan,
+    results: &[WriteResult],
+    now: Timestamp,
+) {
+    let Some(object_id) = status.object_id.as_deref() else {
+        return;
+    };
+    for (write, result) in plan.writes.iter().zip(results) {
+        let Write::Create { assignment, .. } = write else {
+            continue;
+        };
+        if !assignment.principal_id.eq_ignore_ascii_case(object_id)
+            || status.state != Some(GrantState::Pending)
+        {
+            continue;
+        }
+        match result {
+            WriteResult::Created(created) => {
+                status.state = Some(GrantState::Granted);
+                status.reason = Some(reasons::GRANTED.into());
+                status.message = Some("role assignment created".into());
+                status.role_assignment_id = Some(assignment.id());
+                // ARM's createdOn, so the time survives restarts and never churns status.
+                status.granted_at =
+                    Some(crate::api::common::Time(created.created_on.unwrap_or(now)));
+            }
+            WriteResult::Adopted(existing) => {
+                status.state = Some(GrantState::Granted);
+                status.reason = Some(reasons::ADOPTED.into());
+                status.message = Some(format!(
+                    "an existing role assignment ({}) already grants this; keyless adopts it and will never delete it",
+                    existing.name
+                ));
+                status.role_assignment_id = Some(existing.id.clone());
+                status.granted_at = existing.created_on.map(crate::api::common::Time);
+            }
+            WriteResult::Failed(error) => {
+                let replicating = error.kind == AzureErrorKind::PrincipalNotFound;
+                status.state = Some(if replicating {
+                    GrantState::Pending
+                } else {
+                    GrantState::Failed
+                });
+                status.reason = Some(if replicating {
+                    reasons::REPLICATING.to_string()
+                } else {
+                    error.kind.as_str().to_string()
+                });
+                status.message = Some(error.to_string());
+                status.granted_at = None;
+                if replicating && status.pending_since.is_none() {
+                    status.pending_since = Some(crate::api::common::Time(now));
+                }
+            }
+            WriteResult::Done | WriteResult::Skipped(_) | WriteResult::NotAttempted => {}
+        }
+    }
+    if status.state == Some(GrantState::Granted) {
+        status.pending_since = None;
+    }
+}

@@ -1,0 +1,561 @@
+//! The engine over an in-memory Azure: how a pass sequences reads and writes and turns their
+//! results into status. (File mode and the controller are tested against the emulator over HTTPS.)
+
+use super::*;
+use crate::api::{
+    AccountRef, AllowedNamespaces, DeletionPolicy, Principal, PrincipalKind, RoleName,
+};
+use crate::azure::{Deleted, DirectoryObject, FederatedCredential, ManagedIdentity};
+use crate::plan::{NewAssignment, ObservedAssignment, PrincipalType};
+use async_trait::async_trait;
+use std::sync::Mutex;
+
+const SCOPE: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-prod";
+
+#[derive(Default)]
+struct FakeAzure {
+    assignments: Mutex<Vec<ObservedAssignment>>,
+    calls: Mutex<Vec<String>>,
+    fail_creates_for: Mutex<Vec<String>>,
+    account_missing: bool,
+    identities: Vec<(ManagedIdentity, Vec<FederatedCredential>)>,
+}
+
+impl FakeAzure {
+    fn calls(&self, prefix: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
+    }
+    fn azure(&self) -> Azure<'_> {
+        Azure {
+            assignments: self,
+            accounts: self,
+            identities: self,
+            directory: self,
+        }
+    }
+}
+
+#[async_trait]
+impl RoleAssignments for FakeAzure {
+    async fn observe_scope(
+        &self,
+        _scope: &AccountScope,
+    ) -> Result<Vec<ObservedAssignment>, AzureError> {
+        self.calls.lock().unwrap().push("list".into());
+        Ok(self.assignments.lock().unwrap().clone())
+    }
+    async fn create_assignment(&self, a: &NewAssignment) -> Result<Created, AzureError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("put {}", a.principal_id));
+        if self
+            .fail_creates_for
+            .lock()
+            .unwrap()
+            .contains(&a.principal_id)
+        {
+            return Err(AzureError::new(AzureErrorKind::Transient, "503 from ARM"));
+        }
+        let mut list = self.assignments.lock().unwrap();
+        if let Some(existing) = list.iter().find(|o| {
+            o.principal_id == a.principal_id
+                && RoleName::from_definition_id(&o.role_definition_id) == Some(a.role)
+                && o.name != a.name.to_string()
+        }) {
+            return Ok(Created::AlreadyExists(existing.clone()));
+        }
+        list.retain(|o| o.name != a.name.to_string());
+        let created = ObservedAssignment {
+            id: a.id(),
+            name: a.name.to_string(),
+            scope: a.scope.to_string(),
+            principal_id: a.principal_id.clone(),
+            principal_type: Some(a.principal_type.to_string()),
+            role_definition_id: a.role.definition_id(a.scope.subscription_id()),
+            description: Some(a.description.clone()),
+            condition: None,
+            created_on: Some("2026-11-28T11:00:00Z".parse().unwrap()),
+        };
+        list.push(created.clone());
+        Ok(Created::Created(created))
+    }
+    async fn delete_assignment(&self, id: &str) -> Result<Deleted, AzureError> {
+        self.calls.lock().unwrap().push(format!("delete {id}"));
+        let mut list = self.assignments.lock().unwrap();
+        let before = list.len();
+        list.retain(|o| o.id != id);
+        Ok(if list.len() < before {
+            Deleted::Deleted
+        } else {
+            Deleted::AlreadyGone
+        })
+    }
+}
+
+#[async_trait]
+impl Accounts for FakeAzure {
+    async fn get_account(&self, _scope: &AccountScope) -> Result<Option<AccountInfo>, AzureError> {
+        self.calls.lock().unwrap().push("get account".into());
+        Ok((!self.account_missing).then(|| AccountInfo {
+            kind: "OpenAI".into(),
+            endpoint: Some("https://oai-prod.openai.azure.com/".into()),
+            local_auth_disabled: true,
+            custom_sub_domain_name: Some("oai-prod".into()),
+        }))
+    }
+}
+
+#[async_trait]
+impl ManagedIdentities for FakeAzure {
+    async fn get_identity(&self, resource_id: &str) -> Result<Option<ManagedIdentity>, AzureError> {
+        Ok(self
+            .identities
+            .iter()
+            .map(|(i, _)| i)
+            .find(|i| i.resource_id.eq_ignore_ascii_case(resource_id))
+            .cloned())
+    }
+    async fn find_identity_by_client_id(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<ManagedIdentity>, AzureError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("find identity {client_id}"));
+        Ok(self
+            .identities
+            .iter()
+            .map(|(i, _)| i)
+            .find(|i| i.client_id == client_id)
+            .cloned())
+    }
+    async fn federated_credentials(
+        &self,
+        resource_id: &str,
+    ) -> Result<Vec<FederatedCredential>, AzureError> {
+        Ok(self
+            .identities
+            .iter()
+            .find(|(i, _)| i.resource_id == resource_id)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl Directory for FakeAzure {
+    async fn user_by_upn(&self, upn: &str) -> Result<DirectoryObject, AzureError> {
+        self.calls.lock().unwrap().push(format!("user {upn}"));
+        if upn == "alice@contoso.com" {
+            Ok(DirectoryObject {
+                id: oid(1),
+                principal_type: PrincipalType::User,
+                display_name: None,
+            })
+        } else {
+            Err(AzureError::new(
+                AzureErrorKind::NotFound,
+                format!("user {upn} not found"),
+            ))
+        }
+    }
+    async fn group_by_display_name(&self, name: &str) -> Result<DirectoryObject, AzureError> {
+        Err(AzureError::new(
+            AzureErrorKind::NotFound,
+            format!("group {name} not found"),
+        ))
+    }
+    async fn service_principal_by_app_id(
+        &self,
+        app_id: &str,
+    ) -> Result<DirectoryObject, AzureError> {
+        Err(AzureError::new(
+            AzureErrorKind::NotFound,
+            format!("app {app_id} not found"),
+        ))
+    }
+    async fn object_by_id(&self, object_id: &str) -> Result<DirectoryObject, AzureError> {
+        Err(AzureError::new(
+            AzureErrorKind::NotFound,
+            format!("{object_id} not found"),
+        ))
+    }
+}
+
+fn oid(n: u8) -> String {
+    format!("00000000-0000-0000-0000-0000000000{n:02x}")
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        instance: InstanceId::new("cluster-a").unwrap(),
+        max_deletes_per_pass: 50,
+        replication_deadline: Duration::from_secs(600),
+        propagation_grace: Duration::from_secs(300),
+        federation_issuer: Some("https://oidc.example/".into()),
+        dry_run: false,
+    }
+}
+
+fn now() -> Timestamp {
+    "2026-11-28T12:00:00Z".parse().unwrap()
+}
+
+fn source(accesses: Vec<AccessSource>) -> ScopeSource {
+    ScopeSource {
+        account_name: "prod".into(),
+        account_generation: Some(1),
+        account: OpenAIAccountSpec {
+            resource_id: SCOPE.into(),
+            allowed_namespaces: Some(AllowedNamespaces {
+                names: vec!["team-a".into(), "team-b".into()],
+                selector: None,
+            }),
+            allowed_roles: vec![RoleName::OpenAIUser],
+            allowed_principal_kinds: PrincipalKind::ALL.to_vec(),
+            require_federation: true,
+            deletion_policy: DeletionPolicy::Delete,
+        },
+        account_being_deleted: false,
+        accesses,
+        service_accounts: BTreeMap::from([(
+            ObjectKey {
+                namespace: "team-a".into(),
+                name: "chat".into(),
+            },
+            ServiceAccountInfo {
+                client_id: Some("client-chat".into()),
+            },
+        )]),
+        namespaces: NamespaceLabels::new(),
+    }
+}
+
+fn access(namespace: &str, name: &str, principals: Vec<Principal>) -> AccessSource {
+    AccessSource {
+        key: ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        },
+        generation: Some(1),
+        spec: OpenAIAccessSpec {
+            account_ref: AccountRef {
+                name: "prod".into(),
+            },
+            role: RoleName::OpenAIUser,
+            principals,
+            expires_at: None,
+            deletion_policy: DeletionPolicy::Delete,
+            export_to: None,
+        },
+        being_deleted: false,
+        previous: None,
+    }
+}
+
+fn object(n: u8) -> Principal {
+    Principal {
+        object_id: Some(oid(n)),
+        principal_type: Some(PrincipalType::ServicePrincipal),
+        ..Default::default()
+    }
+}
+
+fn ready(result: &AccessResult) -> &Condition {
+    result
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_pass_creates_missing_grants_with_one_list_and_one_put_each() {
+    let azure = FakeAzure::default();
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1), object(2)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("list"), 1);
+    assert_eq!(azure.calls("put"), 2);
+    let status = &outcome.accesses[0].status;
+    assert_eq!(status.summary.as_deref(), Some("2/2 granted"));
+    assert_eq!(
+        status.principals[0].granted_at,
+        Some(Time("2026-11-28T11:00:00Z".parse().unwrap())),
+        "createdOn from ARM"
+    );
+    assert_eq!(
+        ready(&outcome.accesses[0]).status,
+        "True",
+        "created an hour ago: past the grace"
+    );
+
+    // The second pass costs the reads only.
+    let again = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1), object(2)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert!(!again.changed());
+    assert_eq!(azure.calls("put"), 2);
+    assert_eq!(azure.calls("list"), 2);
+}
+
+use crate::api::common::{Condition, Time};
+
+#[tokio::test]
+async fn a_fresh_grant_is_not_ready_until_the_propagation_grace_has_passed() {
+    let azure = FakeAzure::default();
+    let early: Timestamp = "2026-11-28T11:02:00Z".parse().unwrap();
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1)])]),
+        &config(),
+        early,
+    )
+    .await;
+    let condition = ready(&outcome.accesses[0]);
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", reasons::PROPAGATING)
+    );
+    assert!(
+        condition.message.contains("2026-11-28T11:05:00Z"),
+        "{}",
+        condition.message
+    );
+    assert_eq!(
+        outcome.requeue_at,
+        Some("2026-11-28T11:05:00Z".parse().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn a_create_that_fails_keeps_the_old_grant_of_a_principal_change() {
+    let azure = FakeAzure::default();
+    let first = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let mut edited = access("team-a", "chat", vec![object(2)]);
+    edited.previous = Some(first.accesses[0].status.clone());
+    azure.fail_creates_for.lock().unwrap().push(oid(2));
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![edited.clone()]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(
+        azure.calls("delete"),
+        0,
+        "the old grant stays until the new one exists"
+    );
+    assert!(matches!(
+        outcome.results.last(),
+        Some(WriteResult::Skipped(_))
+    ));
+    assert_eq!(outcome.retry, Some(RetryDecision::Backoff));
+    assert_eq!(
+        outcome.accesses[0].status.principals[0].state,
+        Some(GrantState::Failed)
+    );
+
+    azure.fail_creates_for.lock().unwrap().clear();
+    run_pass(azure.azure(), &source(vec![edited]), &config(), now()).await;
+    let held: Vec<String> = azure
+        .assignments
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.principal_id.clone())
+        .collect();
+    assert_eq!(held, vec![oid(2)], "made, then broken");
+}
+
+#[tokio::test]
+async fn a_409_adopts_the_existing_assignment() {
+    let azure = FakeAzure::default();
+    azure.assignments.lock().unwrap().push(ObservedAssignment {
+        id: format!("{SCOPE}/providers/Microsoft.Authorization/roleAssignments/9d3e5b1a-7c2f-4e8d-b6a0-1f2e3d4c5b6a"),
+        name: "9d3e5b1a-7c2f-4e8d-b6a0-1f2e3d4c5b6a".into(),
+        // A different scope casing hides it from the planner's view of this scope, as a stale
+        // LIST would; the PUT's 409 then finds it.
+        scope: "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-other/providers/Microsoft.CognitiveServices/accounts/oai-prod".into(),
+        principal_id: oid(1),
+        principal_type: Some("ServicePrincipal".into()),
+        role_definition_id: RoleName::OpenAIUser.definition_id("x"),
+        description: None,
+        condition: None,
+        created_on: Some("2026-01-01T00:00:00Z".parse().unwrap()),
+    });
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(status.state, Some(GrantState::Granted));
+    assert_eq!(status.reason.as_deref(), Some(reasons::ADOPTED));
+}
+
+#[tokio::test]
+async fn a_service_account_without_a_federated_credential_is_denied() {
+    let identity = ManagedIdentity { resource_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-chat".into(), principal_id: oid(9), client_id: "client-chat".into(), tenant_id: "t".into() };
+    let other = FederatedCredential {
+        name: "other".into(),
+        issuer: "https://oidc.example/".into(),
+        subject: "system:serviceaccount:team-b:worker".into(),
+        audiences: vec![],
+    };
+    let azure = FakeAzure {
+        identities: vec![(identity.clone(), vec![other.clone()])],
+        ..Default::default()
+    };
+    let sa = Principal {
+        service_account: Some("chat".into()),
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![sa.clone()])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(
+        (status.state, status.reason.as_deref()),
+        (Some(GrantState::Denied), Some(reasons::FEDERATION_MISSING))
+    );
+    assert_eq!(azure.calls("put"), 0);
+    assert!(
+        outcome
+            .events
+            .iter()
+            .any(|e| e.reason == "FederationFinding" && e.note.contains("team-b:worker")),
+        "shared identity reported"
+    );
+
+    let ours = FederatedCredential {
+        name: "chat".into(),
+        issuer: "https://oidc.example".into(),
+        subject: "system:serviceaccount:team-a:chat".into(),
+        audiences: vec![],
+    };
+    let azure = FakeAzure {
+        identities: vec![(identity, vec![other, ours])],
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![sa])]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(
+        outcome.accesses[0].status.principals[0].state,
+        Some(GrantState::Granted)
+    );
+    assert_eq!(
+        outcome.accesses[0].status.principals[0]
+            .object_id
+            .as_deref(),
+        Some(oid(9).as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_missing_account_completes_cleanup_without_writes() {
+    let azure = FakeAzure {
+        account_missing: true,
+        ..Default::default()
+    };
+    let mut leaving = access("team-a", "chat", vec![object(1)]);
+    leaving.being_deleted = true;
+    let outcome = run_pass(azure.azure(), &source(vec![leaving]), &config(), now()).await;
+    assert!(outcome.accesses[0].cleanup_complete);
+    assert_eq!(
+        azure.calls("list"),
+        0,
+        "no LIST for an account that is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_object_is_clean_once_its_delete_succeeded() {
+    let azure = FakeAzure::default();
+    run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let mut leaving = access("team-a", "chat", vec![object(1)]);
+    leaving.being_deleted = true;
+    let outcome = run_pass(azure.azure(), &source(vec![leaving]), &config(), now()).await;
+    assert_eq!(azure.calls("delete"), 1);
+    assert!(outcome.accesses[0].cleanup_complete);
+    assert!(azure.assignments.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_user_is_pending_as_possibly_replicating() {
+    let azure = FakeAzure::default();
+    let bob = Principal {
+        user: Some("nobody@contoso.com".into()),
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![bob])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(
+        (status.state, status.reason.as_deref()),
+        (Some(GrantState::Pending), Some(reasons::REPLICATING))
+    );
+}
+
+#[tokio::test]
+async fn a_plan_only_pass_writes_nothing() {
+    let azure = FakeAzure::default();
+    let config = EngineConfig {
+        dry_run: true,
+        ..config()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1)])]),
+        &config,
+        now(),
+    )
+    .await;
+    assert!(outcome.changed());
+    assert_eq!(azure.calls("put"), 0);
+}

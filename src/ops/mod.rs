@@ -1,0 +1,3 @@
+//! Operations: logging (and, with the controller, metrics and health endpoints).
+
+pub mod logging;

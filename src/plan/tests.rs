@@ -1,0 +1,846 @@
+//! The planner's rules, one table row or test each, and its invariants as properties.
+
+use super::ownership::{assignment_name, ownership_marker};
+use super::planner::*;
+use super::policy::NamespaceLabels;
+use super::*;
+use crate::api::common::Time;
+use crate::api::{
+    AccountRef, AllowedNamespaces, DeletionPolicy, GrantState, OpenAIAccessSpec,
+    OpenAIAccessStatus, OpenAIAccountSpec, Principal, PrincipalKind, RoleName, reasons,
+};
+use jiff::Timestamp;
+use proptest::prelude::*;
+use std::time::Duration;
+
+const SCOPE: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-prod";
+
+fn scope() -> AccountScope {
+    AccountScope::parse(SCOPE).unwrap()
+}
+
+fn us() -> InstanceId {
+    InstanceId::new("cluster-a").unwrap()
+}
+
+fn them() -> InstanceId {
+    InstanceId::new("cluster-b").unwrap()
+}
+
+fn now() -> Timestamp {
+    "2026-11-28T12:00:00Z".parse().unwrap()
+}
+
+fn oid(n: u8) -> String {
+    format!("00000000-0000-0000-0000-0000000000{n:02x}")
+}
+
+fn mk_account(namespaces: &[&str]) -> AccountInput {
+    AccountInput {
+        name: "prod".into(),
+        spec: OpenAIAccountSpec {
+            resource_id: SCOPE.into(),
+            allowed_namespaces: Some(AllowedNamespaces {
+                names: namespaces.iter().map(|s| s.to_string()).collect(),
+                selector: None,
+            }),
+            allowed_roles: vec![RoleName::OpenAIUser],
+            allowed_principal_kinds: PrincipalKind::ALL.to_vec(),
+            require_federation: true,
+            deletion_policy: DeletionPolicy::Delete,
+        },
+        being_deleted: false,
+    }
+}
+
+fn mk_principal(n: u8) -> Principal {
+    Principal {
+        object_id: Some(oid(n)),
+        principal_type: Some(PrincipalType::User),
+        ..Default::default()
+    }
+}
+
+fn mk_access(namespace: &str, name: &str, principals: &[u8]) -> AccessInput {
+    AccessInput {
+        key: ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        },
+        generation: Some(1),
+        spec: OpenAIAccessSpec {
+            account_ref: AccountRef {
+                name: "prod".into(),
+            },
+            role: RoleName::OpenAIUser,
+            principals: principals.iter().map(|n| mk_principal(*n)).collect(),
+            expires_at: None,
+            deletion_policy: DeletionPolicy::Delete,
+            export_to: None,
+        },
+        being_deleted: false,
+        previous: None,
+        resolutions: principals.iter().map(|n| resolved(*n)).collect(),
+    }
+}
+
+fn resolved(n: u8) -> Resolution {
+    Resolution::Resolved {
+        object_id: oid(n),
+        principal_type: PrincipalType::User,
+    }
+}
+
+fn unresolved(replicating: bool) -> Resolution {
+    Resolution::Unresolved {
+        reason: reasons::RESOLUTION_FAILED.into(),
+        message: "not found".into(),
+        replicating,
+    }
+}
+
+fn mk_observed(n: u8, name: &str, description: Option<String>) -> ObservedAssignment {
+    ObservedAssignment {
+        id: format!("{SCOPE}/providers/Microsoft.Authorization/roleAssignments/{name}"),
+        name: name.into(),
+        scope: SCOPE.into(),
+        principal_id: oid(n),
+        principal_type: Some("User".into()),
+        role_definition_id: format!(
+            "/providers/Microsoft.Authorization/roleDefinitions/{}",
+            RoleName::OpenAIUser.definition_guid()
+        ),
+        description,
+        condition: None,
+        created_on: Some("2026-11-01T00:00:00Z".parse().unwrap()),
+    }
+}
+
+fn ours(n: u8) -> ObservedAssignment {
+    let name = assignment_name(&scope(), &oid(n), RoleName::OpenAIUser).to_string();
+    mk_observed(n, &name, Some(ownership_marker(&us(), "team-a/chat")))
+}
+
+fn theirs(n: u8) -> ObservedAssignment {
+    let name = assignment_name(&scope(), &oid(n), RoleName::OpenAIUser).to_string();
+    mk_observed(n, &name, Some(ownership_marker(&them(), "team-a/chat")))
+}
+
+fn bicep(n: u8) -> ObservedAssignment {
+    mk_observed(n, "9d3e5b1a-7c2f-4e8d-b6a0-1f2e3d4c5b6a", None)
+}
+
+struct World {
+    account: AccountInput,
+    accesses: Vec<AccessInput>,
+    observation: Observation,
+    max_deletes: usize,
+    namespaces: NamespaceLabels,
+}
+
+impl World {
+    fn new(accesses: Vec<AccessInput>, observed: Vec<ObservedAssignment>) -> World {
+        World {
+            account: mk_account(&["team-a", "team-b"]),
+            accesses,
+            observation: Observation::Complete(observed),
+            max_deletes: 100,
+            namespaces: NamespaceLabels::new(),
+        }
+    }
+
+    fn plan(&self) -> Plan {
+        let scope = scope();
+        let instance = us();
+        plan(&PlanInput {
+            scope: &scope,
+            account: &self.account,
+            accesses: &self.accesses,
+            namespaces: &self.namespaces,
+            observation: &self.observation,
+            instance: &instance,
+            now: now(),
+            max_deletes: self.max_deletes,
+            replication_deadline: Duration::from_secs(600),
+        })
+    }
+}
+
+fn creates(plan: &Plan) -> Vec<&NewAssignment> {
+    plan.writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Create { assignment, .. } => Some(assignment),
+            _ => None,
+        })
+        .collect()
+}
+
+fn deletes(plan: &Plan) -> Vec<&ObservedAssignment> {
+    plan.writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Delete { assignment, .. } => Some(assignment),
+            _ => None,
+        })
+        .collect()
+}
+
+fn releases(plan: &Plan) -> Vec<&NewAssignment> {
+    plan.writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Release { assignment, .. } => Some(assignment),
+            _ => None,
+        })
+        .collect()
+}
+
+fn state_of(plan: &Plan, object: usize, principal: usize) -> (Option<GrantState>, Option<String>) {
+    let p = &plan.accesses[object].principals[principal];
+    (p.state, p.reason.clone())
+}
+
+#[test]
+fn a_missing_grant_is_created_with_the_deterministic_name_and_our_marker() {
+    let plan = World::new(vec![mk_access("team-a", "chat", &[1])], vec![]).plan();
+    let created = creates(&plan);
+    assert_eq!(created.len(), 1);
+    assert_eq!(
+        created[0].name,
+        assignment_name(&scope(), &oid(1), RoleName::OpenAIUser)
+    );
+    assert_eq!(created[0].principal_type, PrincipalType::User);
+    assert_eq!(
+        created[0].description,
+        ownership_marker(&us(), "team-a/chat")
+    );
+    assert_eq!(
+        state_of(&plan, 0, 0),
+        (Some(GrantState::Pending), Some(reasons::PENDING.into()))
+    );
+}
+
+#[test]
+fn an_owned_grant_in_place_is_kept_and_reported_with_arms_created_on() {
+    let plan = World::new(vec![mk_access("team-a", "chat", &[1])], vec![ours(1)]).plan();
+    assert!(plan.is_noop());
+    let status = &plan.accesses[0].principals[0];
+    assert_eq!(status.state, Some(GrantState::Granted));
+    assert_eq!(
+        status.granted_at,
+        Some(Time("2026-11-01T00:00:00Z".parse().unwrap()))
+    );
+    assert_eq!(
+        status.role_assignment_id.as_deref(),
+        Some(ours(1).id.as_str())
+    );
+}
+
+#[test]
+fn an_equivalent_assignment_made_by_someone_else_is_adopted_never_rewritten() {
+    let plan = World::new(vec![mk_access("team-a", "chat", &[1])], vec![bicep(1)]).plan();
+    assert!(plan.is_noop());
+    assert_eq!(
+        state_of(&plan, 0, 0),
+        (Some(GrantState::Granted), Some(reasons::ADOPTED.into()))
+    );
+    // And once nobody declares it, it is still not ours to delete.
+    let plan = World::new(vec![], vec![bicep(1)]).plan();
+    assert!(plan.is_noop());
+}
+
+#[test]
+fn ids_match_whatever_case_and_role_definition_form_arm_returns() {
+    let mut shouted = ours(1);
+    shouted.principal_id = shouted.principal_id.to_uppercase();
+    shouted.scope = SCOPE.to_uppercase();
+    shouted.role_definition_id = RoleName::OpenAIUser
+        .definition_id("3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f")
+        .to_uppercase();
+    let plan = World::new(vec![mk_access("team-a", "chat", &[1])], vec![shouted]).plan();
+    assert!(plan.is_noop(), "{:?}", plan.writes);
+}
+
+#[test]
+fn assignments_at_other_scopes_are_ignored() {
+    let mut parent = ours(1);
+    parent.scope =
+        "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod".into();
+    let plan = World::new(vec![], vec![parent]).plan();
+    assert!(plan.is_noop());
+}
+
+#[test]
+fn an_owned_grant_nobody_declares_is_deleted() {
+    let plan = World::new(
+        vec![mk_access("team-a", "chat", &[1])],
+        vec![ours(1), ours(2)],
+    )
+    .plan();
+    assert_eq!(deletes(&plan), vec![&ours(2)]);
+}
+
+#[test]
+fn another_instances_grant_is_never_touched() {
+    let plan = World::new(vec![], vec![theirs(1)]).plan();
+    assert!(plan.is_noop());
+}
+
+#[test]
+fn a_shared_grant_stays_while_another_live_object_declares_it() {
+    let mut leaving = mk_access("team-a", "chat", &[1]);
+    leaving.being_deleted = true;
+    let plan = World::new(
+        vec![leaving, mk_access("team-b", "search", &[1])],
+        vec![ours(1)],
+    )
+    .plan();
+    assert!(plan.is_noop());
+    assert_eq!(plan.accesses[0].cleanup, Cleanup::Complete);
+    assert_eq!(
+        state_of(&plan, 0, 0).1.as_deref(),
+        Some(reasons::STILL_DECLARED)
+    );
+}
+
+#[test]
+fn deleting_the_last_declaring_object_deletes_its_grant_then_releases_the_finalizer() {
+    let mut leaving = mk_access("team-a", "chat", &[1]);
+    leaving.being_deleted = true;
+    let plan = World::new(vec![leaving], vec![ours(1)]).plan();
+    assert_eq!(deletes(&plan), vec![&ours(1)]);
+    assert_eq!(plan.accesses[0].cleanup, Cleanup::AfterWrites(vec![0]));
+}
+
+#[test]
+fn policy_denials_are_reported_and_revoke_what_keyless_made() {
+    // (namespace, role, allowed kinds, expected reason)
+    let cases: &[(&str, RoleName, &[PrincipalKind], &str)] = &[
+        (
+            "team-z",
+            RoleName::OpenAIUser,
+            &PrincipalKind::ALL,
+            reasons::NAMESPACE_NOT_ALLOWED,
+        ),
+        (
+            "team-a",
+            RoleName::OpenAIContributor,
+            &PrincipalKind::ALL,
+            reasons::ROLE_NOT_ALLOWED,
+        ),
+        (
+            "team-a",
+            RoleName::OpenAIUser,
+            &[PrincipalKind::WorkloadIdentity],
+            reasons::PRINCIPAL_KIND_NOT_ALLOWED,
+        ),
+    ];
+    for (namespace, role, kinds, reason) in cases {
+        let mut access = mk_access(namespace, "chat", &[1]);
+        access.spec.role = *role;
+        let mut world = World::new(vec![access], vec![]);
+        world.account.spec.allowed_principal_kinds = kinds.to_vec();
+        let plan = world.plan();
+        assert!(plan.is_noop(), "{reason}: nothing is created");
+        assert_eq!(
+            state_of(&plan, 0, 0),
+            (Some(GrantState::Denied), Some(reason.to_string())),
+            "{reason}"
+        );
+
+        let mut owned = ours(1);
+        owned.role_definition_id = format!(
+            "/providers/Microsoft.Authorization/roleDefinitions/{}",
+            role.definition_guid()
+        );
+        world.observation = Observation::Complete(vec![owned.clone()]);
+        let plan = world.plan();
+        assert_eq!(deletes(&plan), vec![&owned], "{reason}: revoked");
+        assert!(matches!(&plan.writes[0], Write::Delete { reason: r, .. } if r == reason));
+    }
+}
+
+#[test]
+fn a_denied_namespace_cannot_keep_a_grant_through_another_object_in_it() {
+    let world = World::new(
+        vec![
+            mk_access("team-z", "a", &[1]),
+            mk_access("team-z", "b", &[1]),
+        ],
+        vec![ours(1)],
+    );
+    assert_eq!(deletes(&world.plan()), vec![&ours(1)]);
+}
+
+#[test]
+fn a_principal_that_fails_to_resolve_protects_the_grant_it_had() {
+    let mut access = mk_access("team-a", "chat", &[1]);
+    access.resolutions = vec![unresolved(false)];
+    access.previous = Some(OpenAIAccessStatus {
+        principals: vec![crate::api::PrincipalStatus {
+            principal: mk_principal(1).reference().unwrap().to_string(),
+            object_id: Some(oid(1)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let plan = World::new(vec![access], vec![ours(1), ours(2)]).plan();
+    assert_eq!(
+        deletes(&plan),
+        vec![&ours(2)],
+        "only the unrelated orphan goes"
+    );
+    assert_eq!(state_of(&plan, 0, 0).0, Some(GrantState::Failed));
+}
+
+#[test]
+fn a_principal_that_never_resolved_blocks_every_delete_in_the_pass() {
+    let mut access = mk_access("team-a", "chat", &[1]);
+    access.resolutions = vec![unresolved(false)];
+    let plan = World::new(vec![access], vec![ours(2)]).plan();
+    assert!(deletes(&plan).is_empty());
+    assert!(plan.deletions_blocked.is_some());
+}
+
+#[test]
+fn an_incomplete_list_allows_creates_but_no_deletes() {
+    let mut world = World::new(vec![mk_access("team-a", "chat", &[1])], vec![]);
+    world.observation = Observation::Incomplete(vec![ours(2)]);
+    let plan = world.plan();
+    assert_eq!(creates(&plan).len(), 1);
+    assert!(deletes(&plan).is_empty());
+    assert!(plan.deletions_blocked.is_some());
+}
+
+#[test]
+fn an_unreadable_account_changes_nothing() {
+    let mut leaving = mk_access("team-a", "chat", &[1]);
+    leaving.being_deleted = true;
+    let mut world = World::new(vec![leaving, mk_access("team-a", "x", &[2])], vec![]);
+    world.observation = Observation::Unavailable {
+        message: "503".into(),
+    };
+    let plan = world.plan();
+    assert!(plan.is_noop());
+    assert!(matches!(plan.accesses[0].cleanup, Cleanup::Blocked(_)));
+}
+
+#[test]
+fn a_gone_account_counts_as_cleaned_up() {
+    let mut leaving = mk_access("team-a", "chat", &[1]);
+    leaving.being_deleted = true;
+    let mut world = World::new(vec![leaving, mk_access("team-a", "x", &[2])], vec![]);
+    world.observation = Observation::AccountGone;
+    let plan = world.plan();
+    assert!(plan.is_noop());
+    assert_eq!(plan.accesses[0].cleanup, Cleanup::Complete);
+    assert_eq!(
+        state_of(&plan, 1, 0).1.as_deref(),
+        Some(reasons::AZURE_ACCOUNT_NOT_FOUND)
+    );
+}
+
+#[test]
+fn the_delete_limit_defers_the_rest_and_says_so() {
+    let mut world = World::new(vec![], (1..=5).map(ours).collect());
+    world.max_deletes = 2;
+    let plan = world.plan();
+    assert_eq!(deletes(&plan).len(), 2);
+    assert_eq!(plan.deferred_deletes, 3);
+}
+
+#[test]
+fn a_principal_change_creates_the_new_grant_before_deleting_the_old() {
+    let mut access = mk_access("team-a", "chat", &[2]);
+    access.previous = Some(OpenAIAccessStatus {
+        principals: vec![crate::api::PrincipalStatus {
+            principal: mk_principal(1).reference().unwrap().to_string(),
+            object_id: Some(oid(1)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    // Same label, other object id: the principal entry was edited in place.
+    access.spec.principals = vec![mk_principal(1)];
+    access.resolutions = vec![resolved(2)];
+    let plan = World::new(vec![access], vec![ours(1)]).plan();
+    assert!(
+        matches!(&plan.writes[0], Write::Create { assignment, .. } if assignment.principal_id == oid(2))
+    );
+    match &plan.writes[1] {
+        Write::Delete {
+            assignment,
+            after_creates_of,
+            ..
+        } => {
+            assert_eq!(assignment, &ours(1));
+            assert_eq!(
+                after_creates_of,
+                &vec![ObjectKey {
+                    namespace: "team-a".into(),
+                    name: "chat".into()
+                }]
+            );
+        }
+        other => panic!("expected the old grant's delete second, got {other:?}"),
+    }
+}
+
+#[test]
+fn expiry_revokes_owned_grants_even_under_retain() {
+    let mut access = mk_access("team-a", "chat", &[1]);
+    access.spec.expires_at = Some(Time("2026-11-28T11:00:00Z".parse().unwrap()));
+    access.spec.deletion_policy = DeletionPolicy::Retain;
+    let plan = World::new(vec![access.clone()], vec![ours(1)]).plan();
+    assert_eq!(deletes(&plan), vec![&ours(1)]);
+    assert!(matches!(&plan.writes[0], Write::Delete { reason, .. } if *reason == reasons::EXPIRED));
+    assert_eq!(
+        state_of(&plan, 0, 0),
+        (Some(GrantState::Revoked), Some(reasons::EXPIRED.into()))
+    );
+
+    // Not yet expired: kept.
+    access.spec.expires_at = Some(Time("2026-11-28T13:00:00Z".parse().unwrap()));
+    assert!(World::new(vec![access], vec![ours(1)]).plan().is_noop());
+}
+
+#[test]
+fn an_expired_grant_another_live_object_declares_stays_and_status_says_why() {
+    let mut expired = mk_access("team-a", "chat", &[1]);
+    expired.spec.expires_at = Some(Time("2026-11-28T11:00:00Z".parse().unwrap()));
+    let plan = World::new(
+        vec![expired, mk_access("team-b", "search", &[1])],
+        vec![ours(1)],
+    )
+    .plan();
+    assert!(plan.is_noop());
+    let status = &plan.accesses[0].principals[0];
+    assert_eq!(status.reason.as_deref(), Some(reasons::STILL_DECLARED));
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("team-b/search")
+    );
+}
+
+#[test]
+fn retain_on_deletion_releases_the_grant_instead_of_deleting_it() {
+    let mut leaving = mk_access("team-a", "chat", &[1]);
+    leaving.being_deleted = true;
+    leaving.spec.deletion_policy = DeletionPolicy::Retain;
+    let plan = World::new(vec![leaving], vec![ours(1)]).plan();
+    assert!(deletes(&plan).is_empty());
+    let released = releases(&plan);
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].name.to_string(), ours(1).name);
+    assert!(!super::ownership::is_owned_by(
+        Some(&released[0].description),
+        &us()
+    ));
+    assert_eq!(plan.accesses[0].cleanup, Cleanup::AfterWrites(vec![0]));
+}
+
+#[test]
+fn unregistering_an_account_follows_its_deletion_policy() {
+    let mut world = World::new(
+        vec![mk_access("team-a", "chat", &[1])],
+        vec![ours(1), ours(2), bicep(3)],
+    );
+    world.account.being_deleted = true;
+    let plan = world.plan();
+    assert_eq!(
+        deletes(&plan).len(),
+        2,
+        "every owned grant, declared or not"
+    );
+    assert!(creates(&plan).is_empty());
+    assert_eq!(plan.account_cleanup, Cleanup::AfterWrites(vec![0, 1]));
+
+    world.account.spec.deletion_policy = DeletionPolicy::Retain;
+    let plan = world.plan();
+    assert!(deletes(&plan).is_empty());
+    assert_eq!(releases(&plan).len(), 2);
+}
+
+#[test]
+fn a_replicating_principal_is_pending_until_the_deadline_then_failed() {
+    let mut access = mk_access("team-a", "chat", &[1]);
+    access.resolutions = vec![unresolved(true)];
+    let plan = World::new(vec![access.clone()], vec![]).plan();
+    let status = &plan.accesses[0].principals[0];
+    assert_eq!(status.state, Some(GrantState::Pending));
+    assert_eq!(status.pending_since, Some(Time(now())));
+
+    let mut earlier = status.clone();
+    earlier.pending_since = Some(Time("2026-11-28T11:00:00Z".parse().unwrap()));
+    access.previous = Some(OpenAIAccessStatus {
+        principals: vec![earlier.clone()],
+        ..Default::default()
+    });
+    let plan = World::new(vec![access], vec![]).plan();
+    let status = &plan.accesses[0].principals[0];
+    assert_eq!(status.state, Some(GrantState::Failed));
+    assert_eq!(
+        status.pending_since, earlier.pending_since,
+        "the clock is persisted, not restarted"
+    );
+}
+
+#[test]
+fn a_group_name_stays_pinned_to_the_object_id_of_its_generation() {
+    let previous = OpenAIAccessStatus {
+        principals: vec![crate::api::PrincipalStatus {
+            principal: "groupName:ML Platform Team".into(),
+            object_id: Some(oid(7)),
+            principal_type: Some(PrincipalType::Group),
+            resolved_generation: Some(3),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let group = crate::api::PrincipalRef::GroupName("ML Platform Team".into());
+    assert_eq!(
+        pinned_object_id(Some(&previous), &group, Some(3)),
+        Some((oid(7).as_str(), PrincipalType::Group))
+    );
+    assert_eq!(
+        pinned_object_id(Some(&previous), &group, Some(4)),
+        None,
+        "a new generation resolves again"
+    );
+}
+
+// ---- Properties ----
+
+#[derive(Clone, Debug)]
+struct ArbAccess {
+    namespace: usize,
+    principals: Vec<(u8, u8)>, // (object id, resolution: 0-5 resolved, 6 unresolved, 7 replicating)
+    being_deleted: bool,
+    retain: bool,
+    expired: bool,
+    knows_previous: bool,
+}
+
+fn arb_access() -> impl Strategy<Value = ArbAccess> {
+    (
+        0..3usize,
+        prop::collection::vec((0..6u8, 0..8u8), 1..4),
+        any::<bool>(),
+        any::<bool>(),
+        prop::bool::weighted(0.15),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(namespace, principals, being_deleted, retain, expired, knows_previous)| ArbAccess {
+                namespace,
+                principals,
+                being_deleted,
+                retain,
+                expired,
+                knows_previous,
+            },
+        )
+}
+
+fn arb_world() -> impl Strategy<Value = (Vec<ArbAccess>, Vec<(u8, u8)>, bool, usize)> {
+    (
+        prop::collection::vec(arb_access(), 0..5),
+        prop::collection::vec((0..6u8, 0..3u8), 0..6), // (object id, owner: 0 us, 1 them, 2 nobody)
+        prop::bool::weighted(0.1),
+        1..10usize,
+    )
+}
+
+fn build(
+    accesses: &[ArbAccess],
+    observed: &[(u8, u8)],
+    account_deleting: bool,
+    max_deletes: usize,
+) -> World {
+    const NAMESPACES: [&str; 3] = ["team-a", "team-b", "team-z"];
+    let accesses = accesses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let ids: Vec<u8> = a.principals.iter().map(|(n, _)| *n).collect();
+            let mut access = mk_access(NAMESPACES[a.namespace], &format!("obj-{i}"), &ids);
+            access.being_deleted = a.being_deleted;
+            if a.retain {
+                access.spec.deletion_policy = DeletionPolicy::Retain;
+            }
+            if a.expired {
+                access.spec.expires_at = Some(Time("2026-11-01T00:00:00Z".parse().unwrap()));
+            }
+            // One resolution per distinct principal in a pass, as the resolver gives.
+            access.resolutions = a
+                .principals
+                .iter()
+                .map(|(n, _)| a.principals.iter().find(|(m, _)| m == n).unwrap())
+                .map(|(n, r)| match r {
+                    6 => unresolved(false),
+                    7 => unresolved(true),
+                    _ => resolved(*n),
+                })
+                .collect();
+            if a.knows_previous {
+                access.previous = Some(OpenAIAccessStatus {
+                    principals: ids
+                        .iter()
+                        .map(|n| crate::api::PrincipalStatus {
+                            principal: mk_principal(*n).reference().unwrap().to_string(),
+                            object_id: Some(oid(*n)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                });
+            }
+            access
+        })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let observed = observed
+        .iter()
+        .filter(|(n, _)| seen.insert(*n)) // ARM keeps (scope, principal, role) unique
+        .map(|(n, owner)| match owner {
+            0 => ours(*n),
+            1 => theirs(*n),
+            _ => bicep(*n),
+        })
+        .collect();
+    let mut world = World::new(accesses, observed);
+    world.account.being_deleted = account_deleting;
+    world.max_deletes = max_deletes;
+    world
+}
+
+fn live_declared(world: &World) -> std::collections::BTreeSet<String> {
+    let mut declared = std::collections::BTreeSet::new();
+    if world.account.being_deleted {
+        return declared;
+    }
+    for access in &world.accesses {
+        let expired = access
+            .spec
+            .expires_at
+            .as_ref()
+            .is_some_and(|t| t.0 <= now());
+        if access.being_deleted || expired || access.key.namespace == "team-z" {
+            continue;
+        }
+        for r in &access.resolutions {
+            if let Resolution::Resolved { object_id, .. } = r {
+                declared.insert(object_id.clone());
+            }
+        }
+    }
+    declared
+}
+
+// Applies a plan's writes to the observed list, as ARM would.
+fn apply(world: &World, plan: &Plan) -> Vec<ObservedAssignment> {
+    let Observation::Complete(mut observed) = world.observation.clone() else {
+        return vec![];
+    };
+    for write in &plan.writes {
+        match write {
+            Write::Create { assignment, .. } => {
+                let mut a = mk_observed(
+                    0,
+                    &assignment.name.to_string(),
+                    Some(assignment.description.clone()),
+                );
+                a.principal_id = assignment.principal_id.clone();
+                observed.push(a);
+            }
+            Write::Delete { assignment, .. } => observed.retain(|a| a.id != assignment.id),
+            Write::Release { id, assignment } => {
+                for a in observed.iter_mut().filter(|a| &a.id == id) {
+                    a.description = Some(assignment.description.clone());
+                }
+            }
+        }
+    }
+    observed
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn a_plan_never_deletes_or_rewrites_what_is_not_ours((accesses, observed, deleting, limit) in arb_world()) {
+        let world = build(&accesses, &observed, deleting, limit);
+        let plan = world.plan();
+        for write in &plan.writes {
+            match write {
+                Write::Delete { assignment, .. } => prop_assert!(super::ownership::is_owned_by(assignment.description.as_deref(), &us())),
+                Write::Release { id, .. } => {
+                    let Observation::Complete(list) = &world.observation else { unreachable!() };
+                    let target = list.iter().find(|a| &a.id == id).unwrap();
+                    prop_assert!(super::ownership::is_owned_by(target.description.as_deref(), &us()));
+                }
+                Write::Create { assignment, .. } => {
+                    let Observation::Complete(list) = &world.observation else { unreachable!() };
+                    prop_assert!(!list.iter().any(|a| a.principal_id == assignment.principal_id), "a create never duplicates an existing grant");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_plan_never_deletes_a_grant_a_live_object_declares((accesses, observed, deleting, limit) in arb_world()) {
+        let world = build(&accesses, &observed, deleting, limit);
+        let declared = live_declared(&world);
+        for deleted in deletes(&world.plan()) {
+            prop_assert!(!declared.contains(&deleted.principal_id), "deleted {} which is declared", deleted.principal_id);
+        }
+    }
+
+    #[test]
+    fn a_plan_deletes_nothing_for_an_object_whose_resolution_failed((accesses, observed, deleting, limit) in arb_world()) {
+        let world = build(&accesses, &observed, deleting, limit);
+        let plan = world.plan();
+        for (access, arb) in world.accesses.iter().zip(&accesses) {
+            for (resolution, (n, _)) in access.resolutions.iter().zip(&arb.principals) {
+                if matches!(resolution, Resolution::Unresolved { .. }) {
+                    if arb.knows_previous {
+                        prop_assert!(!deletes(&plan).iter().any(|d| d.principal_id == oid(*n)));
+                    } else {
+                        prop_assert!(deletes(&plan).is_empty());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn after_applying_a_plan_no_namespace_keeps_a_grant_its_account_does_not_allow((accesses, observed, deleting, _limit) in arb_world()) {
+        let world = build(&accesses, &observed, deleting, 1000);
+        let plan = world.plan();
+        prop_assume!(plan.deletions_blocked.is_none());
+        let after = apply(&world, &plan);
+        let declared = live_declared(&world);
+        let protected: std::collections::BTreeSet<String> = world.accesses.iter().zip(&accesses).flat_map(|(access, arb)| {
+            access.resolutions.iter().zip(&arb.principals).filter(|(r, _)| matches!(r, Resolution::Unresolved { .. })).map(|(_, (n, _))| oid(*n)).collect::<Vec<_>>()
+        }).collect();
+        for a in after.iter().filter(|a| super::ownership::is_owned_by(a.description.as_deref(), &us())) {
+            prop_assert!(declared.contains(&a.principal_id) || protected.contains(&a.principal_id), "{} is still held", a.principal_id);
+        }
+    }
+
+    #[test]
+    fn planning_again_after_applying_a_plan_changes_nothing((accesses, observed, deleting, _limit) in arb_world()) {
+        let mut world = build(&accesses, &observed, deleting, 1000);
+        let plan = world.plan();
+        world.observation = Observation::Complete(apply(&world, &plan));
+        for (access, outcome) in world.accesses.iter_mut().zip(&plan.accesses) {
+            access.previous = Some(OpenAIAccessStatus { principals: outcome.principals.clone(), ..Default::default() });
+        }
+        let again = world.plan();
+        prop_assert!(again.is_noop(), "second plan: {:?}", again.writes);
+    }
+}
