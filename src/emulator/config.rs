@@ -41,6 +41,11 @@ pub struct EmulatorConfig {
 }
 
 impl EmulatorConfig {
+    /// The example tenant (`examples/emulator/seed.yaml`) with Azure's defaults.
+    pub fn example() -> Result<EmulatorConfig, crate::emulator::seed::SeedError> {
+        Ok(EmulatorConfig::new(Seed::example()?))
+    }
+
     pub fn new(seed: Seed) -> EmulatorConfig {
         EmulatorConfig {
             seed,

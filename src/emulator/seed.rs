@@ -271,6 +271,29 @@ mod tests {
     }
 
     #[test]
+    fn bobs_pre_existing_assignment_is_named_the_way_bicep_guid_names_it() {
+        // ARM templates' guid(): a v5 UUID in a fixed namespace over the arguments joined by '-'.
+        let namespace = uuid::Uuid::parse_str("11fb06fb-712d-4ddd-98c7-e71bbd588830").unwrap();
+        let seed = Seed::example().unwrap();
+        let bobs = seed
+            .role_assignments
+            .iter()
+            .find(|a| a.principal_id == "16cb6f20-2462-4c3e-91e6-df2449d889ba")
+            .unwrap();
+        let joined = format!(
+            "{}-{}-{}",
+            bobs.scope,
+            bobs.principal_id,
+            RoleName::OpenAIUser.definition_guid()
+        );
+        assert_eq!(
+            bobs.name,
+            uuid::Uuid::new_v5(&namespace, joined.as_bytes()).to_string()
+        );
+        assert_eq!(bobs.description, None);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         assert!(Seed::from_yaml("tenantId: x\nsubscription: []\n").is_err());
     }

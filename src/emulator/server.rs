@@ -129,7 +129,8 @@ impl Buckets {
     }
 }
 
-/// Requests seen, by (operation, status); a dropped connection counts as status 0.
+/// Requests seen, by (operation, status); a dropped connection counts as status 0. Admin API
+/// requests are not counted, so tests read only what keyless did.
 pub type RequestCounts = BTreeMap<(String, u16), u64>;
 
 /// Where the emulator wrote the files clients need.
