@@ -4,6 +4,7 @@
 //! malformed objects and references to accounts that do not exist.
 
 pub mod args;
+pub mod export;
 pub mod kube_io;
 pub mod reconcile;
 

@@ -235,6 +235,39 @@ pub async fn reconcile_account(
                 &result.status,
             )
             .await?;
+            if ctx.config.enable_configmap_export
+                && let Some(export_to) = &object.spec.export_to
+            {
+                let endpoint = outcome.account.as_ref().and_then(|a| a.endpoint.as_deref());
+                let data = super::export::export_data(
+                    object,
+                    endpoint,
+                    &ctx.service_accounts,
+                    ctx.azure.identities.as_ref(),
+                )
+                .await;
+                if let Err(error) = super::export::apply_config_map(
+                    &ctx.client,
+                    object,
+                    &export_to.config_map_name,
+                    data,
+                )
+                .await
+                {
+                    publish(
+                        &ctx.recorder,
+                        &object.object_ref(&()),
+                        true,
+                        "ExportFailed",
+                        "Export",
+                        format!(
+                            "could not apply ConfigMap {}: {error}",
+                            export_to.config_map_name
+                        ),
+                    )
+                    .await;
+                }
+            }
         } else if result.cleanup_complete {
             set_finalizer(&namespaced, object, false).await?;
         }
