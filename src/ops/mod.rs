@@ -1,3 +1,7 @@
-//! Operations: logging (and, with the controller, metrics and health endpoints).
+//! Operations: logging, metrics, health endpoints and leader election.
+//!
+//! - [`logging`]: text or JSON logs via tracing.
+//! - [`metrics`]: the Prometheus registry the controller and the Azure clients record into.
 
 pub mod logging;
+pub mod metrics;
