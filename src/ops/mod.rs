@@ -3,5 +3,6 @@
 //! - [`logging`]: text or JSON logs via tracing.
 //! - [`metrics`]: the Prometheus registry the controller and the Azure clients record into.
 
+pub mod health;
 pub mod logging;
 pub mod metrics;
