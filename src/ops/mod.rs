@@ -4,5 +4,6 @@
 //! - [`metrics`]: the Prometheus registry the controller and the Azure clients record into.
 
 pub mod health;
+pub mod leader;
 pub mod logging;
 pub mod metrics;
