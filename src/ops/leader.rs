@@ -201,7 +201,10 @@ impl LeaderElection {
         loop {
             let deadline = self.deadline();
             let started = Instant::now();
+            // biased: shutdown first, then the deadline, so that a renewal due at the very moment the
+            // lease runs out is never sent by a replica that must already have stepped down.
             let attempt = tokio::select! {
+                biased;
                 () = &mut shutdown => break,
                 () = sleep_until_opt(deadline) => {
                     self.step_down("the lease could not be renewed within its duration");
@@ -228,6 +231,7 @@ impl LeaderElection {
             };
             let deadline = self.deadline();
             tokio::select! {
+                biased;
                 () = &mut shutdown => break,
                 () = sleep_until_opt(deadline) => {
                     self.step_down("the lease could not be renewed within its duration");
@@ -456,5 +460,584 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use std::collections::BTreeMap;
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+    use tower_test::mock::{self, Handle, SendResponse};
+
+    const NAMESPACE: &str = "keyless-system";
+    const NAME: &str = "keyless-leader";
+    const ME: &str = "keyless-7d9f-abcde";
+    const OTHER: &str = "keyless-7d9f-zyxwv";
+    const LEASE_PATH: &str =
+        "/apis/coordination.k8s.io/v1/namespaces/keyless-system/leases/keyless-leader";
+    const COLLECTION_PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/keyless-system/leases";
+    const LEASE_DURATION: Duration = Duration::from_secs(15);
+    const RENEW_INTERVAL: Duration = Duration::from_secs(5);
+    const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+
+    fn config() -> LeaseConfig {
+        LeaseConfig {
+            name: NAME.to_owned(),
+            namespace: NAMESPACE.to_owned(),
+            holder_id: ME.to_owned(),
+            lease_duration: LEASE_DURATION,
+            renew_interval: RENEW_INTERVAL,
+            retry_interval: RETRY_INTERVAL,
+        }
+    }
+
+    /// The mock API server's side of one request, parsed: tests assert on method, path, query
+    /// parameters and the decoded body, never on raw URI strings.
+    struct Exchange {
+        method: Method,
+        path: String,
+        query: BTreeMap<String, String>,
+        body: Option<Lease>,
+        at: Instant,
+        respond: SendResponse<Response<Body>>,
+    }
+
+    impl Exchange {
+        fn expect_get(self) -> Self {
+            assert_eq!(self.method, Method::GET, "expected a read");
+            assert_eq!(self.path, LEASE_PATH);
+            assert!(self.query.is_empty(), "query {:?}", self.query);
+            self
+        }
+
+        fn expect_create(self) -> (Lease, Self) {
+            assert_eq!(self.method, Method::POST, "expected a create");
+            assert_eq!(self.path, COLLECTION_PATH);
+            assert_eq!(self.query, field_manager_query());
+            let lease = self.body.clone().expect("a create carries the lease");
+            (lease, self)
+        }
+
+        fn expect_replace(self) -> (Lease, Self) {
+            assert_eq!(self.method, Method::PUT, "expected an update");
+            assert_eq!(self.path, LEASE_PATH);
+            assert_eq!(self.query, field_manager_query());
+            let lease = self.body.clone().expect("an update carries the lease");
+            (lease, self)
+        }
+
+        fn ok(self, lease: &Lease) {
+            self.send(StatusCode::OK, serde_json::to_vec(lease).unwrap());
+        }
+
+        fn fail(self, code: u16, reason: &str) {
+            let status = serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("leases.coordination.k8s.io \"{NAME}\": {reason}"),
+                "reason": reason, "code": code,
+            });
+            self.send(
+                StatusCode::from_u16(code).unwrap(),
+                serde_json::to_vec(&status).unwrap(),
+            );
+        }
+
+        fn send(self, status: StatusCode, body: Vec<u8>) {
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            self.respond.send_response(response);
+        }
+    }
+
+    fn field_manager_query() -> BTreeMap<String, String> {
+        BTreeMap::from([("fieldManager".to_owned(), FIELD_MANAGER.to_owned())])
+    }
+
+    struct ApiServer {
+        handle: Handle<Request<Body>, Response<Body>>,
+    }
+
+    impl ApiServer {
+        async fn next(&mut self) -> Exchange {
+            let (request, respond) = self
+                .handle
+                .next_request()
+                .await
+                .expect("another request to the API");
+            let at = Instant::now();
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let query = url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body = (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap());
+            Exchange {
+                method,
+                path,
+                query,
+                body,
+                at,
+                respond,
+            }
+        }
+
+        /// After the election has finished, no request may be left: the client is gone.
+        async fn expect_no_more_requests(&mut self) {
+            assert!(self.handle.next_request().await.is_none());
+        }
+    }
+
+    struct Running {
+        api: ApiServer,
+        leading: watch::Receiver<bool>,
+        metrics: Metrics,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<Result<(), LeaderError>>,
+    }
+
+    impl Running {
+        async fn shut_down(self) -> (ApiServer, Result<(), LeaderError>) {
+            self.stop.send(()).unwrap();
+            let result = self.task.await.unwrap();
+            (self.api, result)
+        }
+    }
+
+    fn start() -> Running {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NAMESPACE);
+        let metrics = Metrics::new();
+        let election = LeaderElection::new(client, config())
+            .unwrap()
+            .with_metrics(metrics.clone());
+        let leading = election.watch();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(election.run(async move {
+            let _ = stopped.await;
+        }));
+        Running {
+            api: ApiServer { handle },
+            leading,
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    fn lease(holder: Option<&str>, resource_version: &str, transitions: i32) -> Lease {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(NAME.to_owned()),
+                namespace: Some(NAMESPACE.to_owned()),
+                resource_version: Some(resource_version.to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_owned),
+                acquire_time: holder.map(|_| now.clone()),
+                renew_time: holder.map(|_| now),
+                lease_duration_seconds: holder.map(|_| 15),
+                lease_transitions: Some(transitions),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    /// What the apiserver stores and returns for a write: the body with a new resourceVersion.
+    fn stored(mut written: Lease, resource_version: &str) -> Lease {
+        written.metadata.resource_version = Some(resource_version.to_owned());
+        written
+    }
+
+    fn spec(lease: &Lease) -> &LeaseSpec {
+        lease.spec.as_ref().unwrap()
+    }
+
+    /// Drives the first round for an absent lease: GET 404, then a create that succeeds with
+    /// resourceVersion "1". Returns the stored lease and when the create arrived.
+    async fn acquire_by_creating(running: &mut Running) -> (Lease, Instant) {
+        running.api.next().await.expect_get().fail(404, "NotFound");
+        let (created, exchange) = running.api.next().await.expect_create();
+        let at = exchange.at;
+        let created = stored(created, "1");
+        exchange.ok(&created);
+        running.leading.changed().await.unwrap();
+        assert!(*running.leading.borrow_and_update());
+        (created, at)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absent_lease_is_created_naming_this_replica() {
+        let mut running = start();
+        assert!(
+            !*running.leading.borrow(),
+            "nobody leads before the lease is held"
+        );
+
+        running.api.next().await.expect_get().fail(404, "NotFound");
+        let (created, exchange) = running.api.next().await.expect_create();
+        assert_eq!(created.metadata.name.as_deref(), Some(NAME));
+        assert_eq!(created.metadata.namespace.as_deref(), Some(NAMESPACE));
+        assert_eq!(created.metadata.resource_version, None);
+        let spec_created = spec(&created);
+        assert_eq!(spec_created.holder_identity.as_deref(), Some(ME));
+        assert_eq!(spec_created.lease_duration_seconds, Some(15));
+        assert_eq!(spec_created.lease_transitions, Some(0));
+        assert!(spec_created.acquire_time.is_some());
+        assert_eq!(spec_created.acquire_time, spec_created.renew_time);
+        exchange.ok(&stored(created, "1"));
+
+        running.leading.changed().await.unwrap();
+        assert!(*running.leading.borrow_and_update());
+        assert!(running.metrics.encode().contains("\nkeyless_leader 1\n"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_renews_every_renew_interval_without_reading_first() {
+        let mut running = start();
+        let (created, created_at) = acquire_by_creating(&mut running).await;
+
+        let mut previous = created;
+        let mut previous_at = created_at;
+        for version in ["2", "3", "4"] {
+            let (renewed, exchange) = running.api.next().await.expect_replace();
+            assert_eq!(exchange.at - previous_at, RENEW_INTERVAL);
+            // Optimistic concurrency: the update carries the version we last wrote.
+            assert_eq!(
+                renewed.metadata.resource_version,
+                previous.metadata.resource_version
+            );
+            let (renewed_spec, previous_spec) = (spec(&renewed), spec(&previous));
+            assert_eq!(renewed_spec.holder_identity.as_deref(), Some(ME));
+            assert_eq!(renewed_spec.acquire_time, previous_spec.acquire_time);
+            assert_eq!(
+                renewed_spec.lease_transitions,
+                previous_spec.lease_transitions
+            );
+            assert!(
+                renewed_spec.renew_time.as_ref().unwrap().0
+                    >= previous_spec.renew_time.as_ref().unwrap().0
+            );
+            previous_at = exchange.at;
+            previous = stored(renewed, version);
+            exchange.ok(&previous);
+        }
+        assert!(*running.leading.borrow(), "still leading");
+        assert!(!running.leading.has_changed().unwrap(), "never flapped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_releases_a_held_lease() {
+        let mut running = start();
+        let (created, _) = acquire_by_creating(&mut running).await;
+        let mut leading = running.leading.clone();
+        let metrics = running.metrics.clone();
+
+        running.stop.send(()).unwrap();
+        let (released, exchange) = running.api.next().await.expect_replace();
+        // Leadership is withdrawn before the lease is given up, so no two replicas lead at once.
+        assert!(!*leading.borrow_and_update());
+        assert_eq!(released.metadata.resource_version.as_deref(), Some("1"));
+        let released_spec = spec(&released);
+        assert_eq!(released_spec.holder_identity, None);
+        assert_eq!(released_spec.lease_duration_seconds, Some(1));
+        assert_eq!(
+            released_spec.lease_transitions,
+            spec(&created).lease_transitions
+        );
+        exchange.ok(&stored(released, "2"));
+
+        let result = running.task.await.unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert!(metrics.encode().contains("\nkeyless_leader 0\n"));
+        running.api.expect_no_more_requests().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_held_by_a_live_holder_is_left_alone() {
+        let mut running = start();
+        let first = running.api.next().await.expect_get();
+        let mut previous_at = first.at;
+        first.ok(&lease(Some(OTHER), "5", 1));
+
+        // The other replica keeps renewing (a new resourceVersion each time) for well over one lease
+        // duration: this replica only ever reads, every retry interval.
+        for version in 6..16 {
+            let exchange = running.api.next().await.expect_get();
+            assert_eq!(exchange.at - previous_at, RETRY_INTERVAL);
+            previous_at = exchange.at;
+            exchange.ok(&lease(Some(OTHER), &version.to_string(), 1));
+        }
+        assert!(!*running.leading.borrow());
+        assert!(!running.leading.has_changed().unwrap());
+
+        let (mut api, result) = running.shut_down().await;
+        assert!(result.is_ok(), "{result:?}");
+        // A standby has nothing to release.
+        api.expect_no_more_requests().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_whose_holder_stopped_renewing_is_taken_over_after_its_duration() {
+        let mut running = start();
+        let first = running.api.next().await.expect_get();
+        let first_seen = first.at;
+        // Its renewTime is now by the wall clock, but it is never renewed again.
+        let stale = lease(Some(OTHER), "5", 3);
+        first.ok(&stale);
+
+        let mut last_read_at = first_seen;
+        let (taken, exchange) = loop {
+            let exchange = running.api.next().await;
+            if exchange.method == Method::GET {
+                assert_eq!(exchange.at - last_read_at, RETRY_INTERVAL);
+                // Fails rather than loops forever if the expired lease is never taken.
+                assert!(
+                    exchange.at - first_seen < LEASE_DURATION + RETRY_INTERVAL,
+                    "still only reading {:?} after first seeing the lease",
+                    exchange.at - first_seen
+                );
+                last_read_at = exchange.at;
+                exchange.expect_get().ok(&stale);
+                continue;
+            }
+            break exchange.expect_replace();
+        };
+        // The take-over follows the read that found the record unchanged for a lease duration.
+        assert_eq!(exchange.at, last_read_at);
+        let waited = exchange.at - first_seen;
+        assert!(waited >= LEASE_DURATION, "took over after {waited:?}");
+        assert!(
+            waited < LEASE_DURATION + RETRY_INTERVAL,
+            "took over after {waited:?}"
+        );
+        assert_eq!(taken.metadata.resource_version.as_deref(), Some("5"));
+        let taken_spec = spec(&taken);
+        assert_eq!(taken_spec.holder_identity.as_deref(), Some(ME));
+        assert_eq!(taken_spec.lease_transitions, Some(4));
+        assert_ne!(taken_spec.acquire_time, spec(&stale).acquire_time);
+        assert_eq!(taken_spec.acquire_time, taken_spec.renew_time);
+        exchange.ok(&stored(taken, "6"));
+
+        running.leading.changed().await.unwrap();
+        assert!(*running.leading.borrow_and_update());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_lease_is_taken_at_once() {
+        let mut running = start();
+        let read = running.api.next().await.expect_get();
+        let read_at = read.at;
+        read.ok(&lease(None, "9", 2));
+
+        let (taken, exchange) = running.api.next().await.expect_replace();
+        assert_eq!(exchange.at, read_at, "no waiting for a free lease");
+        assert_eq!(taken.metadata.resource_version.as_deref(), Some("9"));
+        assert_eq!(spec(&taken).holder_identity.as_deref(), Some(ME));
+        assert_eq!(spec(&taken).lease_transitions, Some(3));
+        exchange.ok(&stored(taken, "10"));
+
+        running.leading.changed().await.unwrap();
+        assert!(*running.leading.borrow_and_update());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_on_renewal_makes_it_re_read_and_yield_to_the_new_holder() {
+        let mut running = start();
+        acquire_by_creating(&mut running).await;
+
+        let (_, renewal) = running.api.next().await.expect_replace();
+        let conflict_at = renewal.at;
+        renewal.fail(409, "Conflict");
+
+        // Re-read at once, not after a retry interval.
+        let reread = running.api.next().await.expect_get();
+        assert_eq!(reread.at, conflict_at);
+        reread.ok(&lease(Some(OTHER), "7", 1));
+
+        running.leading.changed().await.unwrap();
+        assert!(
+            !*running.leading.borrow_and_update(),
+            "yields to the holder it read"
+        );
+        assert!(running.metrics.encode().contains("\nkeyless_leader 0\n"));
+
+        // From now on it stands by: reads only.
+        let next = running.api.next().await.expect_get();
+        assert_eq!(next.at - conflict_at, RETRY_INTERVAL);
+        next.ok(&lease(Some(OTHER), "8", 1));
+
+        let (mut api, result) = running.shut_down().await;
+        assert!(result.is_ok(), "{result:?}");
+        api.expect_no_more_requests().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_on_renewal_with_the_lease_still_ours_renews_from_the_fresh_copy() {
+        let mut running = start();
+        acquire_by_creating(&mut running).await;
+
+        // Something else touched the lease (a label, say) without taking it.
+        running
+            .api
+            .next()
+            .await
+            .expect_replace()
+            .1
+            .fail(409, "Conflict");
+        running.api.next().await.expect_get().ok(&stored(
+            {
+                let mut ours = lease(Some(ME), "x", 0);
+                ours.metadata.labels = Some(BTreeMap::from([("team".into(), "ops".into())]));
+                ours
+            },
+            "8",
+        ));
+        let (renewed, exchange) = running.api.next().await.expect_replace();
+        assert_eq!(renewed.metadata.resource_version.as_deref(), Some("8"));
+        assert_eq!(spec(&renewed).holder_identity.as_deref(), Some(ME));
+        exchange.ok(&stored(renewed, "9"));
+
+        assert!(*running.leading.borrow());
+        assert!(
+            !running.leading.has_changed().unwrap(),
+            "never stepped down"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn losing_the_race_to_create_makes_it_read_the_winner() {
+        let mut running = start();
+        running.api.next().await.expect_get().fail(404, "NotFound");
+        let (_, create) = running.api.next().await.expect_create();
+        let lost_at = create.at;
+        create.fail(409, "AlreadyExists");
+
+        let reread = running.api.next().await.expect_get();
+        assert_eq!(reread.at, lost_at);
+        reread.ok(&lease(Some(OTHER), "3", 0));
+
+        let next = running.api.next().await.expect_get();
+        assert_eq!(next.at - lost_at, RETRY_INTERVAL);
+        next.ok(&lease(Some(OTHER), "4", 0));
+        assert!(!*running.leading.borrow());
+        assert!(!running.leading.has_changed().unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_steps_down_before_anyone_may_take_over() {
+        let mut running = start();
+        // The create request left at the same instant the round started (paused clock).
+        let (_, acquired_at) = acquire_by_creating(&mut running).await;
+
+        let stepped_down_at = loop {
+            // biased: once it has stepped down it reads the lease again at once; see the step-down
+            // before that read.
+            tokio::select! {
+                biased;
+                changed = running.leading.changed() => {
+                    changed.unwrap();
+                    assert!(!*running.leading.borrow_and_update());
+                    break Instant::now();
+                }
+                exchange = running.api.next() => {
+                    // The API server is down: renewals and the re-reads after them all fail.
+                    assert!(
+                        [Method::PUT, Method::GET].contains(&exchange.method),
+                        "{}",
+                        exchange.method
+                    );
+                    assert_eq!(exchange.path, LEASE_PATH);
+                    // Fails rather than loops forever if it never steps down.
+                    assert!(exchange.at - acquired_at < LEASE_DURATION, "still trying to renew");
+                    exchange.fail(500, "InternalError");
+                }
+            }
+        };
+        // Another replica starts its wait when it first reads our last renewal, no earlier than
+        // the renewal was sent, so stepping down by then is always in time.
+        assert_eq!(stepped_down_at - acquired_at, LEASE_DURATION);
+        assert!(running.metrics.encode().contains("\nkeyless_leader 0\n"));
+
+        // Having stepped down, it reads the lease again rather than trusting its copy.
+        running
+            .api
+            .next()
+            .await
+            .expect_get()
+            .ok(&lease(Some(OTHER), "20", 1));
+        let (mut api, result) = running.shut_down().await;
+        assert!(result.is_ok(), "{result:?}");
+        api.expect_no_more_requests().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_while_standing_by_are_retried() {
+        let mut running = start();
+        let first = running.api.next().await.expect_get();
+        let failed_at = first.at;
+        first.fail(503, "ServiceUnavailable");
+        let retry = running.api.next().await.expect_get();
+        assert_eq!(retry.at - failed_at, RETRY_INTERVAL);
+        retry.fail(404, "NotFound");
+        let (_, create) = running.api.next().await.expect_create();
+        create.fail(403, "Forbidden");
+        running
+            .api
+            .next()
+            .await
+            .expect_get()
+            .ok(&lease(Some(OTHER), "2", 0));
+        assert!(!*running.leading.borrow());
+    }
+
+    fn client() -> Client {
+        let (service, _handle) = mock::pair::<Request<Body>, Response<Body>>();
+        Client::new(service, NAMESPACE)
+    }
+
+    #[tokio::test]
+    async fn settings_that_would_let_the_lease_lapse_are_rejected() {
+        type Change = fn(&mut LeaseConfig);
+        let cases: [(&str, Change); 6] = [
+            ("renew equal to duration", |c| {
+                c.renew_interval = c.lease_duration
+            }),
+            ("renew longer than duration", |c| {
+                c.renew_interval = c.lease_duration * 2
+            }),
+            ("zero retry", |c| c.retry_interval = Duration::ZERO),
+            ("zero duration", |c| c.lease_duration = Duration::ZERO),
+            ("empty holder", |c| c.holder_id.clear()),
+            ("empty name", |c| c.name.clear()),
+        ];
+        for (case, change) in cases {
+            let mut config = config();
+            change(&mut config);
+            let result = LeaderElection::new(client(), config);
+            assert!(
+                matches!(result, Err(LeaderError::InvalidConfig(_))),
+                "{case}: {result:?}"
+            );
+        }
+        assert!(LeaderElection::new(client(), config()).is_ok());
+    }
+
+    #[test]
+    fn the_lease_duration_is_written_rounded_up_to_whole_seconds() {
+        let mut config = config();
+        config.lease_duration = Duration::from_millis(1500);
+        assert_eq!(config.lease_duration_seconds(), 2);
+        config.lease_duration = Duration::from_secs(15);
+        assert_eq!(config.lease_duration_seconds(), 15);
     }
 }
