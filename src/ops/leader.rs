@@ -210,7 +210,7 @@ impl LeaderElection {
                     self.step_down("the lease could not be renewed within its duration");
                     continue;
                 }
-                attempt = self.attempt_with_reread(started) => attempt,
+                attempt = self.attempt_with_reread() => attempt,
             };
             let wait = match attempt {
                 Ok(true) => {
@@ -239,7 +239,15 @@ impl LeaderElection {
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        self.release().await
+        // Bounded by the lease duration: past it the lease has lapsed anyway, and a hung API server
+        // must not hold up the process's exit.
+        match tokio::time::timeout(self.config.lease_duration, self.release()).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("releasing the lease timed out; it will expire instead");
+                Ok(())
+            }
+        }
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -272,19 +280,20 @@ impl LeaderElection {
     }
 
     // One round: try, and after a lost race re-read once and decide again.
-    async fn attempt_with_reread(&mut self, now: Instant) -> Result<bool, LeaderError> {
+    async fn attempt_with_reread(&mut self) -> Result<bool, LeaderError> {
         for _ in 0..2 {
-            match self.attempt(now).await? {
+            match self.attempt().await? {
                 Attempt::Leading => return Ok(true),
                 Attempt::Standing => return Ok(false),
                 Attempt::Conflict => self.cached = None,
             }
         }
-        // Lost two races in a row: someone else is writing; look again after retry_interval.
+        // Lost two races in a row: someone else is writing. Not knowing who holds the lease, stop
+        // leading (the safe side) and look again after retry_interval.
         Ok(false)
     }
 
-    async fn attempt(&mut self, now: Instant) -> Result<Attempt, LeaderError> {
+    async fn attempt(&mut self) -> Result<Attempt, LeaderError> {
         let current = match (self.renewed_at, self.cached.take()) {
             (Some(_), Some(lease)) => Some(lease),
             _ => self.read().await?,
@@ -305,7 +314,9 @@ impl LeaderElection {
                 spec.lease_duration_seconds = Some(self.config.lease_duration_seconds());
             }
             Some(holder) => {
-                if !self.expired(&lease, now) {
+                // Observed now, after the read returned: the holder's renewal was written before
+                // this, so its own deadline (counted from before it sent the renewal) comes first.
+                if !self.expired(&lease, Instant::now()) {
                     tracing::debug!(%holder, "the lease is held by another replica");
                     self.cached = Some(lease);
                     return Ok(Attempt::Standing);
@@ -760,6 +771,70 @@ mod tests {
         assert!(result.is_ok(), "{result:?}");
         assert!(metrics.encode().contains("\nkeyless_leader 0\n"));
         running.api.expect_no_more_requests().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_conflicts_re_reads_and_releases_the_fresh_copy() {
+        let mut running = start();
+        acquire_by_creating(&mut running).await;
+
+        running.stop.send(()).unwrap();
+        running
+            .api
+            .next()
+            .await
+            .expect_replace()
+            .1
+            .fail(409, "Conflict");
+        running
+            .api
+            .next()
+            .await
+            .expect_get()
+            .ok(&lease(Some(ME), "4", 0));
+        let (released, exchange) = running.api.next().await.expect_replace();
+        assert_eq!(released.metadata.resource_version.as_deref(), Some("4"));
+        assert_eq!(spec(&released).holder_identity, None);
+        exchange.ok(&stored(released, "5"));
+
+        assert!(running.task.await.unwrap().is_ok());
+        running.api.expect_no_more_requests().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_already_taken_over_writes_nothing() {
+        let mut running = start();
+        acquire_by_creating(&mut running).await;
+
+        running.stop.send(()).unwrap();
+        running
+            .api
+            .next()
+            .await
+            .expect_replace()
+            .1
+            .fail(409, "Conflict");
+        running
+            .api
+            .next()
+            .await
+            .expect_get()
+            .ok(&lease(Some(OTHER), "4", 1));
+
+        assert!(running.task.await.unwrap().is_ok());
+        running.api.expect_no_more_requests().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_api_server_cannot_hold_up_shutdown_past_the_lease_duration() {
+        let mut running = start();
+        acquire_by_creating(&mut running).await;
+
+        running.stop.send(()).unwrap();
+        let (_, unanswered) = running.api.next().await.expect_replace();
+        let result = running.task.await.unwrap();
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(Instant::now() - unanswered.at, LEASE_DURATION);
     }
 
     #[tokio::test(start_paused = true)]
