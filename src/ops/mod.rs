@@ -1,3 +1,14 @@
-//! Operations: logging (and, with the controller, metrics and health endpoints).
+//! Operations: logging, metrics, health endpoints and leader election.
+//!
+//! - [`logging`]: text or JSON logs via tracing.
+//! - [`metrics`]: the Prometheus registry that the controller and the Azure clients record into
+//!   (one [`metrics::Metrics`], cloned).
+//! - [`health`]: the HTTP server for `/metrics` (that registry), `/healthz` and `/readyz` (a
+//!   [`health::Readiness`] flag the controller sets once its caches have synced).
+//! - [`leader`]: leader election on a `coordination.k8s.io/v1` Lease; its watch channel says whether
+//!   this replica may reconcile and write, and it can report itself as the `keyless_leader` gauge.
 
+pub mod health;
+pub mod leader;
 pub mod logging;
+pub mod metrics;
