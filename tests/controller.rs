@@ -77,7 +77,9 @@ fn controller_config(instance: &str) -> ControllerConfig {
         concurrency: 2,
         retry_initial: Duration::from_millis(50),
         retry_max: Duration::from_millis(400),
-        enable_configmap_export: false,
+        enable_configmap_export: true,
+        http_addr: None,
+        leader: None,
     }
 }
 
@@ -662,4 +664,355 @@ async fn a_malformed_access_is_reported_and_does_not_stall_the_others() {
     })
     .await;
     h.stop_controller().await;
+}
+
+// ---- Part 2: federation, posture, export, operations ----
+
+const SUMMARIZER_ID: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-summarizer";
+const SUMMARIZER_CLIENT: &str = "abfae246-2b2d-4cc2-b528-9067a57d93af";
+const AIS_DEV: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/ais-dev";
+
+fn service_account(namespace: &str, name: &str, client_id: &str) -> ServiceAccount {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": namespace, "annotations": {"azure.workload.identity/client-id": client_id}}
+    }))
+    .unwrap()
+}
+
+fn principal_state(h: &Harness, namespace: &str, name: &str) -> Option<(GrantState, String)> {
+    let status = h.get_access(namespace, name)?.status?;
+    let principal = status.principals.first()?;
+    Some((principal.state?, principal.reason.clone()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_without_a_federated_credential_is_denied_until_one_is_added() {
+    let mut h = Harness::start().await;
+    h.account("prod", OAI_PROD, json!({}));
+    h.server.seed(&service_account(
+        "team-chat",
+        "summarizer",
+        SUMMARIZER_CLIENT,
+    ));
+    h.access(
+        "team-chat",
+        "summaries",
+        json!([{"serviceAccount": "summarizer"}]),
+    );
+    eventually("denied for FederationMissing", || {
+        principal_state(&h, "team-chat", "summaries")
+            == Some((GrantState::Denied, "FederationMissing".into()))
+    })
+    .await;
+    assert!(!h.holders().contains(&SUMMARIZER.to_string()));
+    h.emulator
+        .add_federated_credential(
+            SUMMARIZER_ID,
+            keyless::emulator::state::FederatedCredential {
+                name: "team-chat-summarizer".into(),
+                issuer: ISSUER.into(),
+                subject: "system:serviceaccount:team-chat:summarizer".into(),
+                audiences: vec!["api://AzureADTokenExchange".into()],
+            },
+        )
+        .unwrap();
+    eventually("granted once federated", || {
+        h.holders().contains(&SUMMARIZER.to_string())
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_federated_with_another_namespaces_service_account_is_reported() {
+    let mut h = Harness::start().await;
+    h.account("prod", OAI_PROD, json!({}));
+    // id-chat-backend is federated with team-chat/chat-backend; team-search borrows it.
+    h.server.seed(&service_account(
+        "team-search",
+        "borrower",
+        CHAT_BACKEND_CLIENT,
+    ));
+    h.access(
+        "team-search",
+        "borrow",
+        json!([{"serviceAccount": "borrower"}]),
+    );
+    eventually("denied", || {
+        principal_state(&h, "team-search", "borrow").is_some_and(|(s, _)| s == GrantState::Denied)
+    })
+    .await;
+    eventually("the shared identity is a finding", || {
+        h.server
+            .events_about("OpenAIAccess", "borrow")
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("FederationFinding")
+                    && e.note
+                        .as_deref()
+                        .unwrap_or_default()
+                        .contains("team-chat:chat-backend")
+            })
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_required_federation_the_same_finding_is_a_warning_and_the_grant_is_made() {
+    let mut h = Harness::start().await;
+    h.account("prod", OAI_PROD, json!({"requireFederation": false}));
+    h.server.seed(&service_account(
+        "team-chat",
+        "summarizer",
+        SUMMARIZER_CLIENT,
+    ));
+    h.access(
+        "team-chat",
+        "summaries",
+        json!([{"serviceAccount": "summarizer"}]),
+    );
+    eventually("granted", || h.holders().contains(&SUMMARIZER.to_string())).await;
+    eventually("warned", || {
+        h.server
+            .events_about("OpenAIAccess", "summaries")
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FederationFinding"))
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_that_still_accepts_keys_is_not_keyless_only() {
+    let mut h = Harness::start().await;
+    h.account("dev", AIS_DEV, json!({}));
+    eventually("posture reported", || {
+        h.server
+            .get::<OpenAIAccount>(None, "dev")
+            .and_then(|a| a.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "KeylessOnly" && c.status == "False")
+            })
+    })
+    .await;
+    let status = h
+        .server
+        .get::<OpenAIAccount>(None, "dev")
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.kind.as_deref(), Some("AIServices"));
+    assert_eq!(status.local_auth_disabled, Some(false));
+    eventually("a warning event", || {
+        h.server
+            .events_about("OpenAIAccount", "dev")
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("LocalAuthEnabled"))
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_without_a_custom_subdomain_says_tokens_cannot_work() {
+    let mut h = Harness::start().await;
+    h.account("legacy", "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-legacy", json!({}));
+    eventually("TokenAuthSupported=False", || {
+        h.server
+            .get::<OpenAIAccount>(None, "legacy")
+            .and_then(|a| a.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "TokenAuthSupported" && c.status == "False")
+            })
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_the_endpoint_and_the_single_workload_client_id() {
+    let mut h = Harness::start().await;
+    h.account("prod", OAI_PROD, json!({}));
+    h.server.seed(&service_account(
+        "team-chat",
+        "chat-backend",
+        CHAT_BACKEND_CLIENT,
+    ));
+    let object: OpenAIAccess = serde_json::from_value(json!({
+        "apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccess",
+        "metadata": {"name": "chat", "namespace": "team-chat", "generation": 1, "uid": "2c5f8f7e-0000-4000-8000-000000000001"},
+        "spec": {"accountRef": {"name": "prod"}, "role": "OpenAIUser", "deletionPolicy": "Delete",
+                 "exportTo": {"configMapName": "openai"},
+                 "principals": [{"serviceAccount": "chat-backend"}, {"user": "alice@contoso.com"}]}
+    }))
+    .unwrap();
+    h.server.seed(&object);
+    eventually("the ConfigMap exists", || {
+        h.server
+            .get::<k8s_openapi::api::core::v1::ConfigMap>(Some("team-chat"), "openai")
+            .is_some()
+    })
+    .await;
+    let config_map = h
+        .server
+        .get::<k8s_openapi::api::core::v1::ConfigMap>(Some("team-chat"), "openai")
+        .unwrap();
+    let data = config_map.data.unwrap();
+    assert_eq!(
+        data["AZURE_OPENAI_ENDPOINT"],
+        "https://oai-prod.openai.azure.com/"
+    );
+    assert_eq!(data["AZURE_OPENAI_CLIENT_ID"], CHAT_BACKEND_CLIENT);
+    let owners = config_map.metadata.owner_references.unwrap();
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].name.as_str()),
+        ("OpenAIAccess", "chat")
+    );
+    h.stop_controller().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_leader_and_make_each_write_once() {
+    let emulator = Emulator::start(EmulatorConfig::new(Seed::example().unwrap()))
+        .await
+        .unwrap();
+    let server = ApiServer::builder()
+        .crds(keyless::api::crds())
+        .namespace("team-chat")
+        .namespace("keyless-system")
+        .issuer(ISSUER)
+        .build();
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    let ports = [free_port(), free_port()];
+    for (replica, port) in ports.iter().enumerate() {
+        let mut config = controller_config("cluster-1");
+        config.http_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        config.leader = Some(keyless::ops::leader::LeaseConfig {
+            name: "keyless".into(),
+            namespace: "keyless-system".into(),
+            holder_id: format!("replica-{replica}"),
+            lease_duration: Duration::from_secs(3),
+            renew_interval: Duration::from_millis(500),
+            retry_interval: Duration::from_millis(200),
+        });
+        let azure =
+            AzureClients::from_config_with_env(&azure_config(&emulator), &|_| None).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let client = server.client();
+        tasks.push(tokio::spawn(async move {
+            controller::run(client, azure, config, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        }));
+        stops.push(stop);
+    }
+    let account: OpenAIAccount = serde_json::from_value(json!({"apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccount", "metadata": {"name": "prod"}, "spec": {"resourceId": OAI_PROD, "allowedNamespaces": {"names": ["team-chat"]}}})).unwrap();
+    server.seed(&account);
+    for i in 0..6 {
+        let access: OpenAIAccess = serde_json::from_value(json!({
+            "apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccess",
+            "metadata": {"name": format!("app-{i}"), "namespace": "team-chat"},
+            "spec": {"accountRef": {"name": "prod"}, "principals": [{"objectId": format!("00000000-0000-0000-0000-0000000000{i:02}"), "principalType": "ServicePrincipal"}]}
+        }))
+        .unwrap();
+        server.seed(&access);
+    }
+    let granted = || {
+        emulator
+            .role_assignments()
+            .iter()
+            .filter(|a| {
+                a.scope.eq_ignore_ascii_case(OAI_PROD) && a.principal_id.starts_with("00000000-")
+            })
+            .count()
+    };
+    eventually("six grants", || granted() == 6).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        emulator.request_count("RoleAssignments_Create", 201),
+        6,
+        "each grant written once, by the leader only"
+    );
+    assert_eq!(emulator.requests_of("RoleAssignments_Create"), 6);
+    let lease = server
+        .get::<k8s_openapi::api::coordination::v1::Lease>(Some("keyless-system"), "keyless")
+        .unwrap();
+    let holder = lease.spec.unwrap().holder_identity.unwrap();
+    assert!(holder.starts_with("replica-"));
+
+    // Both replicas are ready (a standby too), and the metrics scrape parses as Prometheus text.
+    let http = reqwest::Client::new();
+    for port in ports {
+        let ready = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
+    let leader_port = ports[holder
+        .trim_start_matches("replica-")
+        .parse::<usize>()
+        .unwrap()];
+    let scrape = http
+        .get(format!("http://127.0.0.1:{leader_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_prometheus_text(&scrape);
+    assert!(
+        scrape.contains("keyless_reconciles_total{result=\"ok\"}"),
+        "{scrape}"
+    );
+    assert!(scrape.contains("keyless_leader 1"), "{scrape}");
+    assert!(
+        scrape.contains("keyless_grants{state=\"Granted\"} 6"),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("keyless_azure_requests_total{service=\"arm\""),
+        "{scrape}"
+    );
+    assert!(
+        !scrape.contains("team-chat") && !scrape.contains("app-0"),
+        "no object names in labels"
+    );
+
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+}
+
+/// Every line is a comment, blank, or `name{labels} value`.
+fn assert_prometheus_text(text: &str) {
+    let sample = regex::Regex::new(r#"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*",?)*\})? [-+0-9.eEInfNa]+$"#).unwrap();
+    for line in text.lines() {
+        assert!(
+            line.is_empty() || line.starts_with('#') || sample.is_match(line),
+            "not Prometheus text: {line}"
+        );
+    }
 }

@@ -56,6 +56,23 @@ pub fn set_query(url: &mut Url, pairs: &[(&str, &str)]) {
     url.set_query(Some(&query));
 }
 
+/// Sees every HTTP attempt to ARM or Graph: (service, operation, HTTP status, or 0 when no
+/// response came). Set once per process by whoever exports metrics.
+pub type RequestObserver = dyn Fn(&'static str, &'static str, u16) + Send + Sync;
+
+static REQUEST_OBSERVER: std::sync::OnceLock<Box<RequestObserver>> = std::sync::OnceLock::new();
+
+/// Installs the process's request observer; later calls are ignored (the first exporter wins).
+pub fn set_request_observer(observer: Box<RequestObserver>) {
+    let _ = REQUEST_OBSERVER.set(observer);
+}
+
+fn observe(service: Service, operation: &'static str, status: u16) {
+    if let Some(observer) = REQUEST_OBSERVER.get() {
+        observer(service.as_str(), operation, status);
+    }
+}
+
 /// One logical call: the request plus what pacing and error messages need.
 #[derive(Debug)]
 pub struct Call {
@@ -329,6 +346,14 @@ impl ApiClient {
                 }
                 Err(error) => Err(error),
             };
+            observe(
+                self.service,
+                call.operation,
+                outcome
+                    .as_ref()
+                    .map(|(status, _, _)| status.as_u16())
+                    .unwrap_or(0),
+            );
             match outcome {
                 Ok((status, headers, body)) => {
                     if let (Some(pacer), Some((subscription, _))) = (pacer, &call.pacing) {

@@ -4,6 +4,7 @@
 use super::ControllerConfig;
 use crate::azure::config::{AzureArgs, parse_duration};
 use crate::engine::EngineConfig;
+use crate::ops::leader::LeaseConfig;
 use crate::plan::InstanceId;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -51,6 +52,18 @@ pub struct RunArgs {
     /// The Lease's namespace (the chart passes the release namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "keyless-system")]
     pub lease_namespace: String,
+    /// This replica's name in the Lease (the chart passes the Pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub lease_holder: Option<String>,
+    /// How long a lease stays the holder's after a renewal.
+    #[arg(long, env = "KEYLESS_LEASE_DURATION", value_parser = parse_duration, default_value = "15s")]
+    pub lease_duration: Duration,
+    /// How often the leader renews the lease (shorter than --lease-duration).
+    #[arg(long, env = "KEYLESS_LEASE_RENEW_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub lease_renew_interval: Duration,
+    /// How often a standby tries to take the lease.
+    #[arg(long, env = "KEYLESS_LEASE_RETRY_INTERVAL", value_parser = parse_duration, default_value = "2s")]
+    pub lease_retry_interval: Duration,
     #[command(flatten)]
     pub azure: AzureArgs,
 }
@@ -75,6 +88,18 @@ impl RunArgs {
             retry_initial: self.retry_initial,
             retry_max: self.retry_max,
             enable_configmap_export: self.enable_configmap_export,
+            http_addr: Some(self.http_addr),
+            leader: self.leader_election.then(|| LeaseConfig {
+                name: self.lease_name.clone(),
+                namespace: self.lease_namespace.clone(),
+                holder_id: self
+                    .lease_holder
+                    .clone()
+                    .unwrap_or_else(|| format!("keyless-{}", uuid::Uuid::new_v4())),
+                lease_duration: self.lease_duration,
+                renew_interval: self.lease_renew_interval,
+                retry_interval: self.lease_retry_interval,
+            }),
         }
     }
 }

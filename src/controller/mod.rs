@@ -11,7 +11,12 @@ pub mod reconcile;
 use crate::api::{OpenAIAccess, OpenAIAccount};
 use crate::azure::AzureClients;
 use crate::engine::EngineConfig;
+use crate::ops::health::{self, Readiness};
+use crate::ops::leader::LeaderElection;
+use crate::ops::metrics::{Metrics, status_class};
+use futures::FutureExt;
 use futures::StreamExt;
+use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Config as ControllerRuntimeConfig;
@@ -34,6 +39,10 @@ pub struct ControllerConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub enable_configmap_export: bool,
+    /// Where /metrics, /healthz and /readyz are served; none in tests that do not need them.
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// Leader election; without it this replica always reconciles.
+    pub leader: Option<crate::ops::leader::LeaseConfig>,
 }
 
 /// What every reconcile shares.
@@ -47,6 +56,7 @@ pub struct Context {
     pub namespaces: Store<Namespace>,
     pub recorder: Recorder,
     pub backoff: reconcile::Backoffs,
+    pub metrics: Metrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +69,10 @@ pub enum RunError {
     Connect(#[source] kube::Error),
     #[error("set up the Azure clients")]
     Azure(#[source] crate::azure::AzureSetupError),
+    #[error("serve the health and metrics endpoints")]
+    Health(#[source] crate::ops::health::HealthError),
+    #[error("leader election")]
+    Leader(#[source] crate::ops::leader::LeaderError),
 }
 
 /// Checks that the CRDs are served before starting, so a missing install is one clear error.
@@ -71,7 +85,8 @@ pub async fn check_crds(client: &Client) -> Result<(), RunError> {
         .map_err(RunError::CrdsMissing)
 }
 
-/// Runs both controllers until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves: the health endpoints always, the reconcilers
+/// only while this replica leads (always, without leader election).
 pub async fn run(
     client: Client,
     azure: AzureClients,
@@ -79,6 +94,85 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), RunError> {
     check_crds(&client).await?;
+    let shutdown: Shared<BoxFuture<'static, ()>> = shutdown.boxed().shared();
+    let metrics = Metrics::new();
+    let observed = metrics.clone();
+    crate::azure::http::set_request_observer(Box::new(move |service, operation, status| {
+        let service = match service {
+            "ARM" => "arm",
+            "Graph" => "graph",
+            _ => "other",
+        };
+        observed.azure_request(service, operation, status_class(status));
+    }));
+    let readiness = Readiness::new();
+    let health = match config.http_addr {
+        Some(addr) => Some(
+            health::serve(addr, metrics.clone(), readiness.clone(), shutdown.clone())
+                .await
+                .map_err(RunError::Health)?,
+        ),
+        None => None,
+    };
+    match config.leader.clone() {
+        None => run_controllers(client, azure, config, metrics, readiness, shutdown.clone()).await,
+        Some(lease) => {
+            let election = LeaderElection::new(client.clone(), lease)
+                .map_err(RunError::Leader)?
+                .with_metrics(metrics.clone());
+            let mut leading = election.watch();
+            let election_task = tokio::spawn(election.run(shutdown.clone()));
+            // A standby is ready too, so rolling updates complete.
+            readiness.set_ready(true);
+            loop {
+                tokio::select! {
+                    _ = shutdown.clone() => break,
+                    changed = leading.wait_for(|leader| *leader) => if changed.is_err() { break },
+                }
+                tracing::info!("leading: reconciling");
+                let mut lost = leading.clone();
+                let term = futures::future::select(
+                    Box::pin(async move {
+                        let _ = lost.wait_for(|leader| !*leader).await;
+                    }),
+                    shutdown.clone(),
+                )
+                .map(|_| ());
+                run_controllers(
+                    client.clone(),
+                    azure.clone(),
+                    config.clone(),
+                    metrics.clone(),
+                    readiness.clone(),
+                    term,
+                )
+                .await;
+                tracing::info!("no longer leading");
+                if shutdown.peek().is_some() {
+                    break;
+                }
+            }
+            match election_task.await {
+                Ok(result) => result.map_err(RunError::Leader)?,
+                Err(error) => tracing::warn!(%error, "leader election task ended abnormally"),
+            }
+        }
+    }
+    if let Some(health) = health {
+        health.stopped().await;
+    }
+    Ok(())
+}
+
+/// Both controllers, until `term` resolves.
+async fn run_controllers(
+    client: Client,
+    azure: AzureClients,
+    config: ControllerConfig,
+    metrics: Metrics,
+    readiness: Readiness,
+    term: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let watcher_config = watcher::Config::default().any_semantic();
 
     let (access_store, access_writer) = reflector::store();
@@ -111,7 +205,13 @@ pub async fn run(
         .with_config(ControllerRuntimeConfig::default().concurrency(config.concurrency));
     let account_store = controller.store();
 
-    let shutdown = futures::future::Shared::clone(&futures::FutureExt::shared(shutdown));
+    let shutdown = term.boxed().shared();
+    let ready_store = account_store.clone();
+    tokio::spawn(async move {
+        if ready_store.wait_until_ready().await.is_ok() {
+            readiness.set_ready(true);
+        }
+    });
     let context = Arc::new(Context {
         client: client.clone(),
         azure,
@@ -128,6 +228,7 @@ pub async fn run(
             },
         ),
         backoff: reconcile::Backoffs::default(),
+        metrics,
     });
 
     // OpenAIAccess → its account.
@@ -218,7 +319,6 @@ pub async fn run(
     });
 
     futures::join!(account_controller, access_controller);
-    Ok(())
 }
 
 fn context_accesses_referencing(

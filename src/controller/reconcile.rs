@@ -76,6 +76,23 @@ pub async fn reconcile_account(
     guard: Arc<DeserializeGuard<OpenAIAccount>>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    // Records on drop, so a reconcile cancelled by shutdown is counted too.
+    let mut timer = ReconcileTimer {
+        metrics: ctx.metrics.clone(),
+        started: std::time::Instant::now(),
+        result: "cancelled",
+    };
+    let mut result = "ok";
+    let action = reconcile_account_pass(guard, ctx, &mut result).await;
+    timer.result = if action.is_err() { "error" } else { result };
+    action
+}
+
+async fn reconcile_account_pass(
+    guard: Arc<DeserializeGuard<OpenAIAccount>>,
+    ctx: Arc<Context>,
+    timer: &mut &'static str,
+) -> Result<Action, ReconcileError> {
     let api: Api<OpenAIAccount> = Api::all(ctx.client.clone());
     let account = match &guard.0 {
         Ok(account) => account,
@@ -92,6 +109,7 @@ pub async fn reconcile_account(
                 ),
             );
             apply_account_status(&api, &name, None, &status).await?;
+            *timer = "invalid";
             return Ok(Action::await_change());
         }
     };
@@ -216,6 +234,12 @@ pub async fn reconcile_account(
     };
     let now = Timestamp::now();
     let outcome = engine::run_pass(azure, &source, &ctx.config.engine, now).await;
+    *timer = match outcome.retry {
+        None | Some(RetryDecision::WaitForChange) => "ok",
+        Some(RetryDecision::After(_)) => "throttled",
+        Some(RetryDecision::Backoff) => "retry",
+    };
+    record_pass_metrics(&ctx, &name, &scope, &outcome);
 
     // Status and finalizers of every OpenAIAccess.
     for result in &outcome.accesses {
@@ -312,6 +336,41 @@ pub async fn reconcile_account(
     }
 
     Ok(next_action(&ctx, &name, &outcome, now))
+}
+
+/// Records a reconcile's duration and result when it ends, however it ends.
+struct ReconcileTimer {
+    metrics: crate::ops::metrics::Metrics,
+    started: std::time::Instant,
+    result: &'static str,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.metrics
+            .reconcile_finished(self.result, self.started.elapsed());
+    }
+}
+
+fn record_pass_metrics(ctx: &Context, account: &str, scope: &AccountScope, outcome: &PassOutcome) {
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for principal in outcome.accesses.iter().flat_map(|a| &a.status.principals) {
+        if let Some(state) = principal.state {
+            *counts.entry(state.as_str()).or_default() += 1;
+        }
+    }
+    ctx.metrics.set_grants(account, &counts);
+    let remaining = ctx.azure.arm.rate_limit_remaining(scope.subscription_id());
+    for (kind, value) in [
+        ("reads", remaining.reads),
+        ("writes", remaining.writes),
+        ("deletes", remaining.deletes),
+    ] {
+        if let Some(value) = value {
+            ctx.metrics
+                .ratelimit_remaining(kind, scope.subscription_id(), value);
+        }
+    }
 }
 
 fn next_action(ctx: &Context, name: &str, outcome: &PassOutcome, now: Timestamp) -> Action {
