@@ -57,19 +57,23 @@ pub fn set_query(url: &mut Url, pairs: &[(&str, &str)]) {
 }
 
 /// Sees every HTTP attempt to ARM or Graph: (service, operation, HTTP status, or 0 when no
-/// response came). Set once per process by whoever exports metrics.
-pub type RequestObserver = dyn Fn(&'static str, &'static str, u16) + Send + Sync;
+/// response came). Metrics install one through `AzureClients::observe_requests`.
+pub type RequestObserver = dyn Fn(Service, &'static str, u16) + Send + Sync;
 
-static REQUEST_OBSERVER: std::sync::OnceLock<Box<RequestObserver>> = std::sync::OnceLock::new();
+/// Where the clients of one `AzureClients` find their observer (shared by ARM and Graph).
+#[derive(Clone, Default)]
+pub struct ObserverSlot(Arc<std::sync::RwLock<Option<Arc<RequestObserver>>>>);
 
-/// Installs the process's request observer; later calls are ignored (the first exporter wins).
-pub fn set_request_observer(observer: Box<RequestObserver>) {
-    let _ = REQUEST_OBSERVER.set(observer);
-}
+impl ObserverSlot {
+    pub fn set(&self, observer: Arc<RequestObserver>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(observer);
+    }
 
-fn observe(service: Service, operation: &'static str, status: u16) {
-    if let Some(observer) = REQUEST_OBSERVER.get() {
-        observer(service.as_str(), operation, status);
+    fn observe(&self, service: Service, operation: &'static str, status: u16) {
+        let observer = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(observer) = observer {
+            observer(service, operation, status);
+        }
     }
 }
 
@@ -232,6 +236,7 @@ pub struct ApiClient {
     token_scope: String,
     retry: RetryConfig,
     timeout: Duration,
+    observer: ObserverSlot,
 }
 
 // Hand-written so nothing about the credential or a header can ever be printed.
@@ -262,7 +267,14 @@ impl ApiClient {
             token_scope,
             retry,
             timeout,
+            observer: ObserverSlot::default(),
         }
+    }
+
+    /// Reports every attempt to this slot's observer.
+    pub fn with_observer(mut self, observer: ObserverSlot) -> ApiClient {
+        self.observer = observer;
+        self
     }
 
     pub fn service(&self) -> Service {
@@ -346,7 +358,7 @@ impl ApiClient {
                 }
                 Err(error) => Err(error),
             };
-            observe(
+            self.observer.observe(
                 self.service,
                 call.operation,
                 outcome

@@ -171,6 +171,7 @@ pub struct AzureClients {
     /// Which credential was chosen and why; `None` when the caller supplied the credential.
     pub credential: Option<CredentialDecision>,
     pub endpoints: CloudEndpoints,
+    observer: http::ObserverSlot,
 }
 
 impl std::fmt::Debug for AzureClients {
@@ -227,6 +228,7 @@ impl AzureClients {
         credential: Arc<dyn TokenCredential>,
         decision: Option<CredentialDecision>,
     ) -> AzureClients {
+        let observer = http::ObserverSlot::default();
         let arm_api = http::ApiClient::new(
             http::Service::Arm,
             http.clone(),
@@ -234,7 +236,8 @@ impl AzureClients {
             endpoints.arm_scope.clone(),
             config.retry,
             config.timeout,
-        );
+        )
+        .with_observer(observer.clone());
         let graph_api = http::ApiClient::new(
             http::Service::Graph,
             http,
@@ -242,7 +245,8 @@ impl AzureClients {
             endpoints.graph_scope.clone(),
             config.retry,
             config.timeout,
-        );
+        )
+        .with_observer(observer.clone());
         let arm = Arc::new(ArmClient::new(
             arm_api,
             &endpoints,
@@ -262,7 +266,13 @@ impl AzureClients {
             graph,
             credential: decision,
             endpoints,
+            observer,
         }
+    }
+
+    /// Reports every ARM and Graph request (service, operation, status or 0) to `observer`.
+    pub fn observe_requests(&self, observer: Arc<http::RequestObserver>) {
+        self.observer.set(observer);
     }
 }
 

@@ -97,11 +97,10 @@ pub async fn run(
     let shutdown: Shared<BoxFuture<'static, ()>> = shutdown.boxed().shared();
     let metrics = Metrics::new();
     let observed = metrics.clone();
-    crate::azure::http::set_request_observer(Box::new(move |service, operation, status| {
+    azure.observe_requests(Arc::new(move |service, operation, status| {
         let service = match service {
-            "ARM" => "arm",
-            "Graph" => "graph",
-            _ => "other",
+            crate::azure::http::Service::Arm => "arm",
+            crate::azure::http::Service::Graph => "graph",
         };
         observed.azure_request(service, operation, status_class(status));
     }));
