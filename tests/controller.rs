@@ -72,6 +72,9 @@ fn controller_config(instance: &str) -> ControllerConfig {
             propagation_grace: Duration::ZERO,
             federation_issuer: Some(ISSUER.into()),
             dry_run: false,
+            resolution_cache: Some(std::sync::Arc::new(keyless::engine::ResolutionCache::new(
+                Duration::from_secs(600),
+            ))),
         },
         resync_interval: Duration::from_millis(700),
         concurrency: 2,
@@ -485,11 +488,19 @@ async fn many_objects_on_one_account_cost_one_list_per_resync() {
     for i in 0..8 {
         h.access("team-chat", &format!("app-{i}"), json!([{"objectId": format!("00000000-0000-0000-0000-0000000000{i:02}"), "principalType": "ServicePrincipal"}]));
     }
+    h.server.seed(&service_account(
+        "team-chat",
+        "chat-backend",
+        CHAT_BACKEND_CLIENT,
+    ));
+    h.access("team-chat", "named", json!([{"user": "alice@contoso.com"}, {"groupName": "ML Platform Team"}, {"managedIdentity": SUMMARIZER_ID}, {"serviceAccount": "chat-backend"}]));
     eventually("all ready", || {
         (0..8).all(|i| {
             h.get_access("team-chat", &format!("app-{i}"))
                 .is_some_and(|a| ready(&a))
-        })
+        }) && h
+            .get_access("team-chat", "named")
+            .is_some_and(|a| ready(&a))
     })
     .await;
     // Quiet now: from here on only resyncs run.
@@ -502,6 +513,21 @@ async fn many_objects_on_one_account_cost_one_list_per_resync() {
     // 700 ms resync over 2.2 s: 3 passes, give or take one at the edges — never one per object.
     assert!((2..=4).contains(&lists), "{lists} LISTs");
     assert_eq!(writes, 0, "nothing to do costs no writes");
+    let lookups: u64 = [
+        "Graph_GetUser",
+        "Graph_ListGroups",
+        "Graph_GetServicePrincipal",
+        "UserAssignedIdentities_Get",
+        "UserAssignedIdentities_ListBySubscription",
+        "FederatedIdentityCredentials_List",
+    ]
+    .iter()
+    .map(|op| h.emulator.requests_of(op))
+    .sum();
+    assert_eq!(
+        lookups, 0,
+        "resolved principals are not looked up again at every resync"
+    );
     h.stop_controller().await;
 }
 

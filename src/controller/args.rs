@@ -3,7 +3,7 @@
 
 use super::ControllerConfig;
 use crate::azure::config::{AzureArgs, parse_duration};
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, ResolutionCache};
 use crate::ops::leader::LeaseConfig;
 use crate::plan::InstanceId;
 use std::net::SocketAddr;
@@ -27,6 +27,10 @@ pub struct RunArgs {
     /// How long a principal Entra does not know yet is waited for before it is reported Failed.
     #[arg(long, env = "KEYLESS_REPLICATION_DEADLINE", value_parser = parse_duration, default_value = "10m")]
     pub replication_deadline: Duration,
+    /// How long a principal's resolved object id is reused before Graph or ARM is asked again, so a
+    /// resync of an unchanged account costs its one LIST (a restart always looks up afresh).
+    #[arg(long, env = "KEYLESS_RESOLUTION_CACHE_TTL", value_parser = parse_duration, default_value = "30m")]
+    pub resolution_cache_ttl: Duration,
     /// The most role assignments one pass over one account deletes; the rest wait for the next pass.
     #[arg(long, env = "KEYLESS_MAX_DELETES_PER_PASS", default_value_t = 50)]
     pub max_deletes_per_pass: usize,
@@ -82,6 +86,9 @@ impl RunArgs {
                 propagation_grace: self.propagation_grace,
                 federation_issuer,
                 dry_run: false,
+                resolution_cache: Some(std::sync::Arc::new(ResolutionCache::new(
+                    self.resolution_cache_ttl,
+                ))),
             },
             resync_interval: self.resync_interval,
             concurrency: self.concurrency,

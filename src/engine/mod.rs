@@ -21,7 +21,7 @@ use crate::plan::{
     PlanInput, Write, plan,
 };
 use jiff::Timestamp;
-pub use resolve::{CLIENT_ID_ANNOTATION, FederationCheck, ServiceAccountInfo};
+pub use resolve::{CLIENT_ID_ANNOTATION, FederationCheck, ResolutionCache, ServiceAccountInfo};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub struct EngineConfig {
     pub federation_issuer: Option<String>,
     /// Plan only: observe and plan, write nothing.
     pub dry_run: bool,
+    /// Resolutions kept across passes (the controller's); None resolves everything every pass.
+    pub resolution_cache: Option<std::sync::Arc<resolve::ResolutionCache>>,
 }
 
 /// One OpenAIAccess as the front end found it.
@@ -192,6 +194,7 @@ pub async fn run_pass(
             required: source.account.require_federation,
             issuer: config.federation_issuer.clone(),
         },
+        config.resolution_cache.as_deref(),
     );
     let mut accesses = Vec::with_capacity(source.accesses.len());
     for access in &source.accesses {

@@ -27,6 +27,45 @@ pub struct FederationCheck {
     pub issuer: Option<String>,
 }
 
+/// Successful resolutions kept across passes, so a resync of an unchanged account costs its one
+/// LIST and not a Graph or ARM read per principal. Not decision-critical: a miss (after a restart
+/// or past the TTL) only means looking the principal up again, which also notices an identity that
+/// was deleted and re-created with a new object id.
+#[derive(Debug)]
+pub struct ResolutionCache {
+    ttl: std::time::Duration,
+    entries:
+        std::sync::Mutex<std::collections::HashMap<CacheKey, (Resolution, std::time::Instant)>>,
+}
+
+// (namespace for ServiceAccounts, the principal, the ServiceAccount's client id annotation).
+type CacheKey = (String, PrincipalRef, Option<String>);
+
+impl ResolutionCache {
+    pub fn new(ttl: std::time::Duration) -> ResolutionCache {
+        ResolutionCache {
+            ttl,
+            entries: Default::default(),
+        }
+    }
+
+    fn get(&self, key: &CacheKey) -> Option<Resolution> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(r, _)| r.clone())
+    }
+
+    fn put(&self, key: CacheKey, resolution: &Resolution) {
+        if matches!(resolution, Resolution::Resolved { .. }) {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            entries.insert(key, (resolution.clone(), std::time::Instant::now()));
+        }
+    }
+}
+
 /// Resolves principals, memoizing each distinct lookup for the pass.
 pub struct Resolver<'a> {
     pub directory: &'a dyn Directory,
@@ -34,6 +73,7 @@ pub struct Resolver<'a> {
     pub service_accounts: &'a BTreeMap<ObjectKey, ServiceAccountInfo>,
     pub federation: FederationCheck,
     cache: BTreeMap<(String, PrincipalRef), Resolution>,
+    shared: Option<&'a ResolutionCache>,
     /// Findings worth an event: an identity federated with other namespaces' ServiceAccounts.
     pub findings: Vec<(ObjectKey, String)>,
 }
@@ -44,6 +84,7 @@ impl<'a> Resolver<'a> {
         identities: &'a dyn ManagedIdentities,
         service_accounts: &'a BTreeMap<ObjectKey, ServiceAccountInfo>,
         federation: FederationCheck,
+        shared: Option<&'a ResolutionCache>,
     ) -> Resolver<'a> {
         Resolver {
             directory,
@@ -51,6 +92,7 @@ impl<'a> Resolver<'a> {
             service_accounts,
             federation,
             cache: BTreeMap::new(),
+            shared,
             findings: Vec::new(),
         }
     }
@@ -84,7 +126,28 @@ impl<'a> Resolver<'a> {
         if let Some(hit) = self.cache.get(&cache_key) {
             return hit.clone();
         }
+        let shared_key = (
+            cache_key.0.clone(),
+            principal.clone(),
+            match principal {
+                PrincipalRef::ServiceAccount(name) => self
+                    .service_accounts
+                    .get(&ObjectKey {
+                        namespace: key.namespace.clone(),
+                        name: name.clone(),
+                    })
+                    .and_then(|sa| sa.client_id.clone()),
+                _ => None,
+            },
+        );
+        if let Some(hit) = self.shared.and_then(|shared| shared.get(&shared_key)) {
+            self.cache.insert(cache_key, hit.clone());
+            return hit;
+        }
         let resolution = self.lookup(key, principal).await;
+        if let Some(shared) = self.shared {
+            shared.put(shared_key, &resolution);
+        }
         self.cache.insert(cache_key, resolution.clone());
         resolution
     }
