@@ -1042,3 +1042,32 @@ fn assert_prometheus_text(text: &str) {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_deleted_in_azure_is_reported_and_releases_deleting_objects() {
+    let mut h = Harness::start().await;
+    h.account("prod", OAI_PROD, json!({}));
+    h.access("team-chat", "chat", json!([{"user": "alice@contoso.com"}]));
+    eventually("granted", || {
+        h.get_access("team-chat", "chat").is_some_and(|a| ready(&a))
+    })
+    .await;
+    h.emulator.delete_account(OAI_PROD).unwrap();
+    eventually("the account reports it is gone", || {
+        h.server
+            .get::<OpenAIAccount>(None, "prod")
+            .and_then(|a| a.status)
+            .is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.reason == "AzureAccountNotFound")
+            })
+    })
+    .await;
+    h.delete_access("team-chat", "chat").await;
+    eventually("nothing left to clean: the finalizer goes", || {
+        h.get_access("team-chat", "chat").is_none()
+    })
+    .await;
+    h.stop_controller().await;
+}

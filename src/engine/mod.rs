@@ -162,13 +162,31 @@ pub async fn run_pass(
     };
     outcome.scope = Some(scope.clone());
 
-    // Observe the account first: a 404 means every assignment at its scope is gone too.
-    let observation = match azure.accounts.get_account(&scope).await {
-        Ok(None) => Observation::AccountGone,
+    // Observe the account first: a 404 means every assignment at its scope is gone too. With a
+    // fresh cached posture the LIST alone tells: it is a 404 when the account is gone.
+    let cache = config.resolution_cache.as_deref();
+    let cached_account = cache.and_then(|c| c.account(&scope));
+    let account = match cached_account {
+        Some(info) => Ok(Some(info)),
+        None => azure.accounts.get_account(&scope).await,
+    };
+    let observation = match account {
+        Ok(None) => {
+            cache.inspect(|c| c.forget_account(&scope));
+            Observation::AccountGone
+        }
         Ok(Some(info)) => {
+            if let Some(cache) = cache {
+                cache.put_account(&scope, &info);
+            }
             outcome.account = Some(info);
             match azure.assignments.observe_scope(&scope).await {
                 Ok(list) => Observation::Complete(list),
+                Err(error) if error.kind == AzureErrorKind::NotFound => {
+                    cache.inspect(|c| c.forget_account(&scope));
+                    outcome.account = None;
+                    Observation::AccountGone
+                }
                 Err(error) => {
                     let message = error.to_string();
                     outcome.retry = Some(error.retry());

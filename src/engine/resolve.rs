@@ -27,7 +27,7 @@ pub struct FederationCheck {
     pub issuer: Option<String>,
 }
 
-/// Successful resolutions kept across passes, so a resync of an unchanged account costs its one
+/// Successful resolutions (and account postures) kept across passes, so a resync of an unchanged account costs its one
 /// LIST and not a Graph or ARM read per principal. Not decision-critical: a miss (after a restart
 /// or past the TTL) only means looking the principal up again, which also notices an identity that
 /// was deleted and re-created with a new object id.
@@ -36,6 +36,14 @@ pub struct ResolutionCache {
     ttl: std::time::Duration,
     entries:
         std::sync::Mutex<std::collections::HashMap<CacheKey, (Resolution, std::time::Instant)>>,
+    // The account's posture, re-read once per TTL: the LIST alone notices an account that is gone
+    // (ARM answers 404 at its scope).
+    accounts: std::sync::Mutex<
+        std::collections::HashMap<
+            crate::plan::AccountScope,
+            (crate::azure::AccountInfo, std::time::Instant),
+        >,
+    >,
 }
 
 // (namespace for ServiceAccounts, the principal, the ServiceAccount's client id annotation).
@@ -46,7 +54,35 @@ impl ResolutionCache {
         ResolutionCache {
             ttl,
             entries: Default::default(),
+            accounts: Default::default(),
         }
+    }
+
+    pub(crate) fn account(
+        &self,
+        scope: &crate::plan::AccountScope,
+    ) -> Option<crate::azure::AccountInfo> {
+        let accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        accounts
+            .get(scope)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(a, _)| a.clone())
+    }
+
+    pub(crate) fn put_account(
+        &self,
+        scope: &crate::plan::AccountScope,
+        info: &crate::azure::AccountInfo,
+    ) {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        accounts.insert(scope.clone(), (info.clone(), std::time::Instant::now()));
+    }
+
+    pub(crate) fn forget_account(&self, scope: &crate::plan::AccountScope) {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(scope);
     }
 
     fn get(&self, key: &CacheKey) -> Option<Resolution> {
