@@ -83,6 +83,7 @@ fn controller_config(instance: &str) -> ControllerConfig {
         enable_configmap_export: true,
         http_addr: None,
         leader: None,
+        assignment_count_interval: None,
     }
 }
 
@@ -1070,4 +1071,58 @@ async fn an_account_deleted_in_azure_is_reported_and_releases_deleting_objects()
     })
     .await;
     h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_near_arms_assignment_limit_is_warned_about() {
+    let emulator = Emulator::start(EmulatorConfig::new(Seed::example().unwrap()))
+        .await
+        .unwrap();
+    for i in 0..3200u32 {
+        emulator
+            .put_role_assignment(keyless::emulator::state::AdminRoleAssignment {
+                name: None,
+                scope: OAI_PROD.into(),
+                role_definition_id: OPENAI_USER.into(),
+                principal_id: format!("10000000-0000-0000-0000-{i:012}"),
+                principal_type: Some("ServicePrincipal".into()),
+                description: None,
+                condition: None,
+            })
+            .unwrap();
+    }
+    let server = ApiServer::builder()
+        .crds(keyless::api::crds())
+        .issuer(ISSUER)
+        .build();
+    let mut config = controller_config("cluster-1");
+    config.assignment_count_interval = Some(Duration::from_millis(300));
+    let azure = AzureClients::from_config_with_env(&azure_config(&emulator), &|_| None).unwrap();
+    let account: OpenAIAccount = serde_json::from_value(json!({"apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccount", "metadata": {"name": "prod"}, "spec": {"resourceId": OAI_PROD}})).unwrap();
+    server.seed(&account);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let client = server.client();
+    let task = tokio::spawn(async move {
+        controller::run(client, azure, config, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    eventually("a warning at 80 % of 4,000", || {
+        server
+            .events_about("OpenAIAccount", "prod")
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("RoleAssignmentLimitNear"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let warnings = server
+        .events_about("OpenAIAccount", "prod")
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("RoleAssignmentLimitNear"))
+        .count();
+    assert_eq!(warnings, 1, "one warning per crossing, not one per count");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 }

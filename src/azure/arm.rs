@@ -305,6 +305,32 @@ impl ArmClient {
         self.pacer.remaining(subscription_id)
     }
 
+    /// How many role assignments the subscription holds (at, above and below its scope, as ARM's
+    /// unfiltered list returns them), against ARM's fixed limit of 4,000 per subscription. Needs
+    /// roleAssignments/read at the subscription.
+    pub async fn count_subscription_assignments(
+        &self,
+        subscription_id: &str,
+    ) -> Result<u64, AzureError> {
+        let what = format!("count role assignments in subscription {subscription_id}");
+        if uuid::Uuid::try_parse(subscription_id).is_err() {
+            return Err(AzureError::new(
+                AzureErrorKind::BadRequest,
+                format!("{what}: not a subscription id"),
+            ));
+        }
+        let url = self.url(
+            &format!(
+                "/subscriptions/{subscription_id}/providers/Microsoft.Authorization/roleAssignments"
+            ),
+            &[("api-version", ROLE_ASSIGNMENTS_API_VERSION)],
+        )?;
+        let items: Vec<serde_json::Value> = self
+            .list_all(url, "count_role_assignments", subscription_id, &what)
+            .await?;
+        Ok(items.len() as u64)
+    }
+
     /// Adds a subscription to the default search space of `find_identity_by_client_id` (keyless
     /// also learns them from the account scopes it is asked about).
     pub fn register_account_subscription(&self, subscription_id: &str) {

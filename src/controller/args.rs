@@ -68,6 +68,13 @@ pub struct RunArgs {
     /// How often a standby tries to take the lease.
     #[arg(long, env = "KEYLESS_LEASE_RETRY_INTERVAL", value_parser = parse_duration, default_value = "2s")]
     pub lease_retry_interval: Duration,
+    /// How often role assignments per subscription are counted against ARM's limit of 4,000 (a
+    /// Warning event at 80 %); needs roleAssignments/read at the subscription.
+    #[arg(long, env = "KEYLESS_ASSIGNMENT_COUNT_INTERVAL", value_parser = parse_duration, default_value = "1h")]
+    pub assignment_count_interval: Duration,
+    /// Turn the per-subscription count off.
+    #[arg(long, env = "KEYLESS_NO_ASSIGNMENT_COUNT")]
+    pub no_assignment_count: bool,
     #[command(flatten)]
     pub azure: AzureArgs,
 }
@@ -96,6 +103,8 @@ impl RunArgs {
             retry_max: self.retry_max,
             enable_configmap_export: self.enable_configmap_export,
             http_addr: Some(self.http_addr),
+            assignment_count_interval: (!self.no_assignment_count)
+                .then_some(self.assignment_count_interval),
             leader: self.leader_election.then(|| LeaseConfig {
                 name: self.lease_name.clone(),
                 namespace: self.lease_namespace.clone(),

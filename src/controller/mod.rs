@@ -6,6 +6,7 @@
 pub mod args;
 pub mod export;
 pub mod kube_io;
+pub mod limits;
 pub mod reconcile;
 
 use crate::api::{OpenAIAccess, OpenAIAccount};
@@ -43,6 +44,9 @@ pub struct ControllerConfig {
     pub http_addr: Option<std::net::SocketAddr>,
     /// Leader election; without it this replica always reconciles.
     pub leader: Option<crate::ops::leader::LeaseConfig>,
+    /// How often role assignments per subscription are counted against ARM's limit of 4,000
+    /// (one unfiltered LIST per subscription); None turns the count off.
+    pub assignment_count_interval: Option<Duration>,
 }
 
 /// What every reconcile shares.
@@ -207,9 +211,8 @@ async fn run_controllers(
     let shutdown = term.boxed().shared();
     let ready_store = account_store.clone();
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            readiness.set_ready(true);
-        }
+        wait_until_ready(&ready_store).await;
+        readiness.set_ready(true);
     });
     let context = Arc::new(Context {
         client: client.clone(),
@@ -273,6 +276,14 @@ async fn run_controllers(
             .map(|a| ObjectRef::new(&a.name_any()))
             .collect::<Vec<_>>()
     };
+
+    if let Some(interval) = context.config.assignment_count_interval {
+        tokio::spawn(limits::count_assignments_periodically(
+            context.clone(),
+            interval,
+            shutdown.clone(),
+        ));
+    }
 
     let account_controller = controller
         .watches_stream(access_stream, access_to_account)
@@ -389,5 +400,21 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// Waits until a reflector store has its first full list. Re-polled every second: a single long
+/// wait on the store's readiness was seen to miss its wake-up in tests, and a missed wake-up here
+/// would hold readiness (or a reconcile) forever.
+pub async fn wait_until_ready<K>(store: &Store<K>)
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+            Ok(_) => return,
+            Err(_) => continue,
+        }
     }
 }

@@ -673,7 +673,7 @@ pub async fn reconcile_access(
             return Ok(Action::await_change());
         }
     };
-    ctx.accounts.wait_until_ready().await.ok();
+    super::wait_until_ready(&ctx.accounts).await;
     let account_exists = ctx
         .accounts
         .get(&kube::runtime::reflector::ObjectRef::new(
