@@ -7,6 +7,7 @@
 //! - [`plan`]: the pure planner (no IO).
 //! - [`azure`]: ARM, Graph and Entra behind traits of domain verbs.
 //! - [`emulator`]: the Azure emulator tests and users run keyless against.
+//! - [`files`]: file mode (`plan`, `apply`, `doctor`, `bench`): the engine without a cluster.
 
 pub mod api;
 pub mod azure;
@@ -14,5 +15,6 @@ pub mod cli;
 pub mod controller;
 pub mod emulator;
 pub mod engine;
+pub mod files;
 pub mod ops;
 pub mod plan;

@@ -69,6 +69,7 @@ impl RunArgs {
                 propagation_grace: self.propagation_grace,
                 federation_issuer,
                 dry_run: false,
+                prune: true,
             },
             resync_interval: self.resync_interval,
             concurrency: self.concurrency,

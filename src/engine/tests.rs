@@ -201,6 +201,7 @@ fn config() -> EngineConfig {
         propagation_grace: Duration::from_secs(300),
         federation_issuer: Some("https://oidc.example/".into()),
         dry_run: false,
+        prune: true,
     }
 }
 
