@@ -184,17 +184,17 @@ pub async fn check(
             return;
         }
     };
-    let chosen = match credential::build_credential(&config.credential, &endpoints, http.clone(), env)
-    {
-        Ok(chosen) => chosen,
-        Err(error) => {
-            checks.push(fail(
-                format!("credential: {}", error_text(&error)),
-                "choose one with --credential (workload-identity, managed-identity, azure-cli)",
-            ));
-            return;
-        }
-    };
+    let chosen =
+        match credential::build_credential(&config.credential, &endpoints, http.clone(), env) {
+            Ok(chosen) => chosen,
+            Err(error) => {
+                checks.push(fail(
+                    format!("credential: {}", error_text(&error)),
+                    "choose one with --credential (workload-identity, managed-identity, azure-cli)",
+                ));
+                return;
+            }
+        };
     let kind = chosen.decision.kind.as_str();
     let claims = match token_claims(chosen.credential.as_ref(), &endpoints.arm_scope, config).await
     {
@@ -255,7 +255,10 @@ pub async fn check(
     let clients = match AzureClients::from_config_with_env(config, env) {
         Ok(clients) => clients,
         Err(error) => {
-            checks.push(fail(format!("clients: {}", error_text(&error)), "see above"));
+            checks.push(fail(
+                format!("clients: {}", error_text(&error)),
+                "see above",
+            ));
             return;
         }
     };
@@ -280,17 +283,24 @@ pub async fn check(
         match clients.accounts.get_account(&scope).await {
             Ok(None) => {
                 checks.push(fail(
-                    format!("account {}: {scope} does not exist (or keyless cannot see it)", account.name),
+                    format!(
+                        "account {}: {scope} does not exist (or keyless cannot see it)",
+                        account.name
+                    ),
                     "correct spec.resourceId, or give keyless's identity Reader on the account",
                 ));
                 continue;
             }
             Err(error) => {
                 checks.push(fail(
-                    format!("account {}: cannot read {scope}: {}", account.name, error_text(&error)),
+                    format!(
+                        "account {}: cannot read {scope}: {}",
+                        account.name,
+                        error_text(&error)
+                    ),
                     "give keyless's identity at least Reader on the account",
                 ));
-                continue;
+                // The permissions check below still says what is missing.
             }
             Ok(Some(info)) => {
                 match &info.custom_sub_domain_name {
@@ -337,9 +347,17 @@ fn endpoints_agree(endpoints: &CloudEndpoints) -> Check {
     let mut foreign = Vec::new();
     let ours = endpoints.cloud;
     for (what, url, of) in [
-        ("ARM", &endpoints.arm, AzureCloud::arm_endpoint as fn(AzureCloud) -> &'static str),
+        (
+            "ARM",
+            &endpoints.arm,
+            AzureCloud::arm_endpoint as fn(AzureCloud) -> &'static str,
+        ),
         ("Graph", &endpoints.graph, AzureCloud::graph_endpoint),
-        ("authority", &endpoints.authority_host, AzureCloud::authority_host),
+        (
+            "authority",
+            &endpoints.authority_host,
+            AzureCloud::authority_host,
+        ),
     ] {
         if host(url) == builtin(of(ours)) {
             continue;
@@ -357,10 +375,7 @@ fn endpoints_agree(endpoints: &CloudEndpoints) -> Check {
     }
     if !foreign.is_empty() {
         return fail(
-            format!(
-                "endpoints: --cloud is {ours}, but {}",
-                foreign.join("; ")
-            ),
+            format!("endpoints: --cloud is {ours}, but {}", foreign.join("; ")),
             "pass the --cloud those endpoints belong to, or drop the overrides",
         );
     }
@@ -401,7 +416,11 @@ async fn token_claims(
         .secret()
         .split('.')
         .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok())
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p.trim_end_matches('='))
+                .ok()
+        })
         .and_then(|bytes| serde_json::from_slice::<Claims>(&bytes).ok());
     Ok(payload.unwrap_or_default())
 }
@@ -517,10 +536,9 @@ async fn permissions(
             let missing: Vec<&str> = roles
                 .iter()
                 .filter(|role| {
-                    !conditions.iter().any(|c| {
-                        c.to_ascii_lowercase()
-                            .contains(role.definition_guid())
-                    })
+                    !conditions
+                        .iter()
+                        .any(|c| c.to_ascii_lowercase().contains(role.definition_guid()))
                 })
                 .map(|role| role.as_str())
                 .collect();
@@ -586,18 +604,36 @@ async fn graph(clients: &AzureClients, manifests: &load::Manifests) -> Option<Ch
         };
         match result {
             Ok(object) => answered.push(format!("{what} {name} → {}", object.id)),
-            Err(error) if matches!(error.kind, AzureErrorKind::NotFound | AzureErrorKind::PrincipalNotFound) => {
+            Err(error)
+                if matches!(
+                    error.kind,
+                    AzureErrorKind::NotFound | AzureErrorKind::PrincipalNotFound
+                ) =>
+            {
                 answered.push(format!("{what} {name} not found (yet)"))
             }
-            Err(error) if matches!(error.kind, AzureErrorKind::AuthorizationFailed | AzureErrorKind::Unauthorized) => {
+            Err(error)
+                if matches!(
+                    error.kind,
+                    AzureErrorKind::AuthorizationFailed | AzureErrorKind::Unauthorized
+                ) =>
+            {
                 return Some(fail(
-                    format!("Graph: keyless may not look up the {what} {name}: {}", error_text(&error)),
-                    format!("grant keyless's identity the Microsoft Graph application permission {permission} (admin consent), or name principals by objectId, managedIdentity or serviceAccount, which need no Graph"),
+                    format!(
+                        "Graph: keyless may not look up the {what} {name}: {}",
+                        error_text(&error)
+                    ),
+                    format!(
+                        "grant keyless's identity the Microsoft Graph application permission {permission} (admin consent), or name principals by objectId, managedIdentity or serviceAccount, which need no Graph"
+                    ),
                 ));
             }
             Err(error) => {
                 return Some(fail(
-                    format!("Graph: the {what} lookup of {name} failed: {}", error_text(&error)),
+                    format!(
+                        "Graph: the {what} lookup of {name} failed: {}",
+                        error_text(&error)
+                    ),
                     "check --graph-endpoint and the network path to Microsoft Graph",
                 ));
             }
@@ -614,10 +650,16 @@ mod tests {
     fn arm_action_patterns_match_as_arm_does() {
         assert!(action_matches("*", WRITE));
         assert!(action_matches("Microsoft.Authorization/*", WRITE));
-        assert!(action_matches("microsoft.authorization/roleassignments/*", DELETE));
+        assert!(action_matches(
+            "microsoft.authorization/roleassignments/*",
+            DELETE
+        ));
         assert!(action_matches("*/write", WRITE));
         assert!(!action_matches("*/read", WRITE));
-        assert!(!action_matches("Microsoft.Authorization/roleAssignments/read", WRITE));
+        assert!(!action_matches(
+            "Microsoft.Authorization/roleAssignments/read",
+            WRITE
+        ));
     }
 
     #[test]

@@ -32,8 +32,9 @@ pub enum LoadError {
     #[error("{path}: not valid YAML")]
     Parse {
         path: String,
+        // Boxed: the YAML error is large, and every Result of this module carries it.
         #[source]
-        source: serde_saphyr::Error,
+        source: Box<serde_saphyr::Error>,
     },
     /// Every invalid object in every file, each naming the file, the object and the field.
     #[error("{} invalid manifest(s):\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
@@ -138,7 +139,7 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Manifests, LoadError> 
         let values: Vec<Value> =
             serde_saphyr::from_multiple(&text).map_err(|source| LoadError::Parse {
                 path: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         for (index, value) in values.into_iter().enumerate() {
             documents.push((
@@ -210,7 +211,10 @@ pub fn from_documents(documents: Vec<(Origin, Value)>) -> Result<Manifests, Load
     }
     for (origin, value) in flat {
         let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
-        let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let api_version = value
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let name = value
             .pointer("/metadata/name")
             .and_then(Value::as_str)
@@ -417,8 +421,8 @@ mod tests {
                 namespace: "team".into(),
                 name: "sa".into()
             }]
-            .client_id
-            .as_deref(),
+                .client_id
+                .as_deref(),
             Some("4b3c0789-1890-448c-aca3-a44e891753f7")
         );
         assert_eq!(m.namespaces["team"]["tier"], "prod");

@@ -58,18 +58,16 @@ const NO_INSTANCE: &str = "plan-without-instance-id";
 /// an apply is followed by a plan against the same emulator, to show that nothing is left to change.
 pub async fn run(args: &FileModeArgs, mode: Mode) -> Result<Report, FilesError> {
     let manifests = load::load(&args.manifests.paths, args.manifests.recursive)?;
+    let instance = match (&args.instance_id, args.emulator.emulator, mode) {
+        (Some(id), _, _) => Some(id.clone()),
+        (None, true, _) => InstanceId::new(args::EMULATOR_INSTANCE_ID).ok(),
+        (None, false, Mode::Apply) => return Err(FilesError::InstanceIdRequired),
+        (None, false, Mode::Plan) => None,
+    };
     let embedded = emulated::start(&args.emulator, &args.azure).await?;
     let clients = match &embedded {
-        Some(embedded) => {
-            AzureClients::from_config_with_env(&embedded.config, &emulated::no_env)?
-        }
+        Some(embedded) => AzureClients::from_config_with_env(&embedded.config, &emulated::no_env)?,
         None => AzureClients::from_config(&args.azure.to_config())?,
-    };
-    let instance = match (&args.instance_id, &embedded, mode) {
-        (Some(id), _, _) => Some(id.clone()),
-        (None, Some(_), _) => InstanceId::new(args::EMULATOR_INSTANCE_ID).ok(),
-        (None, None, Mode::Apply) => return Err(FilesError::InstanceIdRequired),
-        (None, None, Mode::Plan) => None,
     };
     let issuer = args.service_account_issuer.clone().or_else(|| {
         embedded
@@ -162,6 +160,7 @@ pub async fn converge(
                 object_id: None,
                 role: access.object.spec.role.as_str().to_string(),
                 action: Action::Failed,
+                state: Some(crate::api::GrantState::Failed),
                 reason: reasons::ACCOUNT_NOT_FOUND.into(),
                 message: format!(
                     "OpenAIAccount {account} is not in the files ({}): add its manifest",

@@ -84,6 +84,9 @@ pub struct GrantRow {
     pub object_id: Option<String>,
     pub role: String,
     pub action: Action,
+    /// The principal's state after the run (`Denied` also when its grant was just revoked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<GrantState>,
     pub reason: String,
     pub message: String,
 }
@@ -182,7 +185,9 @@ impl Report {
         for row in self.rows() {
             let write_key = (
                 row.account.clone(),
-                row.object_id.clone().unwrap_or_else(|| row.principal.clone()),
+                row.object_id
+                    .clone()
+                    .unwrap_or_else(|| row.principal.clone()),
                 row.role.clone(),
             );
             match row.action {
@@ -196,12 +201,16 @@ impl Report {
                     summary.release += 1
                 }
                 Action::NoChange | Action::Adopted => summary.unchanged += 1,
-                Action::Denied => summary.denied += 1,
+                Action::Denied => {}
                 Action::KeptWithoutPrune => summary.kept_without_prune += 1,
                 Action::Failed | Action::Pending | Action::NotAttempted => summary.problems += 1,
                 _ => {}
             }
         }
+        summary.denied = self
+            .rows()
+            .filter(|row| row.state == Some(GrantState::Denied))
+            .count();
         summary.problems += self.accounts.iter().filter(|a| a.error.is_some()).count();
         self.summary = summary;
     }
@@ -210,11 +219,16 @@ impl Report {
         self.summary.create + self.summary.delete + self.summary.release
     }
 
+    /// A grant failed or stayed unresolved, an account could not be worked on, or the account's
+    /// policy refused a request: a pipeline should go red so that the requester sees it.
     pub fn failed(&self) -> bool {
-        self.summary.problems > 0 || self.follow_up.as_ref().is_some_and(|f| f.failed())
+        self.summary.problems > 0
+            || self.summary.denied > 0
+            || self.follow_up.as_ref().is_some_and(|f| f.failed())
     }
 
-    /// 0: nothing changed (or would); 1: something failed; 2 (with `--detailed-exitcode`): changes.
+    /// 0: nothing changed (or would); 1: something failed or was denied; 2 (with
+    /// `--detailed-exitcode`): changes, and nothing failed.
     pub fn exit_code(&self, detailed: bool) -> u8 {
         if self.failed() {
             1
@@ -308,11 +322,10 @@ pub fn account_report(source: &ScopeSource, outcome: &PassOutcome, mode: Mode) -
         };
         let role = spec.spec.role;
         for principal in &access.status.principals {
-            let write = principal.object_id.as_deref().and_then(|oid| {
-                plan.writes
-                    .iter()
-                    .position(|w| write_matches(w, oid, role))
-            });
+            let write = principal
+                .object_id
+                .as_deref()
+                .and_then(|oid| plan.writes.iter().position(|w| write_matches(w, oid, role)));
             let (action, message) = match write {
                 Some(index) => {
                     used[index] = true;
@@ -342,6 +355,7 @@ pub fn account_report(source: &ScopeSource, outcome: &PassOutcome, mode: Mode) -
                 object_id: principal.object_id.clone(),
                 role: role.as_str().to_string(),
                 action,
+                state: principal.state,
                 reason: principal.reason.clone().unwrap_or_default(),
                 message,
             });
@@ -391,6 +405,7 @@ pub fn account_report(source: &ScopeSource, outcome: &PassOutcome, mode: Mode) -
             object_id: Some(principal_id.to_ascii_lowercase()),
             role,
             action,
+            state: None,
             reason,
             message,
         });
@@ -401,10 +416,7 @@ pub fn account_report(source: &ScopeSource, outcome: &PassOutcome, mode: Mode) -
 // A managed identity's ARM id is long; its name says enough in a table (JSON keeps the id).
 fn short_principal(principal: &str) -> String {
     match principal.strip_prefix("managedIdentity:") {
-        Some(id) => format!(
-            "managedIdentity:{}",
-            id.rsplit('/').next().unwrap_or(id)
-        ),
+        Some(id) => format!("managedIdentity:{}", id.rsplit('/').next().unwrap_or(id)),
         None => principal.to_string(),
     }
 }
@@ -485,7 +497,7 @@ pub fn table(report: &Report, out: &mut dyn std::io::Write) -> std::io::Result<(
                 | Action::Skipped
                 | Action::KeptWithoutPrune
                 | Action::NotAttempted
-        );
+        ) || row.state == Some(GrantState::Denied);
         if detail && !row.message.is_empty() {
             writeln!(out, "      └ {}", row.message)?;
         }
