@@ -263,7 +263,9 @@ pub async fn run_pass(
     let spared = |write: &Write| !config.prune && spared_without_prune(write, &plan, source);
     for write in &plan.writes {
         if spared(write) {
-            outcome.results.push(WriteResult::Skipped(NOT_PRUNED.into()));
+            outcome
+                .results
+                .push(WriteResult::Skipped(NOT_PRUNED.into()));
             continue;
         }
         if config.dry_run {
@@ -455,8 +457,7 @@ pub async fn run_pass(
 }
 
 /// Why a delete was not made by a pass without `prune`.
-pub const NOT_PRUNED: &str =
-    "no input object names this principal any more; kept without --prune";
+pub const NOT_PRUNED: &str = "no input object names this principal any more; kept without --prune";
 
 /// True for a delete of a grant no input object names (an object absent from the input, or a
 /// principal removed from one): a pass without `prune` leaves it. Deletes of grants an input
