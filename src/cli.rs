@@ -23,6 +23,14 @@ pub enum Command {
     Run(Box<crate::controller::args::RunArgs>),
     /// Run the Azure emulator (ARM, Graph, Entra token endpoint) on loopback until stopped.
     Emulator(crate::emulator::EmulatorArgs),
+    /// Show what `apply` would change in Azure for these manifests, without changing anything.
+    Plan(Box<crate::files::FileModeArgs>),
+    /// Make Azure hold the role assignments these manifests declare (no cluster needed).
+    Apply(Box<crate::files::FileModeArgs>),
+    /// Check the credential, the endpoints, the accounts and keyless's permissions, each with the fix.
+    Doctor(Box<crate::files::DoctorArgs>),
+    /// Converge a generated workload against the in-process emulator and print the figures.
+    Bench(crate::files::bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]

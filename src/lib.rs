@@ -9,7 +9,8 @@
 //! - [`azure`]: ARM, Graph and Entra behind traits of domain verbs; the only azure_identity user.
 //! - [`controller`]: `keyless run`, the kube-runtime wiring.
 //! - [`emulator`]: the Azure emulator tests and users run keyless against.
-//! - [`ops`]: logging (metrics, health and leader election with the controller).
+//! - [`ops`]: logs, metrics, health endpoints and leader election.
+//! - [`files`]: file mode (`plan`, `apply`, `doctor`, `bench`): the engine without a cluster.
 
 pub mod api;
 pub mod azure;
@@ -17,5 +18,6 @@ pub mod cli;
 pub mod controller;
 pub mod emulator;
 pub mod engine;
+pub mod files;
 pub mod ops;
 pub mod plan;

@@ -1,8 +1,10 @@
 use clap::Parser;
 use keyless::cli::{Cli, Command};
+use keyless::files::Mode;
+use std::process::ExitCode;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     keyless::ops::logging::init(&cli.log);
     match cli.command {
@@ -19,6 +21,20 @@ async fn main() -> anyhow::Result<()> {
         },
         Command::Run(args) => keyless::controller::run_from_args(*args).await?,
         Command::Emulator(args) => keyless::emulator::run(args).await?,
+        Command::Plan(args) => {
+            let report = keyless::files::run(&args, Mode::Plan).await?;
+            return Ok(ExitCode::from(report.exit_code(args.detailed_exitcode)));
+        }
+        Command::Apply(args) => {
+            let report = keyless::files::run(&args, Mode::Apply).await?;
+            return Ok(ExitCode::from(report.exit_code(args.detailed_exitcode)));
+        }
+        Command::Doctor(args) => {
+            if keyless::files::doctor::run(&args).await?.failed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Bench(args) => keyless::files::bench::run(&args).await?,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -72,6 +72,7 @@ fn controller_config(instance: &str) -> ControllerConfig {
             propagation_grace: Duration::ZERO,
             federation_issuer: Some(ISSUER.into()),
             dry_run: false,
+            prune: true,
             resolution_cache: Some(std::sync::Arc::new(keyless::engine::ResolutionCache::new(
                 Duration::from_secs(600),
             ))),

@@ -96,6 +96,7 @@ impl RunArgs {
                 resolution_cache: Some(std::sync::Arc::new(ResolutionCache::new(
                     self.resolution_cache_ttl,
                 ))),
+                prune: true,
             },
             resync_interval: self.resync_interval,
             concurrency: self.concurrency,

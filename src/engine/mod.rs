@@ -48,6 +48,11 @@ pub struct EngineConfig {
     pub dry_run: bool,
     /// Resolutions kept across passes (the controller's); None resolves everything every pass.
     pub resolution_cache: Option<std::sync::Arc<resolve::ResolutionCache>>,
+    /// Delete owned grants that no input object names any more. The controller always prunes (the
+    /// informer store is the whole truth); file mode prunes only with `--prune`, because files may
+    /// hold a part of what an instance manages. Without it, only grants whose principal an input
+    /// object still names (now denied or expired) are revoked: see [`spared_without_prune`].
+    pub prune: bool,
 }
 
 /// One OpenAIAccess as the front end found it.
@@ -276,7 +281,14 @@ pub async fn run_pass(
     // Apply, one write at a time: writes on a scope are never concurrent.
     let mut failed_creates_of: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut stop: Option<RetryDecision> = None;
+    let spared = |write: &Write| !config.prune && spared_without_prune(write, &plan, source);
     for write in &plan.writes {
+        if spared(write) {
+            outcome
+                .results
+                .push(WriteResult::Skipped(NOT_PRUNED.into()));
+            continue;
+        }
         if config.dry_run {
             outcome.results.push(WriteResult::NotAttempted);
             continue;
@@ -463,6 +475,36 @@ pub async fn run_pass(
     outcome.requeue_at = next_deadline(source, &outcome.accesses, config, now);
     outcome.plan = Some(plan);
     outcome
+}
+
+/// Why a delete was not made by a pass without `prune`.
+pub const NOT_PRUNED: &str = "no input object names this principal any more; kept without --prune";
+
+/// True for a delete of a grant no input object names (an object absent from the input, or a
+/// principal removed from one): a pass without `prune` leaves it. Deletes of grants an input
+/// object still names — denied by the account's policy, or expired — are always made: the input
+/// itself asks for them.
+pub fn spared_without_prune(write: &Write, plan: &Plan, source: &ScopeSource) -> bool {
+    let Write::Delete { assignment, .. } = write else {
+        return false;
+    };
+    let Some(role) = crate::api::RoleName::from_definition_id(&assignment.role_definition_id)
+    else {
+        return true;
+    };
+    let named = plan.accesses.iter().any(|access| {
+        source
+            .accesses
+            .iter()
+            .find(|a| a.key == access.key)
+            .is_some_and(|a| a.spec.role == role)
+            && access.principals.iter().any(|p| {
+                p.object_id
+                    .as_deref()
+                    .is_some_and(|o| o.eq_ignore_ascii_case(&assignment.principal_id))
+            })
+    });
+    !named
 }
 
 // The earliest future moment at which a status would change by itself.

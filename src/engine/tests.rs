@@ -202,6 +202,7 @@ fn config() -> EngineConfig {
         federation_issuer: Some("https://oidc.example/".into()),
         dry_run: false,
         resolution_cache: None,
+        prune: true,
     }
 }
 

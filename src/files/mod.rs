@@ -1,0 +1,302 @@
+//! File mode: `keyless plan -f` / `keyless apply -f` — the controller's engine without a cluster.
+//!
+//! The manifests come from files ([`load`]), ARM is the only state, and the outcome goes to a
+//! table or JSON ([`render`]) instead of CR status. For every OpenAIAccount in the files one engine
+//! pass runs over its scope (resolve → observe → plan → apply); accounts run concurrently, writes
+//! within one account never do. `--emulator` ([`emulated`]) runs the same thing against an Azure
+//! emulator inside the process. [`doctor`] checks a set-up before the first run; [`bench`] measures
+//! the engine against the emulator.
+
+pub mod args;
+pub mod bench;
+pub mod doctor;
+pub mod emulated;
+pub mod load;
+pub mod render;
+
+pub use args::{DoctorArgs, FileModeArgs, OutputFormat};
+pub use render::{Action, GrantRow, Report};
+
+use crate::api::reasons;
+use crate::azure::{AzureClients, AzureSetupError, RoleAssignments};
+use crate::engine::{AccessSource, Azure, EngineConfig, ScopeSource, run_pass};
+use crate::plan::{AccountScope, InstanceId, NewAssignment, ObservedAssignment};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// `plan` reports what would change; `apply` changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Plan,
+    Apply,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("read the manifests")]
+    Load(#[from] load::LoadError),
+    #[error("start the embedded Azure emulator")]
+    Emulator(#[from] crate::emulator::EmulatorError),
+    #[error("set up the Azure clients")]
+    Azure(#[from] AzureSetupError),
+    #[error(
+        "apply needs --instance-id (or KEYLESS_INSTANCE_ID): the id this pipeline writes into the role assignments it creates. Later runs must reuse it; only assignments naming it are ever deleted"
+    )]
+    InstanceIdRequired,
+    #[error("write the output")]
+    Output(#[source] std::io::Error),
+}
+
+// Plan without --instance-id: markers name an instance nobody uses, so no existing assignment counts
+// as this run's and the plan deletes nothing. Never written: plan writes nothing.
+const NO_INSTANCE: &str = "plan-without-instance-id";
+
+/// Runs `plan` or `apply` and writes the result to stdout (progress to stderr). With `--emulator`,
+/// an apply is followed by a plan against the same emulator, to show that nothing is left to change.
+pub async fn run(args: &FileModeArgs, mode: Mode) -> Result<Report, FilesError> {
+    let manifests = load::load(&args.manifests.paths, args.manifests.recursive)?;
+    let instance = match (&args.instance_id, args.emulator.emulator, mode) {
+        (Some(id), _, _) => Some(id.clone()),
+        (None, true, _) => InstanceId::new(args::EMULATOR_INSTANCE_ID).ok(),
+        (None, false, Mode::Apply) => return Err(FilesError::InstanceIdRequired),
+        (None, false, Mode::Plan) => None,
+    };
+    let embedded = emulated::start(&args.emulator, &args.azure).await?;
+    let clients = match &embedded {
+        Some(embedded) => AzureClients::from_config_with_env(&embedded.config, &emulated::no_env)?,
+        None => AzureClients::from_config(&args.azure.to_config())?,
+    };
+    let issuer = args.service_account_issuer.clone().or_else(|| {
+        embedded
+            .as_ref()
+            .and_then(|embedded| embedded.cluster_issuer.clone())
+    });
+    let settings = Settings {
+        instance,
+        prune: args.prune,
+        max_deletes_per_pass: args.max_deletes_per_pass,
+        federation_issuer: issuer,
+        concurrency: usize::from(args.concurrency),
+        progress: !args.quiet,
+    };
+    let mut report = converge(&clients, &manifests, &settings, mode).await;
+    if mode == Mode::Apply && embedded.is_some() {
+        // The quickstart's proof: the same manifests, planned again against what ARM now holds.
+        let again = converge(&clients, &manifests, &settings, Mode::Plan).await;
+        report.follow_up = Some(Box::new(again));
+    }
+    if let Some(embedded) = &embedded {
+        report.emulator = Some(embedded.handle.endpoint().to_string());
+    }
+    let mut stdout = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Table => render::table(&report, &mut stdout),
+        OutputFormat::Json => render::json(&report, &mut stdout),
+    }
+    .map_err(FilesError::Output)?;
+    drop(stdout);
+    if let Some(embedded) = embedded {
+        embedded.handle.shutdown().await;
+    }
+    Ok(report)
+}
+
+/// What one run needs besides the manifests.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `None`: plan without an instance id (nothing counts as ours).
+    pub instance: Option<InstanceId>,
+    pub prune: bool,
+    pub max_deletes_per_pass: usize,
+    pub federation_issuer: Option<String>,
+    pub concurrency: usize,
+    pub progress: bool,
+}
+
+/// One engine pass per account in the manifests, `concurrency` accounts at a time.
+pub async fn converge(
+    clients: &AzureClients,
+    manifests: &load::Manifests,
+    settings: &Settings,
+    mode: Mode,
+) -> Report {
+    let instance = settings
+        .instance
+        .clone()
+        .or_else(|| InstanceId::new(NO_INSTANCE).ok());
+    let mut report = Report::new(mode, settings.instance.as_ref());
+    report.notes.extend(manifests.skipped.iter().cloned());
+    if settings.instance.is_none() {
+        report.notes.push(
+            "no --instance-id: no existing role assignment counts as this pipeline's, so this plan deletes nothing".into(),
+        );
+    }
+    let Some(instance) = instance else {
+        return report;
+    };
+    let config = EngineConfig {
+        instance,
+        max_deletes_per_pass: settings.max_deletes_per_pass,
+        // Without a cluster there is no status to remember since when a principal has been
+        // missing: each run reports it Pending and retries on the next run.
+        replication_deadline: crate::azure::error::DEFAULT_REPLICATION_WINDOW,
+        propagation_grace: Duration::from_secs(300),
+        federation_issuer: settings.federation_issuer.clone(),
+        dry_run: mode == Mode::Plan,
+        prune: settings.prune,
+        // One run resolves each principal once anyway.
+        resolution_cache: None,
+    };
+
+    // An OpenAIAccess naming an account the files do not register cannot be planned.
+    for access in &manifests.accesses {
+        let account = &access.object.spec.account_ref.name;
+        if !manifests.accounts.contains_key(account) {
+            report.orphan_accesses.push(GrantRow {
+                account: account.clone(),
+                object: access.key.to_string(),
+                principal: String::new(),
+                object_id: None,
+                role: access.object.spec.role.as_str().to_string(),
+                action: Action::Failed,
+                state: Some(crate::api::GrantState::Failed),
+                reason: reasons::ACCOUNT_NOT_FOUND.into(),
+                message: format!(
+                    "OpenAIAccount {account} is not in the files ({}): add its manifest",
+                    access.origin
+                ),
+            });
+        }
+    }
+
+    let sources: Vec<ScopeSource> = manifests
+        .accounts
+        .values()
+        .map(|account| ScopeSource {
+            account_name: account.name.clone(),
+            account_generation: None,
+            account: account.object.spec.clone(),
+            account_being_deleted: false,
+            accesses: manifests
+                .accesses
+                .iter()
+                .filter(|a| a.object.spec.account_ref.name == account.name)
+                .map(|a| AccessSource {
+                    key: a.key.clone(),
+                    generation: None,
+                    spec: a.object.spec.clone(),
+                    being_deleted: false,
+                    // ARM is the only state: no status from an earlier run.
+                    previous: None,
+                })
+                .collect(),
+            service_accounts: manifests.service_accounts.clone(),
+            namespaces: manifests.namespaces.clone(),
+        })
+        .collect();
+
+    let counting = Arc::new(Counting {
+        inner: clients.role_assignments.clone(),
+        writes: AtomicUsize::new(0),
+    });
+    let azure = Azure {
+        assignments: counting.as_ref(),
+        accounts: clients.accounts.as_ref(),
+        identities: clients.identities.as_ref(),
+        directory: clients.directory.as_ref(),
+    };
+    let total = sources.len();
+    let done = AtomicUsize::new(0);
+    let finished = Arc::new(AtomicBool::new(false));
+    let ticker = settings.progress.then(|| {
+        let (counting, finished) = (counting.clone(), finished.clone());
+        let verb = match mode {
+            Mode::Plan => "planned",
+            Mode::Apply => "converged",
+        };
+        let done = Arc::new(AtomicUsize::new(0));
+        let shown = done.clone();
+        (
+            done,
+            tokio::spawn(async move {
+                // Long runs only: nothing is printed for a run shorter than the first tick.
+                loop {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    if finished.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    eprintln!(
+                        "… {}/{total} accounts {verb}, {} role assignment writes so far",
+                        shown.load(Ordering::Relaxed),
+                        counting.writes.load(Ordering::Relaxed)
+                    );
+                }
+            }),
+        )
+    });
+    let now = jiff::Timestamp::now();
+    let progress_done = ticker.as_ref().map(|(done, _)| done.clone());
+    let mut outcomes: Vec<_> = futures::stream::iter(sources.into_iter().map(|source| {
+        let (config, done, progress_done) = (&config, &done, &progress_done);
+        async move {
+            let outcome = run_pass(azure, &source, config, now).await;
+            done.fetch_add(1, Ordering::Relaxed);
+            if let Some(progress) = progress_done {
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            (source, outcome)
+        }
+    }))
+    .buffer_unordered(settings.concurrency.max(1))
+    .collect()
+    .await;
+    finished.store(true, Ordering::Relaxed);
+    if let Some((_, task)) = ticker {
+        task.abort();
+    }
+    outcomes.sort_by(|a, b| a.0.account_name.cmp(&b.0.account_name));
+    for (source, outcome) in &outcomes {
+        report
+            .accounts
+            .push(render::account_report(source, outcome, mode));
+    }
+    report.finish();
+    report
+}
+
+/// Counts role assignment writes for the progress lines.
+struct Counting {
+    inner: Arc<dyn RoleAssignments>,
+    writes: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl RoleAssignments for Counting {
+    async fn observe_scope(
+        &self,
+        scope: &AccountScope,
+    ) -> Result<Vec<ObservedAssignment>, crate::azure::AzureError> {
+        self.inner.observe_scope(scope).await
+    }
+
+    async fn create_assignment(
+        &self,
+        assignment: &NewAssignment,
+    ) -> Result<crate::azure::Created, crate::azure::AzureError> {
+        let result = self.inner.create_assignment(assignment).await;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn delete_assignment(
+        &self,
+        assignment_id: &str,
+    ) -> Result<crate::azure::Deleted, crate::azure::AzureError> {
+        let result = self.inner.delete_assignment(assignment_id).await;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+}
