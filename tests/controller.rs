@@ -32,8 +32,7 @@ const OPENAI_USER: &str = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd";
 struct Harness {
     server: ApiServer,
     emulator: EmulatorHandle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    running: Option<Running>,
 }
 
 fn azure_config(emulator: &EmulatorHandle) -> AzureConfig {
@@ -88,6 +87,37 @@ fn controller_config(instance: &str) -> ControllerConfig {
     }
 }
 
+/// A running `keyless run` on the stand-in and the emulator; stop it with [`Running::stop`].
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+fn spawn_controller(
+    server: &ApiServer,
+    emulator: &EmulatorHandle,
+    config: ControllerConfig,
+) -> Running {
+    let azure = AzureClients::from_config_with_env(&azure_config(emulator), &|_| None).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let client = server.client();
+    let task = tokio::spawn(async move {
+        controller::run(client, azure, config, async move {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Running { stop, task }
+}
+
 impl Harness {
     async fn start() -> Harness {
         let emulator = Emulator::start(EmulatorConfig::new(Seed::example().unwrap()))
@@ -103,35 +133,23 @@ impl Harness {
         let mut harness = Harness {
             server,
             emulator,
-            stop: None,
-            task: None,
+            running: None,
         };
         harness.start_controller("cluster-1");
         harness
     }
 
     fn start_controller(&mut self, instance: &str) {
-        let azure =
-            AzureClients::from_config_with_env(&azure_config(&self.emulator), &|_| None).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let client = self.server.client();
-        let config = controller_config(instance);
-        self.task = Some(tokio::spawn(async move {
-            controller::run(client, azure, config, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        }));
-        self.stop = Some(stop);
+        self.running = Some(spawn_controller(
+            &self.server,
+            &self.emulator,
+            controller_config(instance),
+        ));
     }
 
     async fn stop_controller(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        if let Some(running) = self.running.take() {
+            running.stop().await;
         }
     }
 
@@ -924,8 +942,7 @@ async fn two_replicas_elect_one_leader_and_make_each_write_once() {
         .namespace("keyless-system")
         .issuer(ISSUER)
         .build();
-    let mut stops = Vec::new();
-    let mut tasks = Vec::new();
+    let mut replicas = Vec::new();
     let ports = [free_port(), free_port()];
     for (replica, port) in ports.iter().enumerate() {
         let mut config = controller_config("cluster-1");
@@ -938,18 +955,7 @@ async fn two_replicas_elect_one_leader_and_make_each_write_once() {
             renew_interval: Duration::from_millis(500),
             retry_interval: Duration::from_millis(200),
         });
-        let azure =
-            AzureClients::from_config_with_env(&azure_config(&emulator), &|_| None).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let client = server.client();
-        tasks.push(tokio::spawn(async move {
-            controller::run(client, azure, config, async move {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        }));
-        stops.push(stop);
+        replicas.push(spawn_controller(&server, &emulator, config));
     }
     let account: OpenAIAccount = serde_json::from_value(json!({"apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccount", "metadata": {"name": "prod"}, "spec": {"resourceId": OAI_PROD, "allowedNamespaces": {"names": ["team-chat"]}}})).unwrap();
     server.seed(&account);
@@ -1026,11 +1032,8 @@ async fn two_replicas_elect_one_leader_and_make_each_write_once() {
         "no object names in labels"
     );
 
-    for stop in stops {
-        let _ = stop.send(());
-    }
-    for task in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    for replica in replicas {
+        replica.stop().await;
     }
 }
 
@@ -1098,18 +1101,9 @@ async fn a_subscription_near_arms_assignment_limit_is_warned_about() {
         .build();
     let mut config = controller_config("cluster-1");
     config.assignment_count_interval = Some(Duration::from_millis(300));
-    let azure = AzureClients::from_config_with_env(&azure_config(&emulator), &|_| None).unwrap();
     let account: OpenAIAccount = serde_json::from_value(json!({"apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccount", "metadata": {"name": "prod"}, "spec": {"resourceId": OAI_PROD}})).unwrap();
     server.seed(&account);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let client = server.client();
-    let task = tokio::spawn(async move {
-        controller::run(client, azure, config, async move {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
+    let running = spawn_controller(&server, &emulator, config);
     eventually("a warning at 80 % of 4,000", || {
         server
             .events_about("OpenAIAccount", "prod")
@@ -1124,6 +1118,5 @@ async fn a_subscription_near_arms_assignment_limit_is_warned_about() {
         .filter(|e| e.reason.as_deref() == Some("RoleAssignmentLimitNear"))
         .count();
     assert_eq!(warnings, 1, "one warning per crossing, not one per count");
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    running.stop().await;
 }

@@ -73,7 +73,7 @@ fn finalizer_patch<K: Resource>(object: &K, add: bool) -> Option<json_patch::Pat
 /// Adds (or removes) keyless's finalizer; a no-op when already so.
 pub async fn set_finalizer<K>(api: &Api<K>, object: &K, present: bool) -> Result<(), KubeWriteError>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let Some(patch) = finalizer_patch(object, present) else {
         return Ok(());
@@ -92,64 +92,63 @@ where
     })
 }
 
-fn kind_of<K: Resource>() -> &'static str {
-    if std::any::type_name::<K>().contains("OpenAIAccount") {
+// Error messages name the kind; a bounded, static name keeps them usable as log fields.
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    if K::kind(&()) == "OpenAIAccount" {
         "OpenAIAccount"
     } else {
         "OpenAIAccess"
     }
 }
 
-/// Applies an OpenAIAccess status if it differs from what the object carries.
+/// Applies a status by server-side apply (field manager `keyless`) if it differs from the one
+/// the object carries: an unchanged status is never written, so it never re-triggers watches.
+async fn apply_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    current: Option<&S>,
+    status: &S,
+) -> Result<bool, KubeWriteError>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let body = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(|_| true)
+    .map_err(|source| KubeWriteError::Status {
+        kind: kind_of::<K>(),
+        name: name.to_string(),
+        source,
+    })
+}
+
+/// Applies an OpenAIAccess status if it changed.
 pub async fn apply_access_status(
     api: &Api<OpenAIAccess>,
     name: &str,
     current: Option<&OpenAIAccessStatus>,
     status: &OpenAIAccessStatus,
 ) -> Result<bool, KubeWriteError> {
-    if current == Some(status) {
-        return Ok(false);
-    }
-    let body =
-        json!({"apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccess", "status": status});
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map(|_| true)
-    .map_err(|source| KubeWriteError::Status {
-        kind: "OpenAIAccess",
-        name: name.to_string(),
-        source,
-    })
+    apply_status(api, name, current, status).await
 }
 
-/// Applies an OpenAIAccount status if it differs from what the object carries.
+/// Applies an OpenAIAccount status if it changed.
 pub async fn apply_account_status(
     api: &Api<OpenAIAccount>,
     name: &str,
     current: Option<&OpenAIAccountStatus>,
     status: &OpenAIAccountStatus,
 ) -> Result<bool, KubeWriteError> {
-    if current == Some(status) {
-        return Ok(false);
-    }
-    let body =
-        json!({"apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccount", "status": status});
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map(|_| true)
-    .map_err(|source| KubeWriteError::Status {
-        kind: "OpenAIAccount",
-        name: name.to_string(),
-        source,
-    })
+    apply_status(api, name, current, status).await
 }
 
 /// Publishes an Event; failures are logged, never fatal (events are best effort).

@@ -6,7 +6,6 @@ use super::Context;
 use super::kube_io::{
     KubeWriteError, apply_access_status, apply_account_status, publish, set_finalizer,
 };
-use crate::api::common::Time;
 use crate::api::{
     CLEANUP_FINALIZER, OpenAIAccess, OpenAIAccessStatus, OpenAIAccount, OpenAIAccountStatus,
     condition_types, reasons,
@@ -484,36 +483,49 @@ fn stalled_account_status(
     reason: &'static str,
     message: String,
 ) -> OpenAIAccountStatus {
-    let now = Timestamp::now();
-    let previous_conditions = previous
-        .map(|p| p.conditions.as_slice())
-        .unwrap_or_default();
     let mut status = previous.cloned().unwrap_or_default();
     status.observed_generation = generation;
-    status.conditions = vec![
+    status.conditions = stalled_conditions(
+        generation,
+        previous.map(|p| p.conditions.as_slice()),
+        reason,
+        message,
+    );
+    status
+}
+
+/// Ready=False, Reconciling=False, Stalled=True: a person must change something first.
+fn stalled_conditions(
+    generation: Option<i64>,
+    previous: Option<&[crate::api::common::Condition]>,
+    reason: &'static str,
+    message: String,
+) -> Vec<crate::api::common::Condition> {
+    let now = Timestamp::now();
+    let previous = previous.unwrap_or_default();
+    vec![
         condition(
             condition_types::READY,
             (false, reason, message.clone()),
             generation,
-            previous_conditions,
+            previous,
             now,
         ),
         condition(
             condition_types::RECONCILING,
-            (false, reason, "waiting for the spec to change".into()),
+            (false, reason, "waiting for a change".into()),
             generation,
-            previous_conditions,
+            previous,
             now,
         ),
         condition(
             condition_types::STALLED,
             (true, reason, message),
             generation,
-            previous_conditions,
+            previous,
             now,
         ),
-    ];
-    status
+    ]
 }
 
 fn account_status(
@@ -731,39 +743,18 @@ fn stalled_access_status(
     reason: &'static str,
     message: String,
 ) -> OpenAIAccessStatus {
-    let now = Timestamp::now();
-    let previous_conditions = previous
-        .map(|p| p.conditions.as_slice())
-        .unwrap_or_default();
     let mut status = previous.cloned().unwrap_or_default();
     status.observed_generation = generation;
-    status.conditions = vec![
-        condition(
-            condition_types::READY,
-            (false, reason, message.clone()),
-            generation,
-            previous_conditions,
-            now,
-        ),
-        condition(
-            condition_types::RECONCILING,
-            (false, reason, "waiting for a change".into()),
-            generation,
-            previous_conditions,
-            now,
-        ),
-        condition(
-            condition_types::STALLED,
-            (true, reason, message),
-            generation,
-            previous_conditions,
-            now,
-        ),
-    ];
+    status.conditions = stalled_conditions(
+        generation,
+        previous.map(|p| p.conditions.as_slice()),
+        reason,
+        message,
+    );
     for principal in status.principals.iter_mut() {
         principal.state = Some(crate::api::GrantState::Failed);
         principal.reason = Some(reason.to_string());
-        principal.granted_at = None::<Time>;
+        principal.granted_at = None;
     }
     status.summary = Some(crate::plan::planner::summary(&status.principals));
     status
