@@ -1120,3 +1120,73 @@ async fn a_subscription_near_arms_assignment_limit_is_warned_about() {
     assert_eq!(warnings, 1, "one warning per crossing, not one per count");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistering_an_account_revokes_its_grants_and_its_accesses_say_so() {
+    let mut h = Harness::start().await;
+    h.account("prod", OAI_PROD, json!({}));
+    h.access(
+        "team-chat",
+        "chat",
+        json!([{"user": "alice@contoso.com"}, {"user": "bob@contoso.com"}]),
+    );
+    eventually("granted", || {
+        h.get_access("team-chat", "chat").is_some_and(|a| ready(&a))
+    })
+    .await;
+    let api: kube::Api<OpenAIAccount> = kube::Api::all(h.server.client());
+    api.delete("prod", &Default::default()).await.unwrap();
+    eventually("the account is gone once its grants are revoked", || {
+        h.server.get::<OpenAIAccount>(None, "prod").is_none()
+    })
+    .await;
+    assert_eq!(
+        h.holders(),
+        sorted(vec![BOB]),
+        "deletionPolicy Delete revokes keyless's grants, never bob's Bicep one"
+    );
+    eventually("the access reports AccountNotFound", || {
+        h.get_access("team-chat", "chat")
+            .and_then(|a| a.status)
+            .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "AccountNotFound"))
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistering_an_account_with_retain_leaves_its_grants_released() {
+    let mut h = Harness::start().await;
+    h.account("prod", OAI_PROD, json!({"deletionPolicy": "Retain"}));
+    h.access("team-chat", "chat", json!([{"user": "alice@contoso.com"}]));
+    eventually("granted", || h.holders().contains(&ALICE.to_string())).await;
+    let api: kube::Api<OpenAIAccount> = kube::Api::all(h.server.client());
+    api.delete("prod", &Default::default()).await.unwrap();
+    eventually("the account is gone", || {
+        h.server.get::<OpenAIAccount>(None, "prod").is_none()
+    })
+    .await;
+    let alice = h
+        .grants()
+        .into_iter()
+        .find(|(p, _)| p == ALICE)
+        .expect("retained");
+    assert!(
+        !alice.1.unwrap_or_default().contains("instance=cluster-1"),
+        "released: no keyless instance will delete it"
+    );
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_account_issuer_is_discovered_from_the_apiserver() {
+    let server = ApiServer::builder()
+        .issuer("https://oidc.example.test/cluster-9")
+        .build();
+    assert_eq!(
+        controller::discover_issuer(&server.client())
+            .await
+            .as_deref(),
+        Some("https://oidc.example.test/cluster-9")
+    );
+}

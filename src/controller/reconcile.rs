@@ -70,7 +70,8 @@ fn has_finalizer<K: Resource>(object: &K) -> bool {
         .any(|f| f == CLEANUP_FINALIZER)
 }
 
-#[tracing::instrument(skip_all, fields(account = %guard.name_any()))]
+// Each reconcile gets its own trace id, so one pass's log lines can be found together.
+#[tracing::instrument(skip_all, fields(account = %guard.name_any(), trace_id = %uuid::Uuid::new_v4().simple()))]
 pub async fn reconcile_account(
     guard: Arc<DeserializeGuard<OpenAIAccount>>,
     ctx: Arc<Context>,
@@ -648,7 +649,7 @@ fn account_status(
 }
 
 /// The light reconcile of an OpenAIAccess: reports what the account controller cannot.
-#[tracing::instrument(skip_all, fields(access = %guard.name_any()))]
+#[tracing::instrument(skip_all, fields(access = %guard.name_any(), trace_id = %uuid::Uuid::new_v4().simple()))]
 pub async fn reconcile_access(
     guard: Arc<DeserializeGuard<OpenAIAccess>>,
     ctx: Arc<Context>,
