@@ -13,22 +13,46 @@
 use crate::emulator::state::{RoleAssignment, normalize_id, subscription_of};
 use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 /// Position in creation order; never reused.
 type Seq = u64;
 
-/// (normalized scope, principal, role definition GUID), all lower case.
-type GrantKey = (String, String, String);
+/// Positions in ascending order. Most keys hold one, so a vector costs less than a set.
+type Seqs = Vec<Seq>;
+
+fn add_seq(seqs: &mut Seqs, seq: Seq) {
+    match seqs.last() {
+        Some(last) if *last > seq => {
+            if let Err(at) = seqs.binary_search(&seq) {
+                seqs.insert(at, seq);
+            }
+        }
+        Some(last) if *last == seq => {}
+        _ => seqs.push(seq),
+    }
+}
+
+fn remove_seq(seqs: &mut Seqs, seq: Seq) {
+    if let Ok(at) = seqs.binary_search(&seq) {
+        seqs.remove(at);
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct RoleAssignments {
     next: Seq,
     by_seq: BTreeMap<Seq, RoleAssignment>,
-    by_name: HashMap<String, BTreeSet<Seq>>,
-    // Ordered, so a scope's descendants are one range.
-    by_scope: BTreeMap<String, BTreeSet<Seq>>,
-    by_principal: HashMap<String, BTreeSet<Seq>>,
-    by_grant: HashMap<GrantKey, BTreeSet<Seq>>,
+    /// Lower-case name.
+    by_name: HashMap<String, Seqs>,
+    /// Normalized scope; ordered, so a scope's descendants are one range.
+    by_scope: BTreeMap<String, Seqs>,
+    /// Lower-case principal id.
+    by_principal: HashMap<String, Seqs>,
+    /// A hash of (normalized scope, principal, role GUID): a key per assignment, so a hash rather
+    /// than three more strings each. Lookups compare the candidates' fields.
+    by_grant: HashMap<u64, Seqs>,
+    /// Lower-case subscription id.
     per_subscription: HashMap<String, usize>,
 }
 
@@ -39,22 +63,22 @@ impl Serialize for RoleAssignments {
     }
 }
 
-fn grant_key(scope: &str, principal_id: &str, role_definition_guid: &str) -> GrantKey {
-    (
-        normalize_id(scope),
-        principal_id.to_ascii_lowercase(),
-        role_definition_guid.to_ascii_lowercase(),
-    )
+fn grant_hash(normalized_scope: &str, principal_id: &str, role_definition_guid: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    normalized_scope.hash(&mut hasher);
+    principal_id.to_ascii_lowercase().hash(&mut hasher);
+    role_definition_guid.to_ascii_lowercase().hash(&mut hasher);
+    hasher.finish()
 }
 
-fn add(index: &mut HashMap<String, BTreeSet<Seq>>, key: String, seq: Seq) {
-    index.entry(key).or_default().insert(seq);
+fn add<K: Hash + Eq>(index: &mut HashMap<K, Seqs>, key: K, seq: Seq) {
+    add_seq(index.entry(key).or_default(), seq);
 }
 
-fn drop_from<K: std::hash::Hash + Eq>(index: &mut HashMap<K, BTreeSet<Seq>>, key: &K, seq: Seq) {
-    if let Some(set) = index.get_mut(key) {
-        set.remove(&seq);
-        if set.is_empty() {
+fn drop_from<K: Hash + Eq>(index: &mut HashMap<K, Seqs>, key: &K, seq: Seq) {
+    if let Some(seqs) = index.get_mut(key) {
+        remove_seq(seqs, seq);
+        if seqs.is_empty() {
             index.remove(key);
         }
     }
@@ -99,38 +123,27 @@ impl RoleAssignments {
     }
 
     fn index(&mut self, seq: Seq, a: &RoleAssignment) {
+        let scope = normalize_id(&a.scope);
         add(&mut self.by_name, a.name.to_ascii_lowercase(), seq);
-        self.by_scope
-            .entry(normalize_id(&a.scope))
-            .or_default()
-            .insert(seq);
         add(
             &mut self.by_principal,
             a.principal_id.to_ascii_lowercase(),
             seq,
         );
-        self.by_grant
-            .entry(grant_key(
-                &a.scope,
-                &a.principal_id,
-                &a.role_definition_guid,
-            ))
-            .or_default()
-            .insert(seq);
+        add(
+            &mut self.by_grant,
+            grant_hash(&scope, &a.principal_id, &a.role_definition_guid),
+            seq,
+        );
+        add_seq(self.by_scope.entry(scope).or_default(), seq);
         if let Some(sub) = subscription_of(&a.scope) {
             *self.per_subscription.entry(sub).or_default() += 1;
         }
     }
 
     fn unindex(&mut self, seq: Seq, a: &RoleAssignment) {
-        drop_from(&mut self.by_name, &a.name.to_ascii_lowercase(), seq);
         let scope = normalize_id(&a.scope);
-        if let Some(set) = self.by_scope.get_mut(&scope) {
-            set.remove(&seq);
-            if set.is_empty() {
-                self.by_scope.remove(&scope);
-            }
-        }
+        drop_from(&mut self.by_name, &a.name.to_ascii_lowercase(), seq);
         drop_from(
             &mut self.by_principal,
             &a.principal_id.to_ascii_lowercase(),
@@ -138,9 +151,15 @@ impl RoleAssignments {
         );
         drop_from(
             &mut self.by_grant,
-            &grant_key(&a.scope, &a.principal_id, &a.role_definition_guid),
+            &grant_hash(&scope, &a.principal_id, &a.role_definition_guid),
             seq,
         );
+        if let Some(seqs) = self.by_scope.get_mut(&scope) {
+            remove_seq(seqs, seq);
+            if seqs.is_empty() {
+                self.by_scope.remove(&scope);
+            }
+        }
         if let Some(sub) = subscription_of(&a.scope)
             && let Some(count) = self.per_subscription.get_mut(&sub)
         {
@@ -166,7 +185,7 @@ impl RoleAssignments {
     fn first_seq_named(&self, name: &str) -> Option<Seq> {
         self.by_name
             .get(&name.to_ascii_lowercase())
-            .and_then(|set| set.first().copied())
+            .and_then(|seqs| seqs.first().copied())
     }
 
     /// The first assignment with this name (names compare case-insensitively).
@@ -201,7 +220,7 @@ impl RoleAssignments {
         let seqs: Vec<Seq> = self
             .by_name
             .get(&name.to_ascii_lowercase())
-            .map(|set| set.iter().copied().collect())
+            .cloned()
             .unwrap_or_default();
         seqs.into_iter().filter_map(|seq| self.take(seq)).collect()
     }
@@ -213,10 +232,17 @@ impl RoleAssignments {
         principal_id: &str,
         role_definition_guid: &str,
     ) -> Option<&RoleAssignment> {
+        let scope = normalize_id(scope);
         self.by_grant
-            .get(&grant_key(scope, principal_id, role_definition_guid))
-            .and_then(|set| set.first())
-            .and_then(|seq| self.by_seq.get(seq))
+            .get(&grant_hash(&scope, principal_id, role_definition_guid))?
+            .iter()
+            .filter_map(|seq| self.by_seq.get(seq))
+            .find(|a| {
+                normalize_id(&a.scope) == scope
+                    && a.principal_id.eq_ignore_ascii_case(principal_id)
+                    && a.role_definition_guid
+                        .eq_ignore_ascii_case(role_definition_guid)
+            })
     }
 
     /// How many assignments have a scope in this subscription.
