@@ -15,8 +15,8 @@ use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-/// Position in creation order; never reused.
-type Seq = u64;
+/// Position in creation order: the assignment's slot.
+type Seq = usize;
 
 /// Positions in ascending order. Most keys hold one, so a vector costs less than a set.
 type Seqs = Vec<Seq>;
@@ -41,8 +41,10 @@ fn remove_seq(seqs: &mut Seqs, seq: Seq) {
 
 #[derive(Clone, Debug, Default)]
 pub struct RoleAssignments {
-    next: Seq,
-    by_seq: BTreeMap<Seq, RoleAssignment>,
+    /// In creation order; a removed assignment leaves an empty slot until the next compaction, so
+    /// positions in the indexes stay valid.
+    slots: Vec<Option<RoleAssignment>>,
+    live: usize,
     /// Lower-case name.
     by_name: HashMap<String, Seqs>,
     /// Normalized scope; ordered, so a scope's descendants are one range.
@@ -102,24 +104,28 @@ fn ancestors_and_self(scope: &str) -> Vec<&str> {
 
 impl RoleAssignments {
     pub fn len(&self) -> usize {
-        self.by_seq.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_seq.is_empty()
+        self.live == 0
     }
 
     /// All of them, in creation order.
     pub fn iter(&self) -> impl Iterator<Item = &RoleAssignment> {
-        self.by_seq.values()
+        self.slots.iter().flatten()
     }
 
     /// Appends: the newest assignment lists last.
     pub fn push(&mut self, assignment: RoleAssignment) {
-        let seq = self.next;
-        self.next += 1;
+        let seq = self.slots.len();
         self.index(seq, &assignment);
-        self.by_seq.insert(seq, assignment);
+        self.slots.push(Some(assignment));
+        self.live += 1;
+    }
+
+    fn get(&self, seq: Seq) -> Option<&RoleAssignment> {
+        self.slots.get(seq).and_then(Option::as_ref)
     }
 
     fn index(&mut self, seq: Seq, a: &RoleAssignment) {
@@ -171,15 +177,28 @@ impl RoleAssignments {
     }
 
     fn take(&mut self, seq: Seq) -> Option<RoleAssignment> {
-        let assignment = self.by_seq.remove(&seq)?;
+        let assignment = self.slots.get_mut(seq)?.take()?;
+        self.live -= 1;
         self.unindex(seq, &assignment);
         Some(assignment)
     }
 
+    /// Once most slots are empty, renumbers the rest: O(n) after n/2 removals.
+    fn compact_if_sparse(&mut self) {
+        if self.slots.len() >= 64 && self.live * 2 < self.slots.len() {
+            let kept: Vec<RoleAssignment> = std::mem::take(&mut self.slots)
+                .into_iter()
+                .flatten()
+                .collect();
+            *self = RoleAssignments::default();
+            for assignment in kept {
+                self.push(assignment);
+            }
+        }
+    }
+
     fn resolve(&self, seqs: impl IntoIterator<Item = Seq>) -> Vec<&RoleAssignment> {
-        seqs.into_iter()
-            .filter_map(|seq| self.by_seq.get(&seq))
-            .collect()
+        seqs.into_iter().filter_map(|seq| self.get(seq)).collect()
     }
 
     fn first_seq_named(&self, name: &str) -> Option<Seq> {
@@ -190,8 +209,7 @@ impl RoleAssignments {
 
     /// The first assignment with this name (names compare case-insensitively).
     pub fn named(&self, name: &str) -> Option<&RoleAssignment> {
-        self.first_seq_named(name)
-            .and_then(|seq| self.by_seq.get(&seq))
+        self.first_seq_named(name).and_then(|seq| self.get(seq))
     }
 
     /// Changes the first assignment with this name in place: it keeps its place in the order.
@@ -205,14 +223,19 @@ impl RoleAssignments {
         let result = change(&mut assignment);
         // Re-indexed, in case the change touched an indexed field.
         self.index(seq, &assignment);
-        self.by_seq.insert(seq, assignment);
+        if let Some(slot) = self.slots.get_mut(seq) {
+            *slot = Some(assignment);
+            self.live += 1;
+        }
         Some(result)
     }
 
     /// Removes the first assignment with this name.
     pub fn remove_first_named(&mut self, name: &str) -> Option<RoleAssignment> {
         let seq = self.first_seq_named(name)?;
-        self.take(seq)
+        let removed = self.take(seq);
+        self.compact_if_sparse();
+        removed
     }
 
     /// Removes every assignment with this name.
@@ -222,7 +245,9 @@ impl RoleAssignments {
             .get(&name.to_ascii_lowercase())
             .cloned()
             .unwrap_or_default();
-        seqs.into_iter().filter_map(|seq| self.take(seq)).collect()
+        let removed = seqs.into_iter().filter_map(|seq| self.take(seq)).collect();
+        self.compact_if_sparse();
+        removed
     }
 
     /// The first assignment of this role to this principal at exactly this scope.
@@ -236,7 +261,7 @@ impl RoleAssignments {
         self.by_grant
             .get(&grant_hash(&scope, principal_id, role_definition_guid))?
             .iter()
-            .filter_map(|seq| self.by_seq.get(seq))
+            .filter_map(|seq| self.get(*seq))
             .find(|a| {
                 normalize_id(&a.scope) == scope
                     && a.principal_id.eq_ignore_ascii_case(principal_id)
@@ -455,6 +480,45 @@ mod tests {
         assert_eq!(names(store.of_principals(&["p9".into()])), vec!["n3"]);
         assert!(!names(store.of_principals(&["p1".into()])).contains(&"n3"));
         assert_eq!(store.update_named("missing", |_| ()), None);
+    }
+
+    #[test]
+    fn compaction_after_many_removals_keeps_the_order_and_the_indexes() {
+        let mut store = RoleAssignments::default();
+        for i in 0..100 {
+            store.push(mk_assignment(
+                &format!("n{i}"),
+                &format!("/subscriptions/{SUB}/resourceGroups/rg{}", i % 3),
+                &format!("p{}", i % 2),
+            ));
+        }
+        for i in (0..100).filter(|i| i % 4 != 0) {
+            assert!(store.remove_first_named(&format!("n{i}")).is_some());
+        }
+        assert!(store.slots.len() < 100, "compacted");
+        let kept: Vec<String> = (0..100).step_by(4).map(|i| format!("n{i}")).collect();
+        assert_eq!(names(store.iter()), kept);
+        assert_eq!(store.len(), kept.len());
+        assert_eq!(store.in_subscription(SUB), kept.len());
+        assert_eq!(store.named("n96").map(|a| a.name.as_str()), Some("n96"));
+        assert!(store.named("n97").is_none());
+        let in_rg0 = store.related_to(&format!("/subscriptions/{SUB}/resourceGroups/rg0"));
+        let scanned: Vec<&str> = (0..100)
+            .step_by(4)
+            .filter(|i| i % 3 == 0)
+            .map(|i| kept[i / 4].as_str())
+            .collect();
+        assert_eq!(names(in_rg0), scanned);
+        assert_eq!(store.of_principals(&["p0".into()]).len(), kept.len());
+        assert!(
+            store
+                .same_grant(
+                    &format!("/subscriptions/{SUB}/resourceGroups/rg1"),
+                    "p0",
+                    ROLE
+                )
+                .is_some()
+        );
     }
 
     #[test]
