@@ -114,7 +114,7 @@ impl Shared {
     }
 
     pub fn role_assignments(&self) -> Vec<RoleAssignment> {
-        self.lock_world().role_assignments.clone()
+        self.lock_world().role_assignments.iter().cloned().collect()
     }
 
     pub fn set_app_role(

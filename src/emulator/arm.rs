@@ -696,29 +696,30 @@ fn put_assignment(
     let stamp = jiff::Timestamp::now();
     if let Some(existing) = existing {
         // Same name, scope, principal and role: only description and condition can change (200).
-        let Some(stored) = world
+        let caller = request.caller.claims.oid.clone();
+        let updated = world
             .role_assignments
-            .iter_mut()
-            .find(|a| a.name == existing.name)
-        else {
-            return arm_error(
+            .update_named(&existing.name, |stored| {
+                stored.description = body.description;
+                stored.condition = body.condition;
+                stored.condition_version = condition_version;
+                stored.updated_on = stamp;
+                stored.updated_by = Some(caller);
+                assignment_json(stored)
+            });
+        return match updated {
+            Some(json) => Reply::json(200, &json),
+            None => arm_error(
                 500,
                 "InternalServerError",
                 "The role assignment vanished during the update.",
-            );
+            ),
         };
-        stored.description = body.description;
-        stored.condition = body.condition;
-        stored.condition_version = condition_version;
-        stored.updated_on = stamp;
-        stored.updated_by = Some(request.caller.claims.oid.clone());
-        return Reply::json(200, &assignment_json(stored));
     }
-    if let Some(same) = world.role_assignments.iter().find(|a| {
-        normalize_id(&a.scope) == normalize_id(scope)
-            && a.principal_id.eq_ignore_ascii_case(&principal_id)
-            && a.role_definition_guid.eq_ignore_ascii_case(&role)
-    }) {
+    if let Some(same) = world
+        .role_assignments
+        .same_grant(scope, &principal_id, &role)
+    {
         return arm_error(
             409,
             "RoleAssignmentExists",
@@ -814,7 +815,7 @@ fn delete_assignment(world: &mut World, caller: &Caller, scope: &str, name: &str
     }
     match existing {
         Some(assignment) => {
-            world.role_assignments.retain(|a| a.name != assignment.name);
+            world.role_assignments.remove_named(&assignment.name);
             Reply::json(200, &assignment_json(&assignment))
         }
         None => Reply::empty(204),
@@ -954,7 +955,8 @@ fn list_assignments(
     }
     let items = world
         .role_assignments
-        .iter()
+        .related_to(scope)
+        .into_iter()
         .filter(|a| matches_filter(world, a, scope, &filter))
         .map(assignment_json)
         .collect();
@@ -1021,7 +1023,8 @@ fn permissions(world: &World, caller: &Caller, scope: &str) -> Reply {
     let principals = world.principal_and_groups(&caller.claims.oid);
     let value: Vec<Value> = world
         .role_assignments
-        .iter()
+        .of_principals(&principals)
+        .into_iter()
         .filter(|a| {
             principals
                 .iter()

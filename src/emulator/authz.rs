@@ -91,7 +91,7 @@ pub fn role_grants(definition: &RoleDefinition, action: &str) -> bool {
 pub fn authorize(world: &World, principal_id: &str, request: &AccessRequest) -> Decision {
     let principals = world.principal_and_groups(principal_id);
     let mut blocked_by_condition = false;
-    for assignment in &world.role_assignments {
+    for assignment in world.role_assignments.of_principals(&principals) {
         if !principals
             .iter()
             .any(|p| p.eq_ignore_ascii_case(&assignment.principal_id))

@@ -2,7 +2,8 @@
 //! Entra token endpoint do, for the calls keyless makes, plus an admin API to change the world
 //! behind keyless's back. Its behaviour follows ../shared/azure-specs and ../shared/azure-facts.md.
 //!
-//! - [`seed`]: the YAML world it starts with; [`state`]: that world and the admin operations on it.
+//! - [`seed`]: the YAML world it starts with; [`state`]: that world and the admin operations on it,
+//!   with its role assignments indexed in [`assignments`].
 //! - [`server`]: TLS, dispatch by path, faults, throttling and request counts.
 //! - [`token`]: the token endpoint and the JWTs; [`authz`]: RBAC and ABAC conditions.
 //! - [`arm`], [`graph`] (with [`odata`]) and [`admin`]: the routes.
@@ -11,6 +12,7 @@
 
 pub mod admin;
 pub mod arm;
+pub mod assignments;
 pub mod authz;
 pub mod config;
 pub mod graph;

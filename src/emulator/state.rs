@@ -2,6 +2,7 @@
 //! API performs on them. Sans-IO: every function takes `now`, so replication is testable in bulk.
 
 use crate::api::roles::{RBAC_ADMINISTRATOR_GUID, RoleName};
+use crate::emulator::assignments::RoleAssignments;
 use crate::emulator::seed::{Seed, SeedError, SeedFederatedCredential, default_audiences};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -257,8 +258,8 @@ pub struct World {
     pub accounts: Vec<Account>,
     pub resources: Vec<String>,
     pub role_definitions: Vec<RoleDefinition>,
-    /// In creation order, which is the order lists return them in.
-    pub role_assignments: Vec<RoleAssignment>,
+    /// In creation order, which is the order lists return them in; indexed for ARM's questions.
+    pub role_assignments: RoleAssignments,
     /// The ARM id of the identity keyless runs as.
     pub operator_identity: Option<String>,
 }
@@ -574,7 +575,7 @@ impl World {
             accounts: Vec::new(),
             resources: seed.resources.clone(),
             role_definitions: builtin_role_definitions(),
-            role_assignments: Vec::new(),
+            role_assignments: RoleAssignments::default(),
             operator_identity: None,
         };
         for sub in &seed.subscriptions {
@@ -951,18 +952,11 @@ impl World {
     }
 
     pub fn assignment_by_name(&self, name: &str) -> Option<&RoleAssignment> {
-        self.role_assignments
-            .iter()
-            .find(|a| a.name.eq_ignore_ascii_case(name))
+        self.role_assignments.named(name)
     }
 
     pub fn assignments_in_subscription(&self, subscription_id: &str) -> usize {
-        self.role_assignments
-            .iter()
-            .filter(|a| {
-                subscription_of(&a.scope).is_some_and(|s| s.eq_ignore_ascii_case(subscription_id))
-            })
-            .count()
+        self.role_assignments.in_subscription(subscription_id)
     }
 
     // ---- admin operations -------------------------------------------------------------------
@@ -1305,8 +1299,7 @@ impl World {
             updated_by: None,
             delegated_managed_identity_resource_id: None,
         };
-        self.role_assignments
-            .retain(|a| !a.name.eq_ignore_ascii_case(&name));
+        self.role_assignments.remove_named(&name);
         self.role_assignments.push(assignment.clone());
         Ok(assignment)
     }
@@ -1321,12 +1314,9 @@ impl World {
             .rsplit('/')
             .next()
             .unwrap_or(name_or_id);
-        let index = self
-            .role_assignments
-            .iter()
-            .position(|a| a.name.eq_ignore_ascii_case(name))
-            .ok_or_else(|| AdminError::NotFound(format!("role assignment {name_or_id}")))?;
-        Ok(self.role_assignments.remove(index))
+        self.role_assignments
+            .remove_first_named(name)
+            .ok_or_else(|| AdminError::NotFound(format!("role assignment {name_or_id}")))
     }
 }
 
