@@ -84,6 +84,10 @@ pub struct FileModeArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
 
+    /// How often a long run prints a progress line on stderr.
+    #[arg(long, value_parser = crate::azure::config::parse_duration, default_value = "3s")]
+    pub progress_interval: std::time::Duration,
+
     #[command(flatten)]
     pub emulator: EmulatorFlags,
 

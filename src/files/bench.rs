@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// Turn off the emulator's ARM token buckets (then keyless's own pacing is all that remains).
     #[arg(long)]
     pub no_throttling: bool,
+    /// How often progress is printed on stderr.
+    #[arg(long, value_parser = crate::azure::config::parse_duration, default_value = "3s")]
+    pub progress_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -293,7 +296,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
         max_deletes_per_pass: 50,
         federation_issuer: None,
         concurrency,
-        progress: true,
+        progress: Some(args.progress_interval),
     };
     println!(
         "keyless bench: {} accounts × {} grants = {grants_total} grants, {subscriptions} subscription(s), latency {} ms, ARM buckets {}, concurrency {concurrency}",

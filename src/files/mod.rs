@@ -80,7 +80,7 @@ pub async fn run(args: &FileModeArgs, mode: Mode) -> Result<Report, FilesError> 
         max_deletes_per_pass: args.max_deletes_per_pass,
         federation_issuer: issuer,
         concurrency: usize::from(args.concurrency),
-        progress: !args.quiet,
+        progress: (!args.quiet).then_some(args.progress_interval),
     };
     let mut report = converge(&clients, &manifests, &settings, mode).await;
     if mode == Mode::Apply && embedded.is_some() {
@@ -113,7 +113,8 @@ pub struct Settings {
     pub max_deletes_per_pass: usize,
     pub federation_issuer: Option<String>,
     pub concurrency: usize,
-    pub progress: bool,
+    /// How often to print progress on stderr; None prints none.
+    pub progress: Option<Duration>,
 }
 
 /// One engine pass per account in the manifests, `concurrency` accounts at a time.
@@ -211,7 +212,7 @@ pub async fn converge(
     let total = sources.len();
     let done = AtomicUsize::new(0);
     let finished = Arc::new(AtomicBool::new(false));
-    let ticker = settings.progress.then(|| {
+    let ticker = settings.progress.map(|interval| {
         let (counting, finished) = (counting.clone(), finished.clone());
         let verb = match mode {
             Mode::Plan => "planned",
@@ -224,7 +225,7 @@ pub async fn converge(
             tokio::spawn(async move {
                 // Long runs only: nothing is printed for a run shorter than the first tick.
                 loop {
-                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    tokio::time::sleep(interval).await;
                     if finished.load(Ordering::Relaxed) {
                         return;
                     }
