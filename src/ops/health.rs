@@ -32,14 +32,28 @@ use tokio::task::JoinHandle;
 
 use super::metrics::{self, Metrics};
 
-// A client that opens a connection and sends its headers slowly must not hold a task forever.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-// How long shutdown waits for requests in flight (a scrape encodes in microseconds) before it drops
-// the remaining connections.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-// After a failed accept (for example, out of file descriptors) wait before the next, instead of
-// spinning on the same error.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// The health server's own timeouts; the defaults suit a kubelet and Prometheus.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthTimeouts {
+    /// A client that opens a connection and sends its headers slowly must not hold a task forever.
+    pub header_read: Duration,
+    /// How long shutdown waits for requests in flight (a scrape encodes in microseconds) before
+    /// it drops the remaining connections.
+    pub shutdown_grace: Duration,
+    /// After a failed accept (for example, out of file descriptors), wait this long before the
+    /// next instead of spinning on the same error.
+    pub accept_error_pause: Duration,
+}
+
+impl Default for HealthTimeouts {
+    fn default() -> Self {
+        HealthTimeouts {
+            header_read: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            accept_error_pause: Duration::from_millis(100),
+        }
+    }
+}
 
 /// Whether the controller's caches have synced. Clones share one flag.
 #[derive(Clone, Debug, Default)]
@@ -107,12 +121,32 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<HealthServer, HealthError> {
+    serve_with(
+        addr,
+        metrics,
+        readiness,
+        HealthTimeouts::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with explicit timeouts.
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics: Metrics,
+    readiness: Readiness,
+    timeouts: HealthTimeouts,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<HealthServer, HealthError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| HealthError::Bind { addr, source })?;
     let local_addr = listener.local_addr().map_err(HealthError::LocalAddr)?;
     tracing::info!(%local_addr, "serving /metrics, /healthz and /readyz");
-    let task = tokio::spawn(accept_loop(listener, metrics, readiness, shutdown));
+    let task = tokio::spawn(accept_loop(
+        listener, metrics, readiness, timeouts, shutdown,
+    ));
     Ok(HealthServer { local_addr, task })
 }
 
@@ -120,12 +154,13 @@ async fn accept_loop(
     listener: TcpListener,
     metrics: Metrics,
     readiness: Readiness,
+    timeouts: HealthTimeouts,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(timeouts.header_read);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
 
@@ -137,7 +172,7 @@ async fn accept_loop(
                     Ok((stream, _peer)) => stream,
                     Err(error) => {
                         tracing::warn!(%error, "health server: accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        tokio::time::sleep(timeouts.accept_error_pause).await;
                         continue;
                     }
                 };
@@ -162,7 +197,7 @@ async fn accept_loop(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+        () = tokio::time::sleep(timeouts.shutdown_grace) => {
             tracing::debug!("health server: dropping connections still open after the grace period");
         }
     }
