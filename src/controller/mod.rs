@@ -302,7 +302,6 @@ async fn run_controllers(
         });
 
     // The light controller over OpenAIAccess: malformed objects and missing accounts.
-    let accounts_for_access = account_store.clone();
     let access_controller = Controller::new(
         Api::<DeserializeGuard<OpenAIAccess>>::all(client.clone()),
         watcher_config,
@@ -312,8 +311,7 @@ async fn run_controllers(
         watcher::Config::default(),
         move |account| {
             let name = account.name_any();
-            let _ = &accounts_for_access;
-            context_accesses_referencing(&access_store, &name)
+            accesses_referencing(&access_store, &name)
         },
     )
     .graceful_shutdown_on(shutdown)
@@ -331,7 +329,7 @@ async fn run_controllers(
     futures::join!(account_controller, access_controller);
 }
 
-fn context_accesses_referencing(
+fn accesses_referencing(
     store: &Store<DeserializeGuard<OpenAIAccess>>,
     account: &str,
 ) -> Vec<ObjectRef<DeserializeGuard<OpenAIAccess>>> {
