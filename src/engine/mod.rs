@@ -8,6 +8,7 @@ pub mod resolve;
 #[cfg(test)]
 mod tests;
 
+use crate::api::RoleName;
 use crate::api::{
     GrantState, OpenAIAccessSpec, OpenAIAccessStatus, OpenAIAccountSpec, PrincipalStatus, reasons,
 };
@@ -17,12 +18,12 @@ use crate::azure::{
 };
 use crate::plan::policy::NamespaceLabels;
 use crate::plan::{
-    AccessInput, AccountInput, AccountScope, Cleanup, InstanceId, ObjectKey, Observation, Plan,
-    PlanInput, Write, plan,
+    AccessInput, AccountInput, AccountScope, Cleanup, InstanceId, NewAssignment, ObjectKey,
+    Observation, Plan, PlanInput, Write, plan,
 };
 use jiff::Timestamp;
 pub use resolve::{CLIENT_ID_ANNOTATION, FederationCheck, ResolutionCache, ServiceAccountInfo};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// The Azure side, as the engine sees it.
@@ -398,12 +399,24 @@ pub async fn run_pass(
         outcome.retry = Some(decision);
     }
 
-    // Outcomes: the plan's statuses, corrected by what the writes did.
-    for access_plan in &plan.accesses {
-        let source_access = source.accesses.iter().find(|a| a.key == access_plan.key);
+    // Outcomes: the plan's statuses, corrected by what the writes did. The planner keeps the
+    // objects in input order, so each plan entry pairs with its source.
+    let mut creates: HashMap<(String, RoleName), (&NewAssignment, &WriteResult)> = HashMap::new();
+    for (write, result) in plan.writes.iter().zip(&outcome.results) {
+        if let Write::Create { assignment, .. } = write {
+            creates.insert(
+                (
+                    assignment.principal_id.to_ascii_lowercase(),
+                    assignment.role,
+                ),
+                (assignment, result),
+            );
+        }
+    }
+    for (access_plan, source_access) in plan.accesses.iter().zip(&source.accesses) {
         let mut principals = access_plan.principals.clone();
         for status in principals.iter_mut() {
-            apply_write_results(status, &plan, &outcome.results, now);
+            apply_write_results(status, source_access.spec.role, &creates, now);
         }
         let cleanup_complete = match &access_plan.cleanup {
             Cleanup::Complete => true,
@@ -412,7 +425,7 @@ pub async fn run_pass(
                 .all(|i| matches!(outcome.results.get(*i), Some(WriteResult::Done))),
             Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
         };
-        let previous = source_access.and_then(|a| a.previous.as_ref());
+        let previous = source_access.previous.as_ref();
         let status = conditions::access_status(
             access_plan.generation,
             &scope,
@@ -529,22 +542,16 @@ fn next_deadline(
 // A principal's planned status, corrected by the result of the write that concerned it.
 fn apply_write_results(
     status: &mut PrincipalStatus,
-    plan: &Plan,
-    results: &[WriteResult],
+    role: RoleName,
+    creates: &HashMap<(String, RoleName), (&NewAssignment, &WriteResult)>,
     now: Timestamp,
 ) {
     let Some(object_id) = status.object_id.as_deref() else {
         return;
     };
-    for (write, result) in plan.writes.iter().zip(results) {
-        let Write::Create { assignment, .. } = write else {
-            continue;
-        };
-        if !assignment.principal_id.eq_ignore_ascii_case(object_id)
-            || status.state != Some(GrantState::Pending)
-        {
-            continue;
-        }
+    if status.state == Some(GrantState::Pending)
+        && let Some((assignment, result)) = creates.get(&(object_id.to_ascii_lowercase(), role))
+    {
         match result {
             WriteResult::Created(created) => {
                 status.state = Some(GrantState::Granted);

@@ -54,11 +54,9 @@ impl RoleAssignments for FakeAzure {
             .lock()
             .unwrap()
             .push(format!("put {}", a.principal_id));
-        if self
-            .fail_creates_for
-            .lock()
-            .unwrap()
-            .contains(&a.principal_id)
+        let failing = self.fail_creates_for.lock().unwrap();
+        if failing.contains(&a.principal_id)
+            || failing.contains(&format!("{} {}", a.principal_id, a.role))
         {
             return Err(AzureError::new(AzureErrorKind::Transient, "503 from ARM"));
         }
@@ -560,4 +558,28 @@ async fn a_plan_only_pass_writes_nothing() {
     .await;
     assert!(outcome.changed());
     assert_eq!(azure.calls("put"), 0);
+}
+
+#[tokio::test]
+async fn a_failed_create_is_reported_on_the_object_whose_role_it_was() {
+    let azure = FakeAzure::default();
+    azure
+        .fail_creates_for
+        .lock()
+        .unwrap()
+        .push(format!("{} OpenAIContributor", oid(1)));
+    let mut contributor = access("team-b", "tuning", vec![object(1)]);
+    contributor.spec.role = RoleName::OpenAIContributor;
+    let mut scope = source(vec![access("team-a", "chat", vec![object(1)]), contributor]);
+    scope.account.allowed_roles = vec![RoleName::OpenAIUser, RoleName::OpenAIContributor];
+    let outcome = run_pass(azure.azure(), &scope, &config(), now()).await;
+    assert_eq!(
+        outcome.accesses[0].status.principals[0].state,
+        Some(GrantState::Granted)
+    );
+    assert_eq!(
+        outcome.accesses[1].status.principals[0].state,
+        Some(GrantState::Failed),
+        "the same principal's grant of the other role failed"
+    );
 }

@@ -26,7 +26,7 @@ use crate::api::{
     PrincipalRef, PrincipalStatus, RoleName, reasons,
 };
 use jiff::Timestamp;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// A namespaced object's identity.
@@ -192,12 +192,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 .map(|r| (lower(&a.principal_id), r, a))
         })
         .collect();
-    let find = |principal_id: &str, role: RoleName| {
-        observed
-            .iter()
-            .find(|(p, r, _)| p == principal_id && *r == role)
-            .map(|(_, _, a)| *a)
-    };
+    // Looked up once per principal: indexed, since a scope can hold thousands of assignments.
+    let mut by_grant: HashMap<(&str, RoleName), &ObservedAssignment> =
+        HashMap::with_capacity(observed.len());
+    for (principal_id, role, assignment) in &observed {
+        by_grant
+            .entry((principal_id.as_str(), *role))
+            .or_insert(assignment);
+    }
+    let find = |principal_id: &str, role: RoleName| by_grant.get(&(principal_id, role)).copied();
 
     let account_deleting = input.account.being_deleted;
 
@@ -439,18 +442,24 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     writes.extend(deletes);
 
     // Pass 3: status of every object, and whether objects being deleted are clean.
-    let write_index = |oid: &str, role: RoleName| {
-        writes.iter().position(|w| match w {
+    let mut removal_index: HashMap<(String, RoleName), usize> = HashMap::new();
+    for (index, write) in writes.iter().enumerate() {
+        let key = match write {
             Write::Delete { assignment, .. } => {
-                lower(&assignment.principal_id) == oid
-                    && RoleName::from_definition_id(&assignment.role_definition_id) == Some(role)
+                RoleName::from_definition_id(&assignment.role_definition_id)
+                    .map(|role| (lower(&assignment.principal_id), role))
             }
             Write::Release { assignment, .. } => {
-                assignment.principal_id.eq_ignore_ascii_case(oid) && assignment.role == role
+                Some((lower(&assignment.principal_id), assignment.role))
             }
-            Write::Create { .. } => false,
-        })
-    };
+            Write::Create { .. } => None,
+        };
+        if let Some(key) = key {
+            removal_index.entry(key).or_insert(index);
+        }
+    }
+    let write_index =
+        |oid: &str, role: RoleName| removal_index.get(&(oid.to_string(), role)).copied();
     let mut accesses = Vec::with_capacity(input.accesses.len());
     for (access, principal_intents) in input.accesses.iter().zip(intents) {
         let role = access.spec.role;
