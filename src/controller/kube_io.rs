@@ -293,10 +293,20 @@ mod tests {
     async fn a_finalizer_already_in_place_costs_no_request() {
         let (client, mut handle) = mock();
         let api: Api<OpenAIAccess> = Api::namespaced(client, "team-a");
-        set_finalizer(&api, &access(Some(vec![CLEANUP_FINALIZER])), true)
+        // A request would wait for an answer the mock never gives: the timeout turns that into a
+        // failure instead of a hang.
+        let quick = std::time::Duration::from_secs(2);
+        tokio::time::timeout(
+            quick,
+            set_finalizer(&api, &access(Some(vec![CLEANUP_FINALIZER])), true),
+        )
+        .await
+        .expect("no request when the finalizer is already there")
+        .unwrap();
+        tokio::time::timeout(quick, set_finalizer(&api, &access(None), false))
             .await
+            .expect("no request when the finalizer is already gone")
             .unwrap();
-        set_finalizer(&api, &access(None), false).await.unwrap();
         drop(api);
         // Every client is gone: the mock sees the end of requests without having received any.
         assert!(handle.next_request().await.is_none());
@@ -311,12 +321,14 @@ mod tests {
             observed_generation: Some(3),
             ..Default::default()
         };
-        assert!(
-            !apply_access_status(&api, "chat", Some(&status), &status)
-                .await
-                .unwrap(),
-            "unchanged: no write"
-        );
+        // An unchanged status sends nothing (a request would hang on the silent mock: timeout).
+        let unchanged = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            apply_access_status(&api, "chat", Some(&status), &status),
+        )
+        .await
+        .expect("no request for an unchanged status");
+        assert!(!unchanged.unwrap(), "unchanged: no write");
         let expected = status.clone();
         let server = tokio::spawn(async move {
             let (request, send) = handle.next_request().await.unwrap();
