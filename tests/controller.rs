@@ -172,6 +172,18 @@ impl Harness {
         self.server.seed(&object);
     }
 
+    /// Whether the OpenAIAccount's status has a condition matching `check`.
+    fn account_condition(
+        &self,
+        name: &str,
+        check: impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> bool,
+    ) -> bool {
+        self.server
+            .get::<OpenAIAccount>(None, name)
+            .and_then(|a| a.status)
+            .is_some_and(|s| s.conditions.iter().any(check))
+    }
+
     fn get_access(&self, namespace: &str, name: &str) -> Option<OpenAIAccess> {
         self.server.get::<OpenAIAccess>(Some(namespace), name)
     }
@@ -580,23 +592,20 @@ async fn two_accounts_with_one_resource_id_the_newer_does_nothing() {
         json!({}),
     );
     eventually("the newer reports Conflict", || {
-        h.server
-            .get::<OpenAIAccount>(None, "prod-again")
-            .and_then(|a| a.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Conflict" && c.status == "True")
-            })
+        h.account_condition("prod-again", |c| {
+            c.type_ == "Conflict" && c.status == "True"
+        })
     })
     .await;
-    let older = h
-        .server
-        .get::<OpenAIAccount>(None, "prod")
-        .unwrap()
-        .status
-        .unwrap();
-    assert!(!older.conditions.iter().any(|c| c.type_ == "Conflict"));
+    assert!(
+        h.server
+            .get::<OpenAIAccount>(None, "prod")
+            .is_some_and(|a| a.status.is_some())
+    );
+    assert!(
+        !h.account_condition("prod", |c| c.type_ == "Conflict"),
+        "the older one is not in conflict"
+    );
     h.stop_controller().await;
 }
 
@@ -835,14 +844,7 @@ async fn an_account_that_still_accepts_keys_is_not_keyless_only() {
     let mut h = Harness::start().await;
     h.account("dev", AIS_DEV, json!({}));
     eventually("posture reported", || {
-        h.server
-            .get::<OpenAIAccount>(None, "dev")
-            .and_then(|a| a.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "KeylessOnly" && c.status == "False")
-            })
+        h.account_condition("dev", |c| c.type_ == "KeylessOnly" && c.status == "False")
     })
     .await;
     let status = h
@@ -868,14 +870,9 @@ async fn an_account_without_a_custom_subdomain_says_tokens_cannot_work() {
     let mut h = Harness::start().await;
     h.account("legacy", "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-legacy", json!({}));
     eventually("TokenAuthSupported=False", || {
-        h.server
-            .get::<OpenAIAccount>(None, "legacy")
-            .and_then(|a| a.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "TokenAuthSupported" && c.status == "False")
-            })
+        h.account_condition("legacy", |c| {
+            c.type_ == "TokenAuthSupported" && c.status == "False"
+        })
     })
     .await;
     h.stop_controller().await;
@@ -1059,14 +1056,7 @@ async fn an_account_deleted_in_azure_is_reported_and_releases_deleting_objects()
     .await;
     h.emulator.delete_account(OAI_PROD).unwrap();
     eventually("the account reports it is gone", || {
-        h.server
-            .get::<OpenAIAccount>(None, "prod")
-            .and_then(|a| a.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.reason == "AzureAccountNotFound")
-            })
+        h.account_condition("prod", |c| c.reason == "AzureAccountNotFound")
     })
     .await;
     h.delete_access("team-chat", "chat").await;
