@@ -174,6 +174,18 @@ impl Directory for FakeAzure {
         &self,
         app_id: &str,
     ) -> Result<DirectoryObject, AzureError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("service principal {app_id}"));
+        if app_id == "client-chat" {
+            // An app registration (not a managed identity) that the chat ServiceAccount uses.
+            return Ok(DirectoryObject {
+                id: oid(7),
+                principal_type: PrincipalType::ServicePrincipal,
+                display_name: None,
+            });
+        }
         Err(AzureError::new(
             AzureErrorKind::NotFound,
             format!("app {app_id} not found"),
@@ -582,4 +594,26 @@ async fn a_failed_create_is_reported_on_the_object_whose_role_it_was() {
         Some(GrantState::Failed),
         "the same principal's grant of the other role failed"
     );
+}
+
+#[tokio::test]
+async fn a_workload_identity_that_is_no_managed_identity_resolves_as_the_apps_service_principal() {
+    // No managed identity has the ServiceAccount's client id: it is an app registration's.
+    let azure = FakeAzure::default();
+    let sa = Principal {
+        service_account: Some("chat".into()),
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![sa])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(status.state, Some(GrantState::Granted));
+    assert_eq!(status.object_id.as_deref(), Some(oid(7).as_str()));
+    assert_eq!(azure.calls("find identity client-chat"), 1);
+    assert_eq!(azure.calls("service principal client-chat"), 1);
 }
