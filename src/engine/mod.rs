@@ -21,6 +21,7 @@ use crate::plan::{
     AccessInput, AccountInput, AccountScope, Cleanup, InstanceId, NewAssignment, ObjectKey,
     Observation, Plan, PlanInput, Write, plan,
 };
+pub use crate::plan::{MalformedObject, ViewCompleteness};
 use jiff::Timestamp;
 pub use resolve::{CLIENT_ID_ANNOTATION, FederationCheck, ResolutionCache, ServiceAccountInfo};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -76,6 +77,10 @@ pub struct ScopeSource {
     pub accesses: Vec<AccessSource>,
     pub service_accounts: BTreeMap<ObjectKey, ServiceAccountInfo>,
     pub namespaces: NamespaceLabels,
+    /// Whether `accesses` is every OpenAIAccess on this account (see [`ViewCompleteness`]).
+    pub view: ViewCompleteness,
+    /// Objects that may name this account but could not be decoded (see [`MalformedObject`]).
+    pub malformed: Vec<MalformedObject>,
 }
 
 /// What happened to one write.

@@ -247,6 +247,8 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
             },
         )]),
         namespaces: NamespaceLabels::new(),
+        view: ViewCompleteness::Complete,
+        malformed: Vec::new(),
     }
 }
 
