@@ -214,37 +214,42 @@ pub async fn run_pass(
         }
     };
 
-    // Resolve (only when there is something to compare against).
+    // Eligibility, then resolution of the eligible principals only (and only when there is
+    // something to compare against): a namespace the account does not allow learns nothing about
+    // the directory, and costs no lookup.
     let mut resolver = resolve::Resolver::new(
         azure.directory,
         azure.identities,
         &source.service_accounts,
         FederationCheck {
-            required: source.account.require_federation,
             issuer: config.federation_issuer.clone(),
         },
         config.resolution_cache.as_deref(),
     );
+    let readable = !matches!(observation, Observation::Unavailable { .. });
     let mut accesses = Vec::with_capacity(source.accesses.len());
     for access in &source.accesses {
+        let eligibility = crate::plan::eligibility::eligibility(
+            &source.account_name,
+            &source.account,
+            &access.key,
+            &access.spec,
+            &source.namespaces,
+        );
         let mut resolutions = Vec::with_capacity(access.spec.principals.len());
-        for principal in &access.spec.principals {
-            let resolution = match principal.reference() {
-                Some(reference) if !matches!(observation, Observation::Unavailable { .. }) => {
+        for eligible in &eligibility.principals {
+            let resolution = match eligible.reference() {
+                Some(reference) if readable => {
                     resolver
                         .resolve(
                             &access.key,
-                            &reference,
+                            reference,
                             access.previous.as_ref(),
                             access.generation,
                         )
                         .await
                 }
-                _ => crate::plan::Resolution::Unresolved {
-                    reason: reasons::RESOLUTION_FAILED.into(),
-                    message: "not resolved: the account could not be read".into(),
-                    replicating: false,
-                },
+                _ => crate::plan::Resolution::NotLookedUp,
             };
             resolutions.push(resolution);
         }
@@ -282,7 +287,19 @@ pub async fn run_pass(
         now,
         max_deletes: config.max_deletes_per_pass,
         replication_deadline: config.replication_deadline,
+        propagation_grace: config.propagation_grace,
+        view: &source.view,
+        malformed: &source.malformed,
     });
+    for (object, note) in &plan.findings {
+        outcome.events.push(EngineEvent {
+            object: Some(object.clone()),
+            warning: true,
+            reason: "FederationFinding",
+            action: "Authorise",
+            note: note.clone(),
+        });
+    }
 
     // Apply, one write at a time: writes on a scope are never concurrent.
     let mut failed_creates_of: BTreeSet<ObjectKey> = BTreeSet::new();
@@ -418,6 +435,19 @@ pub async fn run_pass(
             );
         }
     }
+    // Results of releases and deletes, by grant: cleanup waits on grants, not positions.
+    let removals: HashMap<crate::plan::GrantKey, &WriteResult> = plan
+        .writes
+        .iter()
+        .zip(&outcome.results)
+        .filter(|(write, _)| !matches!(write, Write::Create { .. }))
+        .filter_map(|(write, result)| write.grant().map(|g| (g, result)))
+        .collect();
+    let removed = |grants: &[crate::plan::GrantKey]| {
+        grants
+            .iter()
+            .all(|g| matches!(removals.get(g), Some(WriteResult::Done)))
+    };
     for (access_plan, source_access) in plan.accesses.iter().zip(&source.accesses) {
         let mut principals = access_plan.principals.clone();
         for status in principals.iter_mut() {
@@ -425,9 +455,7 @@ pub async fn run_pass(
         }
         let cleanup_complete = match &access_plan.cleanup {
             Cleanup::Complete => true,
-            Cleanup::AfterWrites(indexes) => indexes
-                .iter()
-                .all(|i| matches!(outcome.results.get(*i), Some(WriteResult::Done))),
+            Cleanup::AfterWrites(grants) => removed(grants),
             Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
         };
         let previous = source_access.previous.as_ref();
@@ -474,9 +502,7 @@ pub async fn run_pass(
     }
     outcome.account_cleanup_complete = match &plan.account_cleanup {
         Cleanup::Complete => true,
-        Cleanup::AfterWrites(indexes) => indexes
-            .iter()
-            .all(|i| matches!(outcome.results.get(*i), Some(WriteResult::Done))),
+        Cleanup::AfterWrites(grants) => removed(grants),
         Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
     };
     if outcome.retry.is_none()

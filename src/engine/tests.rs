@@ -19,6 +19,8 @@ struct FakeAzure {
     fail_creates_for: Mutex<Vec<String>>,
     account_missing: bool,
     identities: Vec<(ManagedIdentity, Vec<FederatedCredential>)>,
+    /// Application objects by app id, with their federated credentials.
+    applications: Vec<(String, Vec<FederatedCredential>)>,
 }
 
 impl FakeAzure {
@@ -197,6 +199,20 @@ impl Directory for FakeAzure {
             format!("{object_id} not found"),
         ))
     }
+    async fn application_federated_credentials(
+        &self,
+        app_id: &str,
+    ) -> Result<Option<Vec<FederatedCredential>>, AzureError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("application credentials {app_id}"));
+        Ok(self
+            .applications
+            .iter()
+            .find(|(id, _)| id == app_id)
+            .map(|(_, c)| c.clone()))
+    }
 }
 
 fn oid(n: u8) -> String {
@@ -234,6 +250,7 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
             allowed_principal_kinds: PrincipalKind::ALL.to_vec(),
             require_federation: true,
             deletion_policy: DeletionPolicy::Delete,
+            allow_retain: false,
         },
         account_being_deleted: false,
         accesses,
