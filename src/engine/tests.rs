@@ -400,10 +400,13 @@ async fn a_create_that_fails_keeps_the_old_grant_of_a_principal_change() {
         0,
         "the old grant stays until the new one exists"
     );
-    assert!(matches!(
-        outcome.results.last(),
-        Some(WriteResult::Skipped(_))
-    ));
+    assert!(
+        outcome
+            .results
+            .iter()
+            .all(|r| !matches!(r, WriteResult::Done)),
+        "the old grant's delete is not even attempted: the replacement must propagate first"
+    );
     assert_eq!(outcome.retry, Some(RetryDecision::Backoff));
     assert_eq!(
         outcome.accesses[0].status.principals[0].state,
@@ -411,15 +414,26 @@ async fn a_create_that_fails_keeps_the_old_grant_of_a_principal_change() {
     );
 
     azure.fail_creates_for.lock().unwrap().clear();
+    let held = || -> Vec<String> {
+        azure
+            .assignments
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.principal_id.clone())
+            .collect()
+    };
+    run_pass(
+        azure.azure(),
+        &source(vec![edited.clone()]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(held(), vec![oid(1), oid(2)], "made; the old one waits");
+    // The next pass sees the replacement past its propagation grace (created an hour earlier).
     run_pass(azure.azure(), &source(vec![edited]), &config(), now()).await;
-    let held: Vec<String> = azure
-        .assignments
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.principal_id.clone())
-        .collect();
-    assert_eq!(held, vec![oid(2)], "made, then broken");
+    assert_eq!(held(), vec![oid(2)], "made, then broken");
 }
 
 #[tokio::test]
@@ -492,7 +506,7 @@ async fn a_service_account_without_a_federated_credential_is_denied() {
         name: "chat".into(),
         issuer: "https://oidc.example".into(),
         subject: "system:serviceaccount:team-a:chat".into(),
-        audiences: vec![],
+        audiences: vec!["api://AzureADTokenExchange".into()],
     };
     let azure = FakeAzure {
         identities: vec![(identity, vec![other, ours])],
@@ -616,11 +630,44 @@ async fn a_failed_create_is_reported_on_the_object_whose_role_it_was() {
 }
 
 #[tokio::test]
-async fn a_workload_identity_that_is_no_managed_identity_resolves_as_the_apps_service_principal() {
-    // No managed identity has the ServiceAccount's client id: it is an app registration's.
-    let azure = FakeAzure::default();
+async fn an_app_registration_is_a_workload_identity_only_with_its_own_federated_credential() {
+    // No managed identity has the ServiceAccount's client id: it is an app registration's. Without
+    // a federated credential on the application for this ServiceAccount it is a plain service
+    // principal, which an account requiring federation refuses (the app-registration escape).
     let sa = Principal {
         service_account: Some("chat".into()),
+        ..Default::default()
+    };
+    let azure = FakeAzure {
+        applications: vec![("client-chat".into(), vec![])],
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![sa.clone()])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(
+        (status.state, status.reason.as_deref()),
+        (Some(GrantState::Denied), Some(reasons::FEDERATION_MISSING))
+    );
+    assert_eq!(azure.calls("put"), 0);
+    assert_eq!(azure.calls("application credentials client-chat"), 1);
+
+    // With the application's credential for exactly this ServiceAccount, issuer and audience.
+    let azure = FakeAzure {
+        applications: vec![(
+            "client-chat".into(),
+            vec![FederatedCredential {
+                name: "chat".into(),
+                issuer: "https://oidc.example".into(),
+                subject: "system:serviceaccount:team-a:chat".into(),
+                audiences: vec!["api://AzureADTokenExchange".into()],
+            }],
+        )],
         ..Default::default()
     };
     let outcome = run_pass(
@@ -633,6 +680,28 @@ async fn a_workload_identity_that_is_no_managed_identity_resolves_as_the_apps_se
     let status = &outcome.accesses[0].status.principals[0];
     assert_eq!(status.state, Some(GrantState::Granted));
     assert_eq!(status.object_id.as_deref(), Some(oid(7).as_str()));
-    assert_eq!(azure.calls("find identity client-chat"), 1);
     assert_eq!(azure.calls("service principal client-chat"), 1);
+}
+
+#[tokio::test]
+async fn a_denied_namespace_costs_no_lookup() {
+    let azure = FakeAzure::default();
+    let user = Principal {
+        user: Some("alice@contoso.com".into()),
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-z", "probe", vec![user])]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("user"), 0, "no directory oracle");
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(
+        status.reason.as_deref(),
+        Some(reasons::NAMESPACE_NOT_ALLOWED)
+    );
+    assert_eq!(status.object_id, None);
 }
