@@ -1378,3 +1378,97 @@ async fn the_controller_never_sees_another_tests_objects() {
     );
     h.stop_controller().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_runs_as_the_charts_service_account_without_a_403() {
+    let Some(helm) = support::chart_rbac::helm() else {
+        return;
+    };
+    let Some(mut h) = Harness::new().await else {
+        return;
+    };
+    // The chart's defaults: leader election on, ConfigMap export off.
+    let rbac = support::chart_rbac::install(&h.env, &helm, &[]).await;
+    assert!(
+        rbac.applied
+            .iter()
+            .any(|a| a.starts_with("ClusterRoleBinding/"))
+            && rbac.applied.iter().any(|a| a.starts_with("RoleBinding/")),
+        "{:?}",
+        rbac.applied
+    );
+    let client = rbac.client(&h.env, &h.faults).await;
+    assert_eq!(
+        controller::discover_issuer(&client).await.as_deref(),
+        Some(ISSUER),
+        "the chart lets keyless read the issuer"
+    );
+    // The client really is the ServiceAccount: what the chart does not grant is forbidden.
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::all(client.clone())
+        .list(&Default::default())
+        .await;
+    assert!(
+        matches!(secrets, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "{secrets:?}"
+    );
+    h.faults.reset_counts();
+    let mut config = controller_config("cluster-1");
+    config.enable_configmap_export = false;
+    config.assignment_count_interval = Some(Duration::from_millis(500));
+    config.leader = Some(keyless::ops::leader::LeaseConfig {
+        name: rbac.lease_name.clone(),
+        namespace: rbac.namespace.clone(),
+        holder_id: "keyless-0".into(),
+        lease_duration: Duration::from_secs(3),
+        renew_interval: Duration::from_millis(500),
+        retry_interval: Duration::from_millis(200),
+    });
+    h.running = Some(RunningController::spawn(
+        client,
+        azure_clients(&h.emulator),
+        config,
+    ));
+    h.federate_chat_backend();
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.service_account("team-chat", "chat-backend", CHAT_BACKEND_CLIENT)
+        .await;
+    h.access(
+        "team-chat",
+        "chat",
+        json!([{"user": "alice@contoso.com"}, {"serviceAccount": "chat-backend"}]),
+    )
+    .await;
+    eventually("the access is Ready", async || {
+        h.access_ready("team-chat", "chat").await
+    })
+    .await;
+    eventually("an event was recorded", async || {
+        !h.events_about("OpenAIAccess", "chat").await.is_empty()
+    })
+    .await;
+    h.delete_access("team-chat", "chat").await;
+    eventually("the finalizer is removed", async || {
+        h.get_access("team-chat", "chat").await.is_none()
+    })
+    .await;
+    h.stop_controller().await;
+    assert_eq!(
+        h.faults.answers_with(403),
+        0,
+        "forbidden: {:?}",
+        h.faults.answered_with(403)
+    );
+    for (verb, resource) in [
+        (Verb::Watch, "openaiaccounts"),
+        (Verb::Watch, "openaiaccesses"),
+        (Verb::Patch, "openaiaccesses/status"),
+        (Verb::Create, "events"),
+        (Verb::Get, "leases"),
+    ] {
+        assert!(
+            h.faults.count(verb, resource) > 0,
+            "the test exercised {verb:?} {resource}: {:?}",
+            h.faults.counts()
+        );
+    }
+}
