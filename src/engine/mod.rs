@@ -536,6 +536,16 @@ pub fn spared_without_prune(write: &Write, plan: &Plan, source: &ScopeSource) ->
     else {
         return true;
     };
+    // An input object that declared it (its marker says so): a denied namespace is never looked
+    // up, so its principals carry no object id, but the request still names the grant.
+    let declarer = crate::plan::ownership::declared_by(assignment.description.as_deref());
+    if source
+        .accesses
+        .iter()
+        .any(|a| declarer == Some(a.key.to_string().as_str()) && a.spec.role == role)
+    {
+        return false;
+    }
     let named = plan.accesses.iter().any(|access| {
         source
             .accesses
