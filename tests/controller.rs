@@ -115,6 +115,7 @@ impl Harness {
                     issuer: ISSUER.into(),
                     subject: format!("system:serviceaccount:{namespace}:{service_account}"),
                     audiences: vec!["api://AzureADTokenExchange".into()],
+                    claims_matching_expression: None,
                 },
             )
             .unwrap();
