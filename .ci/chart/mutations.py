@@ -76,7 +76,7 @@ MUTATIONS = [
      "[OpenAIUser]=5e0bd9bd-7b93-4f28-af87-19fc36ad61bd", "[OpenAIUser]=5e0bd9bd-7b93-4f28-af87-19fc36ad61be",
      "setup.sh's ABAC condition for OpenAIUser is the documented one"),
     ("condition omits a role", "deploy/azure/setup.sh",
-     "ALL_ROLES=OpenAIUser,OpenAIContributor,CognitiveServicesUser,AzureAIUser",
+     "ALL_ROLES=OpenAIUser,OpenAIContributor,CognitiveServicesUser,FoundryUser",
      "ALL_ROLES=OpenAIUser,OpenAIContributor,CognitiveServicesUser", "setup.sh's default condition allows exactly"),
     ("health check ignores Stalled", "charts/keyless/README.md",
      'if stalled ~= nil and stalled.status == "True" then', "if false then",

@@ -10,9 +10,11 @@ declare -A ROLE_GUIDS=(
   [OpenAIUser]=5e0bd9bd-7b93-4f28-af87-19fc36ad61bd
   [OpenAIContributor]=a001fd3d-188f-4b5d-821b-7da978bf7442
   [CognitiveServicesUser]=a97b65f3-24c7-4388-baec-2e87135dc908
+  [FoundryUser]=53ca6127-db72-4b80-b1b0-d745d6d5456d
+  # Foundry User's name before Azure renamed it ("Azure AI User"): an alias, the same role.
   [AzureAIUser]=53ca6127-db72-4b80-b1b0-d745d6d5456d
 )
-ALL_ROLES=OpenAIUser,OpenAIContributor,CognitiveServicesUser,AzureAIUser
+ALL_ROLES=OpenAIUser,OpenAIContributor,CognitiveServicesUser,FoundryUser
 # Role Based Access Control Administrator: roleAssignments write/delete and */read, and nothing else.
 # The ABAC condition below narrows write/delete to the roles keyless may grant.
 RBAC_ADMINISTRATOR=f58310d9-a9f6-439a-9e8d-f62e7b41a168
@@ -48,8 +50,9 @@ Options:
                              /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.CognitiveServices/accounts/<name>
                              (repeatable; re-run with more accounts later)
   --roles LIST               roles keyless may grant, comma-separated (default: all of
-                             OpenAIUser,OpenAIContributor,CognitiveServicesUser,AzureAIUser). Narrow it to
-                             what your OpenAIAccounts allow, e.g. --roles OpenAIUser.
+                             OpenAIUser,OpenAIContributor,CognitiveServicesUser,FoundryUser; AzureAIUser
+                             is accepted as Foundry User's old name). Narrow it to what your
+                             OpenAIAccounts allow, e.g. --roles OpenAIUser.
   --identity-name NAME       operator identity name (default: keyless)
   --identity-resource-group RG
                              resource group for the identity (default: --resource-group)
@@ -125,8 +128,9 @@ delegation_condition() {
   local -a names
   IFS=, read -r -a names <<<"$roles"
   for role in "${names[@]}"; do
-    [[ -n ${ROLE_GUIDS[$role]:-} ]] || die "unknown role '$role' (known: $ALL_ROLES)"
-    guids+="${guids:+, }${ROLE_GUIDS[$role]}"
+    [[ -n ${ROLE_GUIDS[$role]:-} ]] || die "unknown role '$role' (known: $ALL_ROLES, and AzureAIUser)"
+    # An alias and its role are one GUID: list it once.
+    [[ ", $guids, " == *", ${ROLE_GUIDS[$role]}, "* ]] || guids+="${guids:+, }${ROLE_GUIDS[$role]}"
   done
   [[ -n $guids ]] || die "--roles is empty"
   printf '%s' "((!(ActionMatches{'Microsoft.Authorization/roleAssignments/write'})) OR (@Request[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {$guids})) AND ((!(ActionMatches{'Microsoft.Authorization/roleAssignments/delete'})) OR (@Resource[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {$guids}))"
