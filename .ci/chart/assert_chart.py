@@ -48,6 +48,9 @@ def one(docs, kind):
     return found[0]
 
 
+KEYLESS_CRDS = ("openaiaccounts.keyless.dev", "openaiaccesses.keyless.dev")
+
+
 def permissions(role):
     """(apiGroup, resource, verb, resourceName or '') for every rule; nonResourceURLs as ('nonResource', url, verb, '')."""
     perms = set()
@@ -158,9 +161,10 @@ def check_render(manifest_path, notes_path, namespace, values_path):
                                                 *rule.get("verbs", []), *rule.get("nonResourceURLs", []),
                                                 *rule.get("resourceNames", [])])]
         check(f"{role['kind']} {role['metadata']['name']}: no wildcard in any rule", not wildcards, f"{wildcards}")
-        check(f"{role['kind']} {role['metadata']['name']}: no access to CustomResourceDefinitions or Secrets",
-              not any(g == "apiextensions.k8s.io" or r in ("secrets", "customresourcedefinitions")
-                      for g, r, _, _ in permissions(role)))
+        check(f"{role['kind']} {role['metadata']['name']}: no access to Secrets, and CustomResourceDefinitions only get by keyless's names",
+              not any(r == "secrets" or ((g == "apiextensions.k8s.io" or r == "customresourcedefinitions")
+                                         and (v != "get" or n not in KEYLESS_CRDS))
+                      for g, r, v, n in permissions(role)))
     controller_perms = set()
     for key in bound:
         controller_perms |= {(key[0],) + p for p in permissions(roles[key])}
@@ -169,6 +173,8 @@ def check_render(manifest_path, notes_path, namespace, values_path):
         expected |= {("ClusterRole", "keyless.dev", kind, v, "") for v in ("get", "list", "watch", "patch")}
         expected.add(("ClusterRole", "keyless.dev", f"{kind}/status", "patch", ""))
         expected.add(("ClusterRole", "keyless.dev", f"{kind}/finalizers", "update", ""))
+    # Start-up check that the installed CRDs are not older than the binary: get, by name only.
+    expected |= {("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", "get", n) for n in KEYLESS_CRDS}
     expected |= {("ClusterRole", "", r, v, "") for r in ("serviceaccounts", "namespaces") for v in ("get", "list", "watch")}
     expected |= {("ClusterRole", "events.k8s.io", "events", v, "") for v in ("create", "patch")}
     expected.add(("ClusterRole", "nonResource", "/.well-known/openid-configuration", "get", ""))
