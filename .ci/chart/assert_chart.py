@@ -8,6 +8,8 @@ Usage:
       file given to helm), so the same checks cover the default and the non-default render.
   assert_chart.py rule-comments TEMPLATES_DIR
       Every RBAC rule in the templates has a comment right above it saying why.
+  assert_chart.py readme-values README.md VALUES.yaml
+      The defaults the README's values table states are the ones values.yaml sets (resources included).
 """
 
 import os
@@ -268,11 +270,64 @@ def check_rule_comments(templates_dir):
         check(f"{name}: every rule has a comment saying why", not uncommented, f"lines {uncommented}")
 
 
+def resources_text(resources):
+    """`requests `cpu: 100m`, `memory: 192Mi`; limits `memory: 512Mi``: how the README states resources."""
+    parts = []
+    for kind in ("requests", "limits"):
+        if resources.get(kind):
+            parts.append(kind + " " + ", ".join(f"`{k}: {v}`" for k, v in resources[kind].items()))
+    return "; ".join(parts)
+
+
+def check_readme_values(readme_path, values_path):
+    with open(values_path) as f:
+        values = yaml.safe_load(f)
+    with open(readme_path) as f:
+        lines = f.read().splitlines()
+    header = lines.index("| value | default | |")
+    rows = []
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    check("the README has a values table", bool(rows))
+
+    def lookup(path):
+        node = values
+        for key in path.split("."):
+            if not isinstance(node, dict) or key not in node:
+                return KeyError
+            node = node[key]
+        return node
+
+    for key_cell, default_cell, *_ in rows:
+        keys = re.findall(r"`([^`]+)`", key_cell)
+        if keys == ["resources"]:
+            expected = resources_text(values["resources"])
+            check("README: resources match values.yaml", default_cell == expected,
+                  f"README says {default_cell!r}, values.yaml means {expected!r}")
+            continue
+        defaults = [d.strip() for d in default_cell.split(" / ")]
+        if len(defaults) != len(keys):
+            check(f"README: {key_cell} states one default per value", False, default_cell)
+            continue
+        for key, default in zip(keys, defaults):
+            actual = lookup(key)
+            check(f"README: {key} is a value in values.yaml", actual is not KeyError)
+            stated = default.strip("`")
+            if actual is KeyError or stated.startswith("<"):
+                continue  # a computed default, described rather than stated
+            check(f"README: {key} defaults to {stated}", yaml.safe_load(stated) == actual,
+                  f"values.yaml has {actual!r}")
+
+
 def main():
     if len(sys.argv) >= 5 and sys.argv[1] == "render":
         check_render(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else None)
     elif len(sys.argv) == 3 and sys.argv[1] == "rule-comments":
         check_rule_comments(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "readme-values":
+        check_readme_values(sys.argv[2], sys.argv[3])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -57,7 +57,10 @@ Options:
   --identity-resource-group RG
                              resource group for the identity (default: --resource-group)
   --location LOCATION        identity location (default: the cluster's)
-  --namespace NS             namespace of the Helm release (default: keyless)
+  --namespace NS             namespace of the Helm release (default: keyless); the printed
+                             helm install line uses it
+  --image REPOSITORY         the keyless image you built and pushed (e.g. myregistry.azurecr.io/keyless),
+                             for the printed helm install line
   --service-account NAME     the chart's ServiceAccount (default: keyless; the release's full name)
   --credential-name NAME     federated credential name (default: keyless-<cluster>)
   --identity-scope SCOPE     a subscription (/subscriptions/<id>) holding the workload identities that
@@ -94,7 +97,7 @@ log() { echo "==> $*" >&2; }
 
 resource_group="" cluster="" identity_name=keyless identity_resource_group="" location=""
 namespace=keyless service_account=keyless credential_name="" roles=$ALL_ROLES
-identity_reader_role="" dry_run=false print_condition=false
+identity_reader_role="" dry_run=false print_condition=false image=""
 accounts=() identity_scopes=() graph_permissions=()
 
 while [[ $# -gt 0 ]]; do
@@ -107,6 +110,7 @@ while [[ $# -gt 0 ]]; do
     --identity-resource-group) identity_resource_group=${2:?--identity-resource-group needs a value}; shift 2 ;;
     --location) location=${2:?--location needs a value}; shift 2 ;;
     --namespace) namespace=${2:?--namespace needs a value}; shift 2 ;;
+    --image) image=${2:?--image needs a value}; shift 2 ;;
     --service-account) service_account=${2:?--service-account needs a value}; shift 2 ;;
     --credential-name) credential_name=${2:?--credential-name needs a value}; shift 2 ;;
     --identity-scope) identity_scopes+=("${2:?--identity-scope needs a value}"); shift 2 ;;
@@ -313,6 +317,18 @@ if [[ ${#graph_permissions[@]} -gt 0 ]]; then
 fi
 
 # ------------------------------------------------------------------------------------------ summary
+# The exact `helm install` for what was set up here: the same namespace and ServiceAccount as the
+# federated credential's subject, so the operator's token exchange cannot fail on a mismatch.
+helm_install_line() {
+  local line="helm install keyless charts/keyless --namespace $namespace --create-namespace"
+  line+=" --set azure.clientId=$client_id --set azure.tenantId=$tenant_id --set controller.instanceId=$cluster"
+  if [[ $service_account != keyless ]]; then
+    line+=" --set serviceAccount.name=$service_account"
+  fi
+  line+=" --set image.repository=${image:-<your registry>/keyless}"
+  printf '%s' "$line"
+}
+
 cat <<EOF
 
 keyless's Azure side is ready$($dry_run && echo " (dry run: nothing was changed)").
@@ -320,11 +336,6 @@ keyless's Azure side is ready$($dry_run && echo " (dry run: nothing was changed)
   federated credential: $subject from $issuer
   delegated roles:      $roles on ${#accounts[@]} account(s)
 
-Install the chart with:
-  helm install keyless charts/keyless --namespace $namespace --create-namespace \\
-    --set azure.clientId=$client_id --set azure.tenantId=$tenant_id \\
-    --set controller.instanceId=$cluster
+Install the chart with (the namespace and ServiceAccount the federated credential trusts):
+  $(helm_install_line)
 EOF
-if [[ $service_account != keyless ]]; then
-  echo "    --set serviceAccount.name=$service_account"
-fi
