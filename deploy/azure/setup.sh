@@ -57,7 +57,7 @@ Options:
   --identity-resource-group RG
                              resource group for the identity (default: --resource-group)
   --location LOCATION        identity location (default: the cluster's)
-  --namespace NS             namespace of the Helm release (default: keyless); the printed
+  --namespace NS             namespace of the Helm release (default: keyless-system); the printed
                              helm install line uses it
   --image REPOSITORY         the keyless image you built and pushed (e.g. myregistry.azurecr.io/keyless),
                              for the printed helm install line
@@ -96,7 +96,7 @@ die() {
 log() { echo "==> $*" >&2; }
 
 resource_group="" cluster="" identity_name=keyless identity_resource_group="" location=""
-namespace=keyless service_account=keyless credential_name="" roles=$ALL_ROLES
+namespace=keyless-system service_account=keyless credential_name="" roles=$ALL_ROLES
 identity_reader_role="" dry_run=false print_condition=false image=""
 accounts=() identity_scopes=() graph_permissions=()
 
