@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod chart_rbac;
 pub mod cluster;
 pub mod kube_faults;
 pub mod operator;
