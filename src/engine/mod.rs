@@ -92,6 +92,9 @@ pub enum WriteResult {
     Created(crate::plan::ObservedAssignment),
     /// Created under another name already (409): adopted.
     Adopted(crate::plan::ObservedAssignment),
+    /// Created already (409) by this instance, under another name (a grant named the old way, or
+    /// one a lagging LIST did not show): ours, so Granted, not Adopted.
+    Confirmed(crate::plan::ObservedAssignment),
     Skipped(String),
     Failed(AzureError),
     /// Not attempted: a plan-only pass, or the pass stopped early (throttled).
@@ -337,6 +340,14 @@ pub async fn run_pass(
                         ),
                     });
                     WriteResult::Created(created)
+                }
+                Ok(Created::AlreadyExists(existing))
+                    if crate::plan::ownership::is_owned_by(
+                        existing.description.as_deref(),
+                        &config.instance,
+                    ) =>
+                {
+                    WriteResult::Confirmed(existing)
                 }
                 Ok(Created::AlreadyExists(existing)) => WriteResult::Adopted(existing),
                 Err(error) => {
@@ -604,6 +615,16 @@ fn apply_write_results(
                 // ARM's createdOn, so the time survives restarts and never churns status.
                 status.granted_at =
                     Some(crate::api::common::Time(created.created_on.unwrap_or(now)));
+            }
+            WriteResult::Confirmed(existing) => {
+                status.state = Some(GrantState::Granted);
+                status.reason = Some(reasons::GRANTED.into());
+                status.message = Some(format!(
+                    "role assignment {} (already this keyless's) grants this",
+                    existing.name
+                ));
+                status.role_assignment_id = Some(existing.id.clone());
+                status.granted_at = existing.created_on.map(crate::api::common::Time);
             }
             WriteResult::Adopted(existing) => {
                 status.state = Some(GrantState::Granted);

@@ -132,9 +132,18 @@ impl ResolutionCache {
             .map(|(r, _)| r.clone())
     }
 
-    // Only facts are cached: a resolved object (with its federation facts); never a failure.
+    // Only facts are cached: a resolved object (with its federation facts); never a failure. A
+    // ServiceAccount whose credentials do not (yet) federate it is not cached either, so a
+    // credential someone adds counts at the next pass; one someone removes stops counting within
+    // the federation TTL.
     fn put(&self, key: CacheKey, resolution: &Resolution) {
-        if matches!(resolution, Resolution::Resolved { .. }) {
+        let cacheable = match resolution {
+            Resolution::Resolved { federation, .. } => federation
+                .as_ref()
+                .is_none_or(|f| f.credential == CredentialMatch::Federated),
+            Resolution::Unresolved { .. } | Resolution::NotLookedUp => false,
+        };
+        if cacheable {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
             entries.insert(key, (resolution.clone(), std::time::Instant::now()));

@@ -465,6 +465,83 @@ async fn a_409_adopts_the_existing_assignment() {
 }
 
 #[tokio::test]
+async fn a_409_on_an_assignment_carrying_our_marker_is_granted_not_adopted() {
+    let azure = FakeAzure::default();
+    let ours = crate::plan::ownership::ownership_marker(&config().instance, "team-a/chat");
+    {
+        let name = "9d3e5b1a-7c2f-4e8d-b6a0-1f2e3d4c5b6a";
+        let description = Some(ours);
+        azure.assignments.lock().unwrap().push(ObservedAssignment {
+            id: format!("{SCOPE}/providers/Microsoft.Authorization/roleAssignments/{name}"),
+            name: name.into(),
+            // Hidden from this pass's LIST (see the test above); the PUT's 409 finds it.
+            scope: "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-other/providers/Microsoft.CognitiveServices/accounts/oai-prod".into(),
+            principal_id: oid(1),
+            principal_type: Some("ServicePrincipal".into()),
+            role_definition_id: RoleName::OpenAIUser.definition_id("x"),
+            description,
+            condition: None,
+            created_on: Some("2026-01-01T00:00:00Z".parse().unwrap()),
+        });
+    }
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(status.state, Some(GrantState::Granted));
+    assert_eq!(status.reason.as_deref(), Some(reasons::GRANTED));
+    assert!(
+        status
+            .role_assignment_id
+            .as_deref()
+            .is_some_and(|id| id.ends_with("9d3e5b1a-7c2f-4e8d-b6a0-1f2e3d4c5b6a")),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_credential_added_counts_at_the_next_pass_even_with_a_warm_cache() {
+    let identity = ManagedIdentity { resource_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-chat".into(), principal_id: oid(9), client_id: "client-chat".into(), tenant_id: "t".into() };
+    let ours = FederatedCredential {
+        name: "chat".into(),
+        issuer: "https://oidc.example".into(),
+        subject: "system:serviceaccount:team-a:chat".into(),
+        audiences: vec!["api://AzureADTokenExchange".into()],
+    };
+    let cache = std::sync::Arc::new(ResolutionCache::new(Duration::from_secs(3600)));
+    let config = EngineConfig {
+        resolution_cache: Some(cache),
+        ..config()
+    };
+    let sa = Principal {
+        service_account: Some("chat".into()),
+        ..Default::default()
+    };
+    let pass = async |credentials: Vec<FederatedCredential>| {
+        let azure = FakeAzure {
+            identities: vec![(identity.clone(), credentials)],
+            ..Default::default()
+        };
+        let outcome = run_pass(
+            azure.azure(),
+            &source(vec![access("team-a", "chat", vec![sa.clone()])]),
+            &config,
+            now(),
+        )
+        .await;
+        outcome.accesses[0].status.principals[0].state
+    };
+    assert_eq!(pass(vec![]).await, Some(GrantState::Denied));
+    assert_eq!(pass(vec![ours.clone()]).await, Some(GrantState::Granted));
+    // Federated facts are cached (for the federation TTL): the next pass does not look again.
+    assert_eq!(pass(vec![]).await, Some(GrantState::Granted));
+}
+
+#[tokio::test]
 async fn a_service_account_without_a_federated_credential_is_denied() {
     let identity = ManagedIdentity { resource_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-chat".into(), principal_id: oid(9), client_id: "client-chat".into(), tenant_id: "t".into() };
     let other = FederatedCredential {
