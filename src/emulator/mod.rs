@@ -183,6 +183,7 @@ impl Emulator {
                         token::unix_now(),
                         lifetime_secs,
                     );
+                    shared.record_secret(&assertion);
                     write(&path, &assertion)
                 }
             };
@@ -271,14 +272,22 @@ impl EmulatorHandle {
 
     /// A client assertion as a Kubernetes OIDC issuer would write it, valid for an hour.
     pub fn federated_assertion(&self, issuer: &str, subject: &str, audience: &str) -> String {
-        token::federated_assertion(
+        let assertion = token::federated_assertion(
             &self.shared.signer,
             issuer,
             subject,
             audience,
             token::unix_now(),
             3600,
-        )
+        );
+        self.shared.record_secret(&assertion);
+        assertion
+    }
+
+    /// Every access token, client assertion and federated token this emulator issued or read
+    /// (including `Authorization` header values as sent): what no output may ever contain.
+    pub fn secrets(&self) -> Vec<String> {
+        self.shared.secrets()
     }
 
     pub fn request_counts(&self) -> RequestCounts {

@@ -4,7 +4,7 @@
 //! one the cluster accepts. ServiceAccounts and Namespaces are kept for what the engine needs from
 //! them (the workload identity annotation, namespace labels); every other kind is skipped with a note.
 
-use crate::api::validation::{FieldError, MAX_MESSAGE, bounded, validate_object};
+use crate::api::validation::{FieldError, MAX_ECHOED, MAX_MESSAGE, bounded, validate_object};
 use crate::api::{OpenAIAccess, OpenAIAccount};
 use crate::engine::{CLIENT_ID_ANNOTATION, ServiceAccountInfo};
 use crate::plan::ObjectKey;
@@ -332,7 +332,9 @@ pub fn from_documents(documents: Vec<(Origin, Value)>) -> Result<Manifests, Load
             (_, _, true) => problems.push(problem(
                 "kind",
                 format!(
-                    "{kind} is not a keyless kind (OpenAIAccount, OpenAIAccess) or {api_version} is not served"
+                    "{} is not a keyless kind (OpenAIAccount, OpenAIAccess) or {} is not served",
+                    bounded(kind, MAX_ECHOED),
+                    bounded(api_version, MAX_ECHOED)
                 ),
             )),
             ("ServiceAccount", "", _) => {
