@@ -241,7 +241,7 @@ async fn setup(env: TestEnv, sizes: &Sizes, rng: &mut StdRng, run: usize, tweak:
     )));
     protected.push(Held::from(&put(
         &principals[2].object_id,
-        Some(format!("keyless:v1 instance=cluster-2 declared-by=x/y")),
+        Some("keyless:v1 instance=cluster-2 declared-by=x/y".to_string()),
     )));
     // Foreign, released and another instance's, none declared.
     for description in [
