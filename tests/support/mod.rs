@@ -11,9 +11,9 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
-pub mod secrets;
 pub mod chart_rbac;
 pub mod cluster;
 pub mod kube_faults;
 pub mod operator;
+pub mod secrets;
 pub mod soak;
