@@ -15,6 +15,9 @@ use keyless::plan::{AccountScope, NewAssignment, PrincipalType};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "support/secrets.rs"]
+mod secrets;
+
 const TOKEN: &str = "eyJ.stub-token-that-must-never-be-printed.sig";
 const SUB: &str = "00000000-0000-0000-0000-000000000001";
 
@@ -925,6 +928,8 @@ mod emulated {
     }
 
     pub async fn start(configure: impl FnOnce(&mut EmulatorConfig)) -> EmulatorHandle {
+        // Every test's log lines, at TRACE, for the secrets scan.
+        crate::secrets::LogCapture::global();
         start_with_seed(Seed::from_yaml(&seed_text()).unwrap(), configure).await
     }
 
@@ -1572,5 +1577,67 @@ mod emulated {
             results.contains(&Err(AzureErrorKind::Throttled)),
             "{results:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn no_token_or_assertion_appears_in_logs_or_errors() {
+        let emulator = start(|config| config.replication_window = Duration::ZERO).await;
+        let clients = clients(&emulator);
+        let mut outputs = crate::secrets::Outputs::new();
+        // Successes, at TRACE.
+        let observed = clients
+            .role_assignments
+            .observe_scope(&oai_prod())
+            .await
+            .unwrap();
+        outputs.add("observed", format!("{observed:?}"));
+        let alice = clients.directory.user_by_upn("alice@contoso.com").await;
+        outputs.add("alice", format!("{alice:?}"));
+        // Refusals: a wrong principal type, an unknown user, a token for the wrong audience.
+        let refused = clients
+            .role_assignments
+            .create_assignment(&assign(TEAM, PrincipalType::User, RoleName::OpenAIUser))
+            .await
+            .unwrap_err();
+        outputs.add_error("wrong type", &refused);
+        let missing = clients
+            .directory
+            .user_by_upn("nobody@contoso.com")
+            .await
+            .unwrap_err();
+        outputs.add_error("unknown user", &missing);
+        let graph_token = emulator
+            .token_for(OPERATOR, keyless::emulator::Audience::Graph)
+            .unwrap();
+        #[derive(Debug)]
+        struct Given(String);
+        #[async_trait::async_trait]
+        impl TokenCredential for Given {
+            async fn get_token(
+                &self,
+                _: &[&str],
+                _: Option<TokenRequestOptions<'_>>,
+            ) -> azure_core::Result<AccessToken> {
+                Ok(AccessToken::new(
+                    self.0.clone(),
+                    azure_core::time::OffsetDateTime::now_utc()
+                        + azure_core::time::Duration::hours(1),
+                ))
+            }
+        }
+        let wrong_audience =
+            AzureClients::with_credential(&config(&emulator), Arc::new(Given(graph_token)))
+                .unwrap();
+        let unauthorized = wrong_audience
+            .accounts
+            .get_account(&oai_prod())
+            .await
+            .unwrap_err();
+        outputs.add_error("wrong audience", &unauthorized);
+        outputs.add("credential", format!("{:?}", clients.credential));
+        outputs.add("logs", crate::secrets::LogCapture::global().text());
+        let seen = emulator.secrets();
+        assert!(seen.len() >= 3, "the emulator saw {} secrets", seen.len());
+        outputs.assert_no_secret(&seen);
     }
 }

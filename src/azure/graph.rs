@@ -213,7 +213,7 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// The path of a user addressed by UPN. Graph reads a segment starting with `$` as a system query
 /// option, so such a UPN is addressed as a key literal, `users('$x@y')` (facts §B).
-fn user_path(user_principal_name: &str) -> String {
+pub(crate) fn user_path(user_principal_name: &str) -> String {
     if user_principal_name.starts_with('$') {
         let literal = odata_string(user_principal_name);
         format!(

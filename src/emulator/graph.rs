@@ -46,7 +46,7 @@ fn denied() -> Reply {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Collection {
+pub(crate) enum Collection {
     Users,
     Groups,
     ServicePrincipals,
@@ -101,7 +101,7 @@ impl Collection {
 }
 
 /// `/v1.0/{collection}` or `/v1.0/{collection}/{key}` or `/v1.0/{collection}({key})`.
-fn split(path: &str) -> Option<(Collection, Option<String>)> {
+pub(crate) fn split(path: &str) -> Option<(Collection, Option<String>)> {
     let rest = path.trim_start_matches('/').strip_prefix("v1.0/")?;
     let rest = rest.trim_end_matches('/');
     if let Some(open) = rest.find('(').filter(|&open| !rest[..open].contains('/')) {

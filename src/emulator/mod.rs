@@ -17,6 +17,7 @@ pub mod authz;
 pub mod config;
 pub mod graph;
 pub mod http;
+pub mod journal;
 pub mod odata;
 pub mod seed;
 pub mod server;
@@ -183,6 +184,7 @@ impl Emulator {
                         token::unix_now(),
                         lifetime_secs,
                     );
+                    shared.record_secret(&assertion);
                     write(&path, &assertion)
                 }
             };
@@ -271,14 +273,22 @@ impl EmulatorHandle {
 
     /// A client assertion as a Kubernetes OIDC issuer would write it, valid for an hour.
     pub fn federated_assertion(&self, issuer: &str, subject: &str, audience: &str) -> String {
-        token::federated_assertion(
+        let assertion = token::federated_assertion(
             &self.shared.signer,
             issuer,
             subject,
             audience,
             token::unix_now(),
             3600,
-        )
+        );
+        self.shared.record_secret(&assertion);
+        assertion
+    }
+
+    /// Every access token, client assertion and federated token this emulator issued or read
+    /// (including `Authorization` header values as sent): what no output may ever contain.
+    pub fn secrets(&self) -> Vec<String> {
+        self.shared.secrets()
     }
 
     pub fn request_counts(&self) -> RequestCounts {
@@ -302,6 +312,11 @@ impl EmulatorHandle {
             .filter(|((op, _), _)| op == operation)
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Every role assignment write made through ARM so far, in order (see [`journal`]).
+    pub fn assignment_writes(&self) -> Vec<journal::AssignmentWrite> {
+        self.shared.journal()
     }
 
     pub fn reset_request_counts(&self) {
