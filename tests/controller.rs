@@ -72,6 +72,8 @@ fn controller_config(instance: &str) -> ControllerConfig {
             federation_issuer: Some(ISSUER.into()),
             dry_run: false,
             prune: true,
+            brake: None,
+            fence: None,
             resolution_cache: Some(std::sync::Arc::new(keyless::engine::ResolutionCache::new(
                 Duration::from_secs(600),
             ))),

@@ -97,6 +97,8 @@ impl RunArgs {
                     self.resolution_cache_ttl,
                 ))),
                 prune: true,
+                brake: None,
+                fence: None,
             },
             resync_interval: self.resync_interval,
             concurrency: self.concurrency,

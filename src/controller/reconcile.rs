@@ -225,6 +225,10 @@ async fn reconcile_account_pass(
             .map(|ns| (ns.name_any(), ns.labels().clone().into_iter().collect()))
             .collect(),
         accesses,
+        view_incomplete: None,
+        malformed: Vec::new(),
+        paused: false,
+        confirmed_revocations: None,
     };
     let azure = Azure {
         assignments: ctx.azure.role_assignments.as_ref(),

@@ -150,6 +150,8 @@ pub async fn converge(
         prune: settings.prune,
         // One run resolves each principal once anyway.
         resolution_cache: None,
+        brake: None,
+        fence: None,
     };
 
     // An OpenAIAccess naming an account the files do not register cannot be planned.
@@ -196,6 +198,10 @@ pub async fn converge(
                 .collect(),
             service_accounts: manifests.service_accounts.clone(),
             namespaces: manifests.namespaces.clone(),
+            view_incomplete: None,
+            malformed: Vec::new(),
+            paused: false,
+            confirmed_revocations: None,
         })
         .collect();
 
