@@ -225,7 +225,8 @@ async fn reconcile_account_pass(
             .map(|ns| (ns.name_any(), ns.labels().clone().into_iter().collect()))
             .collect(),
         accesses,
-        view_incomplete: None,
+        // Issue 17 fills these from the informers' completeness and the undecodable objects.
+        view: engine::ViewCompleteness::Complete,
         malformed: Vec::new(),
         paused: false,
         confirmed_revocations: None,

@@ -22,6 +22,7 @@ use crate::plan::{
     AccessInput, AccountInput, AccountScope, Cleanup, InstanceId, NewAssignment, ObjectKey,
     Observation, Plan, PlanInput, Write, plan,
 };
+pub use crate::plan::{MalformedObject, ViewCompleteness};
 use jiff::Timestamp;
 pub use resolve::{CLIENT_ID_ANNOTATION, FederationCheck, ResolutionCache, ServiceAccountInfo};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -68,17 +69,6 @@ pub trait Fence: Send + Sync + std::fmt::Debug {
     fn may_write(&self) -> Result<(), String>;
 }
 
-/// An OpenAIAccess the front end could not read as the typed object: known, not absent. Its
-/// grants are never revoked on the strength of its absence.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MalformedAccess {
-    pub key: ObjectKey,
-    /// The object ids its raw status names (lowercase): their grants are kept.
-    pub object_ids: Vec<String>,
-    /// It carries keyless's finalizer, so it may hold grants even when its status names none.
-    pub has_finalizer: bool,
-}
-
 /// One OpenAIAccess as the front end found it.
 #[derive(Clone, Debug)]
 pub struct AccessSource {
@@ -99,11 +89,10 @@ pub struct ScopeSource {
     pub accesses: Vec<AccessSource>,
     pub service_accounts: BTreeMap<ObjectKey, ServiceAccountInfo>,
     pub namespaces: NamespaceLabels,
-    /// None when every store the front end read has completed its list and is watching; otherwise
-    /// why not. An incomplete view may create but deletes nothing.
-    pub view_incomplete: Option<String>,
-    /// Objects on this account that could not be read.
-    pub malformed: Vec<MalformedAccess>,
+    /// Whether `accesses` is every OpenAIAccess on this account (see [`ViewCompleteness`]).
+    pub view: ViewCompleteness,
+    /// Objects that may name this account but could not be decoded (see [`MalformedObject`]).
+    pub malformed: Vec<MalformedObject>,
     /// `keyless.dev/paused: "true"` on the account: no writes at all.
     pub paused: bool,
     /// `keyless.dev/confirm-revocations` on the account, when it is a number.
@@ -628,26 +617,28 @@ fn delete_holds(
     if deletes.is_empty() {
         return holds;
     }
-    // A malformed object that may hold grants but names none in its status: nothing on the
-    // account can be told apart from its grants.
-    let unreadable = source
-        .malformed
-        .iter()
-        .find(|m| m.has_finalizer && m.object_ids.is_empty());
-    let view_incomplete = source.view_incomplete.clone().or_else(|| {
-        unreadable.map(|m| format!("OpenAIAccess {} cannot be read and may hold grants", m.key))
-    });
-    let protected_by_malformed = |principal: &str| {
+    let view_incomplete = match &source.view {
+        ViewCompleteness::Complete => None,
+        ViewCompleteness::Incomplete { reason } => Some(reason.clone()),
+    };
+    // A malformed object protects the grants its raw status records and those whose marker says
+    // it declared them (the isolation issue's rule; the planner applies it too once it lands).
+    let protected_by_malformed = |assignment: &crate::plan::ObservedAssignment| {
         source.malformed.iter().find(|m| {
-            m.object_ids
+            let declared = format!("declared-by={}", m.key);
+            m.recorded_object_ids
                 .iter()
-                .any(|o| o.eq_ignore_ascii_case(principal))
+                .any(|o| o.eq_ignore_ascii_case(&assignment.principal_id))
+                || assignment
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| d.split(' ').any(|w| w == declared))
         })
     };
     let mut candidates = Vec::new();
     let mut candidate_index = Vec::new();
     for (index, assignment, reason) in &deletes {
-        if let Some(malformed) = protected_by_malformed(&assignment.principal_id) {
+        if let Some(malformed) = protected_by_malformed(assignment) {
             holds.insert(
                 *index,
                 brake::Hold::ViewIncomplete(format!(

@@ -249,7 +249,7 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
             },
         )]),
         namespaces: NamespaceLabels::new(),
-        view_incomplete: None,
+        view: ViewCompleteness::Complete,
         malformed: Vec::new(),
         paused: false,
         confirmed_revocations: None,
@@ -644,7 +644,9 @@ async fn an_incomplete_view_creates_but_revokes_nothing_and_says_why() {
     let azure = granted(1).await;
     // The object is gone from the view, and a new one appears: the view is not whole.
     let mut incomplete = source(vec![access("team-b", "new", vec![object(2)])]);
-    incomplete.view_incomplete = Some("the Namespace watch answers 403".into());
+    incomplete.view = ViewCompleteness::Incomplete {
+        reason: "the Namespace watch answers 403".into(),
+    };
     let outcome = run_pass(azure.azure(), &incomplete, &config(), now()).await;
     assert_eq!(azure.calls("delete"), 0);
     assert_eq!(azure.calls("put"), 2, "the new grant is made");
@@ -666,13 +668,14 @@ async fn an_incomplete_view_creates_but_revokes_nothing_and_says_why() {
 async fn a_malformed_object_keeps_the_grants_its_status_names() {
     let azure = granted(2).await;
     let mut view = source(vec![]);
-    view.malformed = vec![MalformedAccess {
+    view.malformed = vec![MalformedObject {
         key: ObjectKey {
-            namespace: "team-a".into(),
-            name: "chat".into(),
+            namespace: "team-b".into(),
+            name: "broken".into(),
         },
-        object_ids: vec![oid(1).to_ascii_uppercase()],
-        has_finalizer: true,
+        account_ref: Some("prod".into()),
+        recorded_object_ids: vec![oid(1).to_ascii_uppercase()],
+        error: "status.principals[0].grantedAt: out of range".into(),
     }];
     run_pass(azure.azure(), &view, &config(), now()).await;
     let deleted: Vec<String> = azure
@@ -700,19 +703,24 @@ async fn a_malformed_object_keeps_the_grants_its_status_names() {
 }
 
 #[tokio::test]
-async fn a_malformed_object_whose_status_names_nothing_holds_every_delete() {
+async fn a_malformed_object_whose_status_names_nothing_keeps_the_grants_it_declared() {
     let azure = granted(2).await;
     let mut view = source(vec![]);
-    view.malformed = vec![MalformedAccess {
+    view.malformed = vec![MalformedObject {
         key: ObjectKey {
             namespace: "team-a".into(),
             name: "chat".into(),
         },
-        object_ids: vec![],
-        has_finalizer: true,
+        account_ref: None,
+        recorded_object_ids: vec![],
+        error: "spec.role: unknown variant".into(),
     }];
     let outcome = run_pass(azure.azure(), &view, &config(), now()).await;
-    assert_eq!(azure.calls("delete"), 0);
+    assert_eq!(
+        azure.calls("delete"),
+        0,
+        "both markers say declared-by=team-a/chat"
+    );
     assert_eq!(
         outcome.held.map(|(h, n)| (h.reason(), n)),
         Some(("ViewIncomplete", 2))

@@ -5,12 +5,14 @@
 //! - [`ownership`]: deterministic grant names and the ownership marker.
 //! - [`policy`]: what an OpenAIAccount allows.
 //! - [`planner`]: one pass over one scope.
+//! - [`view`]: the front end's view of the objects: complete or not, and the malformed ones.
 
 pub mod model;
 pub mod ownership;
 pub mod planner;
 pub mod policy;
 pub mod scope;
+pub mod view;
 
 #[cfg(test)]
 mod tests;
@@ -22,3 +24,4 @@ pub use planner::{
     Resolution, Write, plan,
 };
 pub use scope::AccountScope;
+pub use view::{MalformedObject, ViewCompleteness};
