@@ -6,8 +6,10 @@
 pub mod args;
 pub mod export;
 pub mod kube_io;
+pub mod lenient;
 pub mod limits;
 pub mod reconcile;
+pub mod view;
 
 use crate::api::{OpenAIAccess, OpenAIAccount};
 use crate::azure::AzureClients;
