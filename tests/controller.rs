@@ -86,6 +86,9 @@ fn controller_config(instance: &str) -> ControllerConfig {
         http_addr: None,
         leader: None,
         assignment_count_interval: None,
+        view_failure_threshold: 3,
+        view_poll_interval: Duration::from_millis(100),
+        arm_attempt_timeout: Duration::from_secs(5),
     }
 }
 

@@ -151,6 +151,40 @@ pub async fn apply_account_status(
     apply_status(api, name, current, status).await
 }
 
+/// The field manager of the conditions keyless writes on an object it cannot read.
+pub const STALLED_FIELD_MANAGER: &str = "keyless-stalled";
+
+/// Writes only `status.conditions` (and `observedGeneration`) by JSON merge patch under a second
+/// field manager: the rest of the status — above all `principals[]`, which tells which grants the
+/// object holds — stays as it is. (A server-side apply of the conditions alone under `keyless`
+/// would remove every other status field that manager owns.)
+pub async fn patch_conditions_only(
+    api: &Api<crate::controller::lenient::LenientAccess>,
+    name: &str,
+    generation: Option<i64>,
+    conditions: &[crate::api::common::Condition],
+) -> Result<(), KubeWriteError> {
+    let mut status = json!({ "conditions": conditions });
+    if let Some(generation) = generation {
+        status["observedGeneration"] = json!(generation);
+    }
+    api.patch_status(
+        name,
+        &PatchParams {
+            field_manager: Some(STALLED_FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| KubeWriteError::Status {
+        kind: "OpenAIAccess",
+        name: name.to_string(),
+        source,
+    })
+}
+
 /// Publishes an Event; failures are logged, never fatal (events are best effort).
 pub async fn publish(
     recorder: &Recorder,
