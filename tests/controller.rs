@@ -949,6 +949,8 @@ async fn two_replicas_elect_one_leader_and_make_each_write_once() {
     for (replica, port) in ports.iter().enumerate() {
         let mut config = controller_config("cluster-1");
         config.http_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        // The fence needs one attempt's time of lease left before each write.
+        config.arm_attempt_timeout = Duration::from_secs(1);
         config.leader = Some(keyless::ops::leader::LeaseConfig {
             name: "keyless".into(),
             namespace: "keyless-system".into(),
