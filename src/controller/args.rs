@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// while one does, keyless revokes nothing.
     #[arg(long, env = "KEYLESS_WATCH_FAILURE_THRESHOLD", default_value_t = 3)]
     pub watch_failure_threshold: u32,
+    /// How long a watch error keeps the view incomplete when no newer event shows the watch works
+    /// again; longer than the watcher's longest backoff (30 s).
+    #[arg(long, env = "KEYLESS_WATCH_FAILURE_TTL", value_parser = parse_duration, default_value = "60s")]
+    pub watch_failure_ttl: Duration,
     /// How often a pass waiting for the first lists looks again.
     #[arg(long, env = "KEYLESS_VIEW_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub view_poll_interval: Duration,
@@ -134,6 +138,7 @@ impl RunArgs {
                 fence: None,
             },
             view_failure_threshold: self.watch_failure_threshold,
+            view_failure_ttl: self.watch_failure_ttl,
             view_poll_interval: self.view_poll_interval,
             arm_attempt_timeout: self.azure.to_config().timeout,
             resync_interval: self.resync_interval,

@@ -54,6 +54,8 @@ pub struct ControllerConfig {
     pub assignment_count_interval: Option<Duration>,
     /// Consecutive watch errors after which a store counts as failing (a 403 at once).
     pub view_failure_threshold: u32,
+    /// How long a watch error counts; longer than the watcher's longest backoff (30 s).
+    pub view_failure_ttl: Duration,
     /// How often a pass waiting for the stores' first lists looks again.
     pub view_poll_interval: Duration,
     /// The longest one ARM write attempt may take: the lease must have this much left before each
@@ -216,7 +218,10 @@ async fn run_controllers(
     }
     let view = ViewHealth::new(
         &[ACCESS_STORE, SERVICE_ACCOUNT_STORE, NAMESPACE_STORE],
-        config.view_failure_threshold,
+        view::FailureLimits {
+            threshold: config.view_failure_threshold,
+            ttl: config.view_failure_ttl,
+        },
     );
 
     // Each store reports its health after the reflector applied the event, so "listed" is never

@@ -1,7 +1,10 @@
 //! Whether the controller's view of the cluster is complete. Each store the account reconciler
 //! reads (OpenAIAccess, ServiceAccount, Namespace) reports its watch events here; a pass runs only
 //! once every store has completed its first list, and deletes nothing while any watch is failing
-//! (a 403 at once, other errors after `failure_threshold` in a row).
+//! (a 403 at once, other errors after `failure_threshold` in a row). A watch that recovers without
+//! an event to show for it (a quiet resource) is trusted again once its last error is older than
+//! `failure_ttl`, which must exceed the watcher's longest backoff (kube's default: 30 s), so that a
+//! watch still failing always has a fresh error.
 //!
 //! A relist does not make a store incomplete: kube-runtime 5's reflector buffers a relist
 //! (`Init`, `InitApply`…) and swaps it in whole on `InitDone`, so readers see the old complete list
@@ -11,6 +14,7 @@ use crate::plan::ViewCompleteness;
 use kube::runtime::watcher;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// What a watch event says about a store's health.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,7 +24,11 @@ pub enum Signal {
     /// An object changed: the watch is working.
     Changed,
     /// The watch or list failed.
-    Failed { forbidden: bool, message: String },
+    Failed {
+        forbidden: bool,
+        message: String,
+        at: Instant,
+    },
 }
 
 impl Signal {
@@ -34,6 +42,7 @@ impl Signal {
             Err(error) => Some(Signal::Failed {
                 forbidden: is_forbidden(error),
                 message: error.to_string(),
+                at: Instant::now(),
             }),
         }
     }
@@ -57,6 +66,7 @@ pub struct StoreHealth {
     pub consecutive_failures: u32,
     pub forbidden: bool,
     pub last_error: Option<String>,
+    pub last_failure: Option<Instant>,
 }
 
 impl StoreHealth {
@@ -67,10 +77,15 @@ impl StoreHealth {
                 self.healthy();
             }
             Signal::Changed => self.healthy(),
-            Signal::Failed { forbidden, message } => {
+            Signal::Failed {
+                forbidden,
+                message,
+                at,
+            } => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 self.forbidden = forbidden;
                 self.last_error = Some(message);
+                self.last_failure = Some(at);
             }
         }
     }
@@ -79,12 +94,20 @@ impl StoreHealth {
         self.consecutive_failures = 0;
         self.forbidden = false;
         self.last_error = None;
+        self.last_failure = None;
     }
 
     /// Why this store makes the view incomplete, if it does.
-    pub fn problem(&self, kind: &str, failure_threshold: u32) -> Option<String> {
+    pub fn problem(&self, kind: &str, limits: &FailureLimits, now: Instant) -> Option<String> {
         if !self.listed {
             return Some(format!("the {kind} list has not completed"));
+        }
+        let failure_threshold = limits.threshold;
+        if self
+            .last_failure
+            .is_none_or(|at| now.saturating_duration_since(at) >= limits.ttl)
+        {
+            return None;
         }
         let error = self.last_error.as_deref().unwrap_or("an error");
         if self.forbidden {
@@ -100,21 +123,30 @@ impl StoreHealth {
     }
 }
 
+/// When a failing watch makes the view incomplete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailureLimits {
+    /// Consecutive errors (a 403 counts at once).
+    pub threshold: u32,
+    /// How long an error counts after it happened.
+    pub ttl: Duration,
+}
+
 /// The health of every store, shared by the watch streams and the reconcilers.
 #[derive(Clone, Debug)]
 pub struct ViewHealth {
     stores: Arc<Mutex<BTreeMap<&'static str, StoreHealth>>>,
-    failure_threshold: u32,
+    limits: FailureLimits,
 }
 
 impl ViewHealth {
     /// Tracks these store kinds; each is incomplete until its first list completes.
-    pub fn new(kinds: &[&'static str], failure_threshold: u32) -> Self {
+    pub fn new(kinds: &[&'static str], limits: FailureLimits) -> Self {
         ViewHealth {
             stores: Arc::new(Mutex::new(
                 kinds.iter().map(|k| (*k, StoreHealth::default())).collect(),
             )),
-            failure_threshold,
+            limits,
         }
     }
 
@@ -129,9 +161,10 @@ impl ViewHealth {
         };
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         let store = stores.entry(kind).or_default();
-        let was_problem = store.problem(kind, self.failure_threshold);
+        let now = Instant::now();
+        let was_problem = store.problem(kind, &self.limits, now);
         store.apply(signal);
-        let is_problem = store.problem(kind, self.failure_threshold);
+        let is_problem = store.problem(kind, &self.limits, now);
         if was_problem.is_none()
             && let Some(problem) = &is_problem
         {
@@ -150,7 +183,7 @@ impl ViewHealth {
         let stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         let problems: Vec<String> = stores
             .iter()
-            .filter_map(|(kind, store)| store.problem(kind, self.failure_threshold))
+            .filter_map(|(kind, store)| store.problem(kind, &self.limits, Instant::now()))
             .collect();
         if problems.is_empty() {
             ViewCompleteness::Complete
@@ -168,7 +201,16 @@ mod tests {
     use k8s_openapi::api::core::v1::Namespace;
     use kube::runtime::reflector;
 
+    const LIMITS: FailureLimits = FailureLimits {
+        threshold: 3,
+        ttl: Duration::from_secs(60),
+    };
+
     fn failed(forbidden: bool) -> Signal {
+        failed_at(forbidden, Instant::now())
+    }
+
+    fn failed_at(forbidden: bool, at: Instant) -> Signal {
         Signal::Failed {
             forbidden,
             message: if forbidden {
@@ -177,6 +219,7 @@ mod tests {
                 "connection reset"
             }
             .into(),
+            at,
         }
     }
 
@@ -224,6 +267,14 @@ mod tests {
                 incomplete: None,
             },
             Case {
+                name: "a 403 long past with no error since no longer counts",
+                signals: vec![
+                    Signal::Listed,
+                    failed_at(true, Instant::now() - Duration::from_secs(61)),
+                ],
+                incomplete: None,
+            },
+            Case {
                 name: "a failing first list stays incomplete",
                 signals: vec![failed(true), Signal::Changed],
                 incomplete: Some("list has not completed"),
@@ -234,7 +285,7 @@ mod tests {
             for signal in case.signals {
                 store.apply(signal);
             }
-            let problem = store.problem("Namespace", 3);
+            let problem = store.problem("Namespace", &LIMITS, Instant::now());
             match case.incomplete {
                 None => assert_eq!(problem, None, "{}", case.name),
                 Some(expected) => assert!(
@@ -254,18 +305,21 @@ mod tests {
                 .boxed(),
         ));
         let event: Result<watcher::Event<Namespace>, _> = Err(forbidden);
-        assert_eq!(
-            Signal::of(&event),
-            Some(Signal::Failed {
-                forbidden: true,
-                message: event.as_ref().err().map(ToString::to_string).unwrap()
-            })
+        assert!(
+            matches!(
+                Signal::of(&event),
+                Some(Signal::Failed {
+                    forbidden: true,
+                    ..
+                })
+            ),
+            "{event:?}"
         );
     }
 
     #[test]
     fn the_view_names_every_store_that_makes_it_incomplete() {
-        let view = ViewHealth::new(&["OpenAIAccess", "Namespace"], 3);
+        let view = ViewHealth::new(&["OpenAIAccess", "Namespace"], LIMITS);
         assert!(!view.listed());
         view.observe::<Namespace>("OpenAIAccess", &Ok(watcher::Event::InitDone));
         assert!(!view.listed(), "Namespace has not listed");

@@ -80,6 +80,7 @@ pub fn controller_config(instance: &str) -> ControllerConfig {
         leader: None,
         assignment_count_interval: None,
         view_failure_threshold: 3,
+        view_failure_ttl: Duration::from_secs(60),
         view_poll_interval: Duration::from_millis(100),
         // The tests' leases last 3 s with a 500 ms renewal: the fence margin must fit in between.
         arm_attempt_timeout: Duration::from_secs(1),
