@@ -152,6 +152,8 @@ check "rendered manifests and CRDs (non-default values) are valid Kubernetes $KU
 check_assertions "assertions on the default render" "$PY" .ci/chart/assert_chart.py render "$WORK/keyless.yaml" "$WORK/keyless.notes" keyless
 check_assertions "assertions on the non-default render" "$PY" .ci/chart/assert_chart.py render \
   "$WORK/platform.yaml" "$WORK/platform.notes" platform-system .ci/chart/values-full.yaml
+check_assertions "the chart README's values table states the defaults of values.yaml (resources included)" \
+  "$PY" .ci/chart/assert_chart.py readme-values "$CHART/README.md" "$CHART/values.yaml"
 check_assertions "every RBAC rule in the templates says why" "$PY" .ci/chart/assert_chart.py rule-comments "$CHART/templates"
 check_assertions "the chart README's OpenAIAccount/OpenAIAccess examples match the CRD schemas" \
   "$PY" .ci/chart/validate_examples.py "$CHART/README.md" "$CHART/crds"

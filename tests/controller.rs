@@ -520,16 +520,17 @@ async fn tightening_the_account_policy_revokes_owned_grants() {
         h.holders() == sorted(vec![BOB, SUMMARIZER])
     })
     .await;
-    let status = h
-        .get_access("team-chat", "chat")
-        .await
-        .unwrap()
-        .status
-        .unwrap();
-    assert_eq!(
-        status.principals[0].reason.as_deref(),
-        Some("NamespaceNotAllowed")
-    );
+    // The status is written after the revocation, so it is awaited rather than read once.
+    eventually("team-chat's status says why", async || {
+        h.get_access("team-chat", "chat")
+            .await
+            .and_then(|a| a.status)
+            .is_some_and(|s| {
+                s.principals.first().and_then(|p| p.reason.as_deref())
+                    == Some("NamespaceNotAllowed")
+            })
+    })
+    .await;
     h.stop_controller().await;
 }
 

@@ -8,6 +8,8 @@ Usage:
       file given to helm), so the same checks cover the default and the non-default render.
   assert_chart.py rule-comments TEMPLATES_DIR
       Every RBAC rule in the templates has a comment right above it saying why.
+  assert_chart.py readme-values README.md VALUES.yaml
+      The defaults the README's values table states are the ones values.yaml sets (resources included).
 """
 
 import os
@@ -46,6 +48,9 @@ def one(docs, kind):
     if len(found) != 1:
         raise SystemExit(f"FAIL expected exactly one {kind}, found {len(found)}")
     return found[0]
+
+
+KEYLESS_CRDS = ("openaiaccounts.keyless.dev", "openaiaccesses.keyless.dev")
 
 
 def permissions(role):
@@ -158,9 +163,10 @@ def check_render(manifest_path, notes_path, namespace, values_path):
                                                 *rule.get("verbs", []), *rule.get("nonResourceURLs", []),
                                                 *rule.get("resourceNames", [])])]
         check(f"{role['kind']} {role['metadata']['name']}: no wildcard in any rule", not wildcards, f"{wildcards}")
-        check(f"{role['kind']} {role['metadata']['name']}: no access to CustomResourceDefinitions or Secrets",
-              not any(g == "apiextensions.k8s.io" or r in ("secrets", "customresourcedefinitions")
-                      for g, r, _, _ in permissions(role)))
+        check(f"{role['kind']} {role['metadata']['name']}: no access to Secrets, and CustomResourceDefinitions only get by keyless's names",
+              not any(r == "secrets" or ((g == "apiextensions.k8s.io" or r == "customresourcedefinitions")
+                                         and (v != "get" or n not in KEYLESS_CRDS))
+                      for g, r, v, n in permissions(role)))
     controller_perms = set()
     for key in bound:
         controller_perms |= {(key[0],) + p for p in permissions(roles[key])}
@@ -169,6 +175,8 @@ def check_render(manifest_path, notes_path, namespace, values_path):
         expected |= {("ClusterRole", "keyless.dev", kind, v, "") for v in ("get", "list", "watch", "patch")}
         expected.add(("ClusterRole", "keyless.dev", f"{kind}/status", "patch", ""))
         expected.add(("ClusterRole", "keyless.dev", f"{kind}/finalizers", "update", ""))
+    # Start-up check that the installed CRDs are not older than the binary: get, by name only.
+    expected |= {("ClusterRole", "apiextensions.k8s.io", "customresourcedefinitions", "get", n) for n in KEYLESS_CRDS}
     expected |= {("ClusterRole", "", r, v, "") for r in ("serviceaccounts", "namespaces") for v in ("get", "list", "watch")}
     expected |= {("ClusterRole", "events.k8s.io", "events", v, "") for v in ("create", "patch")}
     expected.add(("ClusterRole", "nonResource", "/.well-known/openid-configuration", "get", ""))
@@ -262,11 +270,64 @@ def check_rule_comments(templates_dir):
         check(f"{name}: every rule has a comment saying why", not uncommented, f"lines {uncommented}")
 
 
+def resources_text(resources):
+    """`requests `cpu: 100m`, `memory: 192Mi`; limits `memory: 512Mi``: how the README states resources."""
+    parts = []
+    for kind in ("requests", "limits"):
+        if resources.get(kind):
+            parts.append(kind + " " + ", ".join(f"`{k}: {v}`" for k, v in resources[kind].items()))
+    return "; ".join(parts)
+
+
+def check_readme_values(readme_path, values_path):
+    with open(values_path) as f:
+        values = yaml.safe_load(f)
+    with open(readme_path) as f:
+        lines = f.read().splitlines()
+    header = lines.index("| value | default | |")
+    rows = []
+    for line in lines[header + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    check("the README has a values table", bool(rows))
+
+    def lookup(path):
+        node = values
+        for key in path.split("."):
+            if not isinstance(node, dict) or key not in node:
+                return KeyError
+            node = node[key]
+        return node
+
+    for key_cell, default_cell, *_ in rows:
+        keys = re.findall(r"`([^`]+)`", key_cell)
+        if keys == ["resources"]:
+            expected = resources_text(values["resources"])
+            check("README: resources match values.yaml", default_cell == expected,
+                  f"README says {default_cell!r}, values.yaml means {expected!r}")
+            continue
+        defaults = [d.strip() for d in default_cell.split(" / ")]
+        if len(defaults) != len(keys):
+            check(f"README: {key_cell} states one default per value", False, default_cell)
+            continue
+        for key, default in zip(keys, defaults):
+            actual = lookup(key)
+            check(f"README: {key} is a value in values.yaml", actual is not KeyError)
+            stated = default.strip("`")
+            if actual is KeyError or stated.startswith("<"):
+                continue  # a computed default, described rather than stated
+            check(f"README: {key} defaults to {stated}", yaml.safe_load(stated) == actual,
+                  f"values.yaml has {actual!r}")
+
+
 def main():
     if len(sys.argv) >= 5 and sys.argv[1] == "render":
         check_render(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else None)
     elif len(sys.argv) == 3 and sys.argv[1] == "rule-comments":
         check_rule_comments(sys.argv[2])
+    elif len(sys.argv) == 4 and sys.argv[1] == "readme-values":
+        check_readme_values(sys.argv[2], sys.argv[3])
     else:
         print(__doc__, file=sys.stderr)
         return 2

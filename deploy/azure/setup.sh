@@ -10,9 +10,11 @@ declare -A ROLE_GUIDS=(
   [OpenAIUser]=5e0bd9bd-7b93-4f28-af87-19fc36ad61bd
   [OpenAIContributor]=a001fd3d-188f-4b5d-821b-7da978bf7442
   [CognitiveServicesUser]=a97b65f3-24c7-4388-baec-2e87135dc908
+  [FoundryUser]=53ca6127-db72-4b80-b1b0-d745d6d5456d
+  # Foundry User's name before Azure renamed it ("Azure AI User"): an alias, the same role.
   [AzureAIUser]=53ca6127-db72-4b80-b1b0-d745d6d5456d
 )
-ALL_ROLES=OpenAIUser,OpenAIContributor,CognitiveServicesUser,AzureAIUser
+ALL_ROLES=OpenAIUser,OpenAIContributor,CognitiveServicesUser,FoundryUser
 # Role Based Access Control Administrator: roleAssignments write/delete and */read, and nothing else.
 # The ABAC condition below narrows write/delete to the roles keyless may grant.
 RBAC_ADMINISTRATOR=f58310d9-a9f6-439a-9e8d-f62e7b41a168
@@ -48,13 +50,17 @@ Options:
                              /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.CognitiveServices/accounts/<name>
                              (repeatable; re-run with more accounts later)
   --roles LIST               roles keyless may grant, comma-separated (default: all of
-                             OpenAIUser,OpenAIContributor,CognitiveServicesUser,AzureAIUser). Narrow it to
-                             what your OpenAIAccounts allow, e.g. --roles OpenAIUser.
+                             OpenAIUser,OpenAIContributor,CognitiveServicesUser,FoundryUser; AzureAIUser
+                             is accepted as Foundry User's old name). Narrow it to what your
+                             OpenAIAccounts allow, e.g. --roles OpenAIUser.
   --identity-name NAME       operator identity name (default: keyless)
   --identity-resource-group RG
                              resource group for the identity (default: --resource-group)
   --location LOCATION        identity location (default: the cluster's)
-  --namespace NS             namespace of the Helm release (default: keyless)
+  --namespace NS             namespace of the Helm release (default: keyless-system); the printed
+                             helm install line uses it
+  --image REPOSITORY         the keyless image you built and pushed (e.g. myregistry.azurecr.io/keyless),
+                             for the printed helm install line
   --service-account NAME     the chart's ServiceAccount (default: keyless; the release's full name)
   --credential-name NAME     federated credential name (default: keyless-<cluster>)
   --identity-scope SCOPE     a subscription (/subscriptions/<id>) holding the workload identities that
@@ -90,8 +96,8 @@ die() {
 log() { echo "==> $*" >&2; }
 
 resource_group="" cluster="" identity_name=keyless identity_resource_group="" location=""
-namespace=keyless service_account=keyless credential_name="" roles=$ALL_ROLES
-identity_reader_role="" dry_run=false print_condition=false
+namespace=keyless-system service_account=keyless credential_name="" roles=$ALL_ROLES
+identity_reader_role="" dry_run=false print_condition=false image=""
 accounts=() identity_scopes=() graph_permissions=()
 
 while [[ $# -gt 0 ]]; do
@@ -104,6 +110,7 @@ while [[ $# -gt 0 ]]; do
     --identity-resource-group) identity_resource_group=${2:?--identity-resource-group needs a value}; shift 2 ;;
     --location) location=${2:?--location needs a value}; shift 2 ;;
     --namespace) namespace=${2:?--namespace needs a value}; shift 2 ;;
+    --image) image=${2:?--image needs a value}; shift 2 ;;
     --service-account) service_account=${2:?--service-account needs a value}; shift 2 ;;
     --credential-name) credential_name=${2:?--credential-name needs a value}; shift 2 ;;
     --identity-scope) identity_scopes+=("${2:?--identity-scope needs a value}"); shift 2 ;;
@@ -125,8 +132,9 @@ delegation_condition() {
   local -a names
   IFS=, read -r -a names <<<"$roles"
   for role in "${names[@]}"; do
-    [[ -n ${ROLE_GUIDS[$role]:-} ]] || die "unknown role '$role' (known: $ALL_ROLES)"
-    guids+="${guids:+, }${ROLE_GUIDS[$role]}"
+    [[ -n ${ROLE_GUIDS[$role]:-} ]] || die "unknown role '$role' (known: $ALL_ROLES, and AzureAIUser)"
+    # An alias and its role are one GUID: list it once.
+    [[ ", $guids, " == *", ${ROLE_GUIDS[$role]}, "* ]] || guids+="${guids:+, }${ROLE_GUIDS[$role]}"
   done
   [[ -n $guids ]] || die "--roles is empty"
   printf '%s' "((!(ActionMatches{'Microsoft.Authorization/roleAssignments/write'})) OR (@Request[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {$guids})) AND ((!(ActionMatches{'Microsoft.Authorization/roleAssignments/delete'})) OR (@Resource[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {$guids}))"
@@ -309,6 +317,18 @@ if [[ ${#graph_permissions[@]} -gt 0 ]]; then
 fi
 
 # ------------------------------------------------------------------------------------------ summary
+# The exact `helm install` for what was set up here: the same namespace and ServiceAccount as the
+# federated credential's subject, so the operator's token exchange cannot fail on a mismatch.
+helm_install_line() {
+  local line="helm install keyless charts/keyless --namespace $namespace --create-namespace"
+  line+=" --set azure.clientId=$client_id --set azure.tenantId=$tenant_id --set controller.instanceId=$cluster"
+  if [[ $service_account != keyless ]]; then
+    line+=" --set serviceAccount.name=$service_account"
+  fi
+  line+=" --set image.repository=${image:-<your registry>/keyless}"
+  printf '%s' "$line"
+}
+
 cat <<EOF
 
 keyless's Azure side is ready$($dry_run && echo " (dry run: nothing was changed)").
@@ -316,11 +336,6 @@ keyless's Azure side is ready$($dry_run && echo " (dry run: nothing was changed)
   federated credential: $subject from $issuer
   delegated roles:      $roles on ${#accounts[@]} account(s)
 
-Install the chart with:
-  helm install keyless charts/keyless --namespace $namespace --create-namespace \\
-    --set azure.clientId=$client_id --set azure.tenantId=$tenant_id \\
-    --set controller.instanceId=$cluster
+Install the chart with (the namespace and ServiceAccount the federated credential trusts):
+  $(helm_install_line)
 EOF
-if [[ $service_account != keyless ]]; then
-  echo "    --set serviceAccount.name=$service_account"
-fi

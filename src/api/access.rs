@@ -57,6 +57,9 @@ pub struct OpenAIAccessSpec {
     pub account_ref: AccountRef,
 
     /// The role to grant. Must be one of the account's allowedRoles. Defaults to OpenAIUser.
+    /// OpenAIUser (Cognitive Services OpenAI User), OpenAIContributor (Cognitive Services OpenAI
+    /// Contributor), CognitiveServicesUser (Cognitive Services User) or FoundryUser (Foundry User;
+    /// AzureAIUser, its name before Azure's rename, means the same role).
     #[serde(default = "default_role")]
     pub role: RoleName,
 
@@ -288,6 +291,10 @@ pub struct OpenAIAccessStatus {
     /// The account scope the grants are made at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The role granted, by its current display name in Azure, e.g. "Cognitive Services OpenAI
+    /// User" or "Foundry User".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_display_name: Option<String>,
     /// One entry per principal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<PrincipalStatus>,

@@ -65,8 +65,10 @@ pub struct OpenAIAccountSpec {
     pub allowed_namespaces: Option<AllowedNamespaces>,
 
     /// The roles an OpenAIAccess may request on this account. Defaults to [OpenAIUser].
+    /// AzureAIUser is the name Foundry User had before Azure renamed it: allowing either allows both.
     #[serde(default = "default_allowed_roles")]
-    #[schemars(length(min = 1, max = 4))]
+    // Room for every name, aliases included (RoleName::manifest_names).
+    #[schemars(length(min = 1, max = 5))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
     pub allowed_roles: Vec<RoleName>,
 

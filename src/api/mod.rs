@@ -5,6 +5,7 @@
 pub mod access;
 pub mod account;
 pub mod common;
+pub mod crd_compat;
 pub mod roles;
 pub mod validation;
 

@@ -2,13 +2,13 @@
 //! (../shared/azure-facts.md §F.1). Role definitions are always compared by GUID: display names change
 //! ("Azure AI User" became "Foundry User" with the same GUID).
 
-use schemars::JsonSchema;
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 /// A role keyless can grant on an Azure OpenAI / AI Services account.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum RoleName {
     /// Cognitive Services OpenAI User: call deployments (chat, completions, embeddings, images).
     OpenAIUser,
@@ -16,8 +16,13 @@ pub enum RoleName {
     OpenAIContributor,
     /// Cognitive Services User: data-plane access to every Cognitive Services API on the account.
     CognitiveServicesUser,
-    /// Azure AI User (now "Foundry User"): data-plane access to AI Foundry resources.
-    AzureAIUser,
+    /// Foundry User (formerly "Azure AI User"): data-plane access to Foundry resources.
+    /// `AzureAIUser`, the name before Azure's rename, is accepted as an alias for the same role.
+    // The alias is folded into this variant when a manifest is read, so `AzureAIUser` and
+    // `FoundryUser` are one grant identity and an account allowing one allows the other. The
+    // schema lists both names (see `JsonSchema` below) so objects written before the rename stay valid.
+    #[serde(alias = "AzureAIUser")]
+    FoundryUser,
 }
 
 impl RoleName {
@@ -25,8 +30,11 @@ impl RoleName {
         RoleName::OpenAIUser,
         RoleName::OpenAIContributor,
         RoleName::CognitiveServicesUser,
-        RoleName::AzureAIUser,
+        RoleName::FoundryUser,
     ];
+
+    /// Names accepted in manifests for a role that Azure renamed: (old name, the role).
+    pub const ALIASES: [(&'static str, RoleName); 1] = [("AzureAIUser", RoleName::FoundryUser)];
 
     /// The built-in role definition GUID, lower case.
     pub const fn definition_guid(self) -> &'static str {
@@ -34,7 +42,7 @@ impl RoleName {
             RoleName::OpenAIUser => "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd",
             RoleName::OpenAIContributor => "a001fd3d-188f-4b5d-821b-7da978bf7442",
             RoleName::CognitiveServicesUser => "a97b65f3-24c7-4388-baec-2e87135dc908",
-            RoleName::AzureAIUser => "53ca6127-db72-4b80-b1b0-d745d6d5456d",
+            RoleName::FoundryUser => "53ca6127-db72-4b80-b1b0-d745d6d5456d",
         }
     }
 
@@ -44,7 +52,7 @@ impl RoleName {
             RoleName::OpenAIUser => "Cognitive Services OpenAI User",
             RoleName::OpenAIContributor => "Cognitive Services OpenAI Contributor",
             RoleName::CognitiveServicesUser => "Cognitive Services User",
-            RoleName::AzureAIUser => "Azure AI User",
+            RoleName::FoundryUser => "Foundry User",
         }
     }
 
@@ -54,8 +62,21 @@ impl RoleName {
             RoleName::OpenAIUser => "OpenAIUser",
             RoleName::OpenAIContributor => "OpenAIContributor",
             RoleName::CognitiveServicesUser => "CognitiveServicesUser",
-            RoleName::AzureAIUser => "AzureAIUser",
+            RoleName::FoundryUser => "FoundryUser",
         }
+    }
+
+    /// The role a manifest names, by its current name or an alias from before an Azure rename.
+    pub fn from_manifest_name(name: &str) -> Option<RoleName> {
+        RoleName::ALL
+            .into_iter()
+            .find(|role| role.as_str() == name)
+            .or_else(|| {
+                RoleName::ALIASES
+                    .into_iter()
+                    .find(|(alias, _)| *alias == name)
+                    .map(|(_, role)| role)
+            })
     }
 
     /// The role whose definition id ends with this GUID (either id form ARM returns:
@@ -79,6 +100,38 @@ impl RoleName {
 impl std::fmt::Display for RoleName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+// Written by hand because schemars' derive leaves `#[serde(alias)]` names out of the enum: the
+// schema must accept every name `Deserialize` accepts, or the apiserver rejects (and an old CRD
+// silently keeps) objects written with a pre-rename name.
+impl JsonSchema for RoleName {
+    fn schema_name() -> Cow<'static, str> {
+        "RoleName".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A role keyless can grant on an Azure OpenAI / AI Services account.",
+            "type": "string",
+            "enum": RoleName::manifest_names(),
+        })
+    }
+}
+
+impl RoleName {
+    /// Every name a manifest may use: the current names, then the aliases.
+    pub fn manifest_names() -> Vec<&'static str> {
+        RoleName::ALL
+            .into_iter()
+            .map(RoleName::as_str)
+            .chain(RoleName::ALIASES.into_iter().map(|(alias, _)| alias))
+            .collect()
     }
 }
 
@@ -122,6 +175,69 @@ mod tests {
             RoleName::from_definition_id("/providers/x/roleDefinitions/nope"),
             None
         );
+    }
+
+    #[test]
+    fn foundry_user_and_its_old_name_azure_ai_user_are_one_role() {
+        // (name in a manifest, the role it means, Azure's current display name)
+        let table = [
+            (
+                "OpenAIUser",
+                RoleName::OpenAIUser,
+                "Cognitive Services OpenAI User",
+            ),
+            (
+                "OpenAIContributor",
+                RoleName::OpenAIContributor,
+                "Cognitive Services OpenAI Contributor",
+            ),
+            (
+                "CognitiveServicesUser",
+                RoleName::CognitiveServicesUser,
+                "Cognitive Services User",
+            ),
+            ("FoundryUser", RoleName::FoundryUser, "Foundry User"),
+            ("AzureAIUser", RoleName::FoundryUser, "Foundry User"),
+        ];
+        for (name, role, display) in table {
+            let parsed: RoleName = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(parsed, role, "{name}");
+            assert_eq!(RoleName::from_manifest_name(name), Some(role), "{name}");
+            assert_eq!(parsed.display_name(), display, "{name}");
+        }
+        assert_eq!(RoleName::from_manifest_name("Owner"), None);
+        assert_eq!(
+            RoleName::FoundryUser.definition_guid(),
+            "53ca6127-db72-4b80-b1b0-d745d6d5456d"
+        );
+    }
+
+    #[test]
+    fn roles_are_written_back_under_their_current_name() {
+        let old: RoleName = serde_json::from_value(serde_json::json!("AzureAIUser")).unwrap();
+        assert_eq!(serde_json::to_value(old).unwrap(), "FoundryUser");
+    }
+
+    #[test]
+    fn the_schema_accepts_every_name_deserialize_accepts() {
+        let schema = schemars::schema_for!(RoleName);
+        let names = schema.get("enum").cloned().unwrap_or_default();
+        assert_eq!(
+            names,
+            serde_json::json!([
+                "OpenAIUser",
+                "OpenAIContributor",
+                "CognitiveServicesUser",
+                "FoundryUser",
+                "AzureAIUser"
+            ])
+        );
+        for name in names.as_array().unwrap() {
+            assert!(
+                serde_json::from_value::<RoleName>(name.clone()).is_ok(),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -204,6 +204,25 @@ fn an_unknown_role_is_rejected() {
 }
 
 #[test]
+fn foundry_user_and_its_old_name_are_both_valid_roles() {
+    for role in ["FoundryUser", "AzureAIUser"] {
+        let object = access(
+            json!({"accountRef": {"name": "prod"}, "role": role, "principals": [{"serviceAccount": "a"}]}),
+        );
+        assert!(check_access(&object, None).is_ok(), "{role}");
+        let object = account(json!({"resourceId": RESOURCE_ID, "allowedRoles": [role]}));
+        assert!(check_account(&object, None).is_ok(), "{role}");
+    }
+}
+
+#[test]
+fn an_account_may_list_every_role_name_including_the_alias() {
+    let object = account(json!({"resourceId": RESOURCE_ID,
+        "allowedRoles": ["OpenAIUser", "OpenAIContributor", "CognitiveServicesUser", "FoundryUser", "AzureAIUser"]}));
+    assert!(check_account(&object, None).is_ok());
+}
+
+#[test]
 fn account_ref_is_immutable() {
     let old = check_access(&access_with(json!({"serviceAccount": "a"})), None).unwrap();
     let mut new = old.clone();

@@ -12,6 +12,7 @@ pub mod reconcile;
 pub mod view;
 
 use crate::api::OpenAIAccount;
+use crate::api::crd_compat::missing_in_installed;
 use crate::azure::AzureClients;
 use crate::engine::EngineConfig;
 use crate::ops::health::{self, Readiness};
@@ -22,6 +23,7 @@ use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Config as ControllerRuntimeConfig;
 use kube::runtime::events::{Recorder, Reporter};
@@ -87,6 +89,18 @@ pub enum RunError {
         "the keyless CRDs are not installed (or not readable): install them with `keyless crd | kubectl apply -f -` or the Helm chart"
     )]
     CrdsMissing(#[source] kube::Error),
+    #[error(
+        "the installed keyless CRDs are older than this keyless: {gaps}. To start, {UPGRADE_CRDS}"
+    )]
+    CrdsOutdated { gaps: String },
+    #[error(
+        "read the CustomResourceDefinition {name} (keyless needs get on it, which the chart grants by name)"
+    )]
+    ReadCrd {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("connect to the Kubernetes API (in-cluster config or KUBECONFIG)")]
     Connect(#[source] kube::Error),
     #[error("set up the Azure clients")]
@@ -97,8 +111,34 @@ pub enum RunError {
     Leader(#[source] crate::ops::leader::LeaderError),
 }
 
-/// Checks that the CRDs are served before starting, so a missing install is one clear error.
+/// How to upgrade the CRDs; Helm will not (it installs `crds/` on the first install only).
+pub const UPGRADE_CRDS: &str = "upgrade them with `keyless crd | kubectl apply -f -` (Helm installs charts/keyless/crds/ on the first install only and never upgrades them)";
+
+/// Checks before starting that the CRDs are installed, carry every field and enum value this
+/// binary reads and writes (an older CRD would silently drop them), and are served.
 pub async fn check_crds(client: &Client) -> Result<(), RunError> {
+    let definitions: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut outdated = Vec::new();
+    for required in crate::api::crds() {
+        let name = required.metadata.name.clone().unwrap_or_default();
+        let installed = match definitions.get(&name).await {
+            Ok(installed) => installed,
+            Err(kube::Error::Api(response)) if response.code == 404 => {
+                return Err(RunError::CrdsMissing(kube::Error::Api(response)));
+            }
+            Err(source) => return Err(RunError::ReadCrd { name, source }),
+        };
+        let gaps = missing_in_installed(&required, &installed);
+        if !gaps.is_empty() {
+            let gaps = gaps.iter().map(ToString::to_string).collect::<Vec<_>>();
+            outdated.push(format!("{name} lacks {}", gaps.join(", ")));
+        }
+    }
+    if !outdated.is_empty() {
+        return Err(RunError::CrdsOutdated {
+            gaps: outdated.join("; "),
+        });
+    }
     let accounts: Api<OpenAIAccount> = Api::all(client.clone());
     accounts
         .list(&kube::api::ListParams::default().limit(1))

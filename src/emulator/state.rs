@@ -390,8 +390,8 @@ pub fn builtin_role_definitions() -> Vec<RoleDefinition> {
             &["Microsoft.CognitiveServices/*"],
         ),
         builtin(
-            RoleName::AzureAIUser.definition_guid(),
-            "Foundry User",
+            RoleName::FoundryUser.definition_guid(),
+            RoleName::FoundryUser.display_name(),
             "Grants reader access to AI projects, reader access to AI accounts, and data actions for an AI project.",
             &[
                 "Microsoft.CognitiveServices/*/read",

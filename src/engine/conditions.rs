@@ -57,6 +57,8 @@ pub(crate) fn access_status(
         conditions,
         summary: Some(summary(&principals)),
         scope: Some(scope.to_string()),
+        // Set by the engine, which knows the spec.
+        role_display_name: None,
         principals,
     }
 }

@@ -489,7 +489,7 @@ pub async fn run_pass(
             Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
         };
         let previous = source_access.previous.as_ref();
-        let status = conditions::access_status(
+        let mut status = conditions::access_status(
             access_plan.generation,
             &scope,
             principals,
@@ -498,6 +498,8 @@ pub async fn run_pass(
             config,
             now,
         );
+        // Azure's current name for the role, whichever name (current or pre-rename alias) the spec used.
+        status.role_display_name = Some(source_access.spec.role.display_name().to_string());
         for principal in status
             .principals
             .iter()

@@ -164,6 +164,7 @@ pub async fn converge(
                 principal: String::new(),
                 object_id: None,
                 role: access.object.spec.role.as_str().to_string(),
+                role_display_name: access.object.spec.role.display_name().to_string(),
                 action: Action::Failed,
                 state: Some(crate::api::GrantState::Failed),
                 reason: reasons::ACCOUNT_NOT_FOUND.into(),

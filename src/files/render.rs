@@ -82,7 +82,11 @@ pub struct GrantRow {
     pub principal: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object_id: Option<String>,
+    /// The role as a manifest names it (`FoundryUser`), or the role definition id of a role outside
+    /// keyless's table.
     pub role: String,
+    /// The role's current display name in Azure (`Foundry User`); the table shows this one.
+    pub role_display_name: String,
     pub action: Action,
     /// The principal's state after the run (`Denied` also when its grant was just revoked).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -240,10 +244,12 @@ impl Report {
     }
 }
 
-fn role_of(definition_id: &str) -> String {
+/// (manifest name, display name) of the role a definition id names; the id itself for both when
+/// the role is not in keyless's table.
+fn role_of(definition_id: &str) -> (String, String) {
     RoleName::from_definition_id(definition_id)
-        .map(|r| r.as_str().to_string())
-        .unwrap_or_else(|| definition_id.to_string())
+        .map(|r| (r.as_str().to_string(), r.display_name().to_string()))
+        .unwrap_or_else(|| (definition_id.to_string(), definition_id.to_string()))
 }
 
 fn write_action(write: &Write, result: Option<&WriteResult>, mode: Mode) -> Action {
@@ -355,6 +361,7 @@ pub fn account_report(source: &ScopeSource, outcome: &PassOutcome, mode: Mode) -
                 principal: principal.principal.clone(),
                 object_id: principal.object_id.clone(),
                 role: role.as_str().to_string(),
+                role_display_name: role.display_name().to_string(),
                 action,
                 state: principal.state,
                 reason: principal.reason.clone().unwrap_or_default(),
@@ -379,7 +386,10 @@ pub fn account_report(source: &ScopeSource, outcome: &PassOutcome, mode: Mode) -
             Write::Create { assignment, .. } | Write::Release { assignment, .. } => (
                 assignment.principal_id.clone(),
                 Some(assignment.principal_type.as_str().to_string()),
-                assignment.role.as_str().to_string(),
+                (
+                    assignment.role.as_str().to_string(),
+                    assignment.role.display_name().to_string(),
+                ),
                 String::new(),
             ),
         };
@@ -404,7 +414,8 @@ pub fn account_report(source: &ScopeSource, outcome: &PassOutcome, mode: Mode) -
             object: "-".into(),
             principal: format!("objectId:{principal_id}{principal_type}"),
             object_id: Some(principal_id.to_ascii_lowercase()),
-            role,
+            role: role.0,
+            role_display_name: role.1,
             action,
             state: None,
             reason,
@@ -464,7 +475,7 @@ pub fn table(report: &Report, out: &mut dyn std::io::Write) -> std::io::Result<(
                 r.object.clone(),
                 short_principal(&r.principal),
                 r.object_id.clone().unwrap_or_else(|| "-".into()),
-                r.role.clone(),
+                r.role_display_name.clone(),
                 r.action.as_str().to_string(),
                 r.reason.clone(),
             ]

@@ -76,7 +76,8 @@ pub fn check(
         return Err(Denial {
             reason: reasons::ROLE_NOT_ALLOWED,
             message: format!(
-                "role {role} is not in OpenAIAccount {account_name}'s allowedRoles ({}): request one of those",
+                "role {role} ({}) is not in OpenAIAccount {account_name}'s allowedRoles ({}): request one of those",
+                role.display_name(),
                 join(&account.allowed_roles)
             ),
         });
@@ -203,6 +204,36 @@ mod tests {
             match_labels: None,
         };
         assert!(!selector_matches(&selector, &BTreeMap::new()));
+    }
+
+    #[test]
+    fn an_account_allowing_foundry_user_under_either_name_allows_both_names() {
+        let parse = |name: &str| -> RoleName { serde_json::from_value(name.into()).unwrap() };
+        // (the account's allowedRoles as written, the access's role as written, allowed)
+        let cases = [
+            ("FoundryUser", "FoundryUser", true),
+            ("FoundryUser", "AzureAIUser", true),
+            ("AzureAIUser", "FoundryUser", true),
+            ("AzureAIUser", "AzureAIUser", true),
+            ("AzureAIUser", "OpenAIUser", false),
+            ("OpenAIUser", "AzureAIUser", false),
+        ];
+        for (allowed, requested, expected) in cases {
+            let mut spec = account(Some(AllowedNamespaces {
+                names: vec!["team-a".into()],
+                selector: None,
+            }));
+            spec.allowed_roles = vec![parse(allowed)];
+            let result = check(
+                "prod",
+                &spec,
+                "team-a",
+                &NamespaceLabels::new(),
+                parse(requested),
+                PrincipalKind::WorkloadIdentity,
+            );
+            assert_eq!(result.is_ok(), expected, "{allowed} allows {requested}");
+        }
     }
 
     #[test]
