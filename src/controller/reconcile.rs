@@ -408,10 +408,58 @@ async fn reconcile_account_pass(
         .await;
     }
 
-    // What a finalizer of an object being deleted waits for, once per change of reason.
-    for (object, _) in &waiting_finalizers {
-        if let Some((hold, _)) = &outcome.held {
-            tracing::info!(object = %object.name_any(), reason = hold.reason(), "finalizer waits: {}", hold.message(&name));
+    // An object being deleted says what its finalizer waits for (written only when that changes).
+    for (object, result) in &waiting_finalizers {
+        let blocked = outcome.plan.as_ref().and_then(|plan| {
+            plan.accesses
+                .iter()
+                .find(|a| a.key == result.key)
+                .and_then(|a| match &a.cleanup {
+                    crate::plan::Cleanup::Blocked(why) => Some(why.clone()),
+                    _ => None,
+                })
+        });
+        let waits_for = match (&outcome.held, blocked, &outcome.read_error) {
+            (Some((hold, _)), _, _) => hold.message(&name),
+            (None, Some(why), _) => why,
+            (None, None, Some(error)) => format!("the account could not be read: {error}"),
+            (None, None, None) => "its revocations, retried at the next pass".to_string(),
+        };
+        let mut status = result.status.clone();
+        let message = format!(
+            "being deleted: the finalizer {CLEANUP_FINALIZER} stays until keyless has revoked its grants; waiting for {waits_for}"
+        );
+        let previous = object
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        status
+            .conditions
+            .retain(|c| c.type_ != condition_types::READY);
+        status.conditions.insert(
+            0,
+            condition(
+                condition_types::READY,
+                (false, "Terminating", message),
+                object.metadata.generation,
+                previous,
+                now,
+            ),
+        );
+        let namespaced: Api<OpenAIAccess> =
+            Api::namespaced(ctx.client.clone(), &result.key.namespace);
+        fence(&ctx)?;
+        if let Err(error) = apply_access_status(
+            &namespaced,
+            &result.key.name,
+            object.status.as_ref(),
+            &status,
+        )
+        .await
+        {
+            tracing::warn!(object = %result.key, %error, "could not write the status");
+            ctx.metrics.object_write_failed("status");
         }
     }
     let status = account_status(account, &scope, &outcome, now);
