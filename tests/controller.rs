@@ -1717,18 +1717,21 @@ async fn removing_most_objects_at_once_holds_every_revocation_until_a_person_con
         h.has_event("OpenAIAccount", "prod", "RevocationsBlocked")
             .await
     );
-    eventually("a deleted object says what its finalizer waits for", async || {
-        h.get_access("team-chat", "app-0")
-            .await
-            .and_then(|a| a.status)
-            .is_some_and(|s| {
-                s.conditions.iter().any(|c| {
-                    c.type_ == condition_types::READY
-                        && c.reason == "Terminating"
-                        && c.message.contains("keyless.dev/confirm-revocations")
+    eventually(
+        "a deleted object says what its finalizer waits for",
+        async || {
+            h.get_access("team-chat", "app-0")
+                .await
+                .and_then(|a| a.status)
+                .is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == condition_types::READY
+                            && c.reason == "Terminating"
+                            && c.message.contains("keyless.dev/confirm-revocations")
+                    })
                 })
-            })
-    })
+        },
+    )
     .await;
 
     h.modify_account("prod", |a| {
