@@ -336,6 +336,30 @@ pub async fn run_pass(
             None => first_hold = Some((hold.clone(), 1)),
         }
     }
+    // The planner itself deletes nothing from an incomplete view and nothing a malformed object
+    // protects; it cannot say how many deletes that held. Planning the same pass as if the view
+    // were whole (pure, no IO) counts them, so a held revocation is visible in status and metrics.
+    if first_hold.is_none() {
+        let view_held = deletes_held_by_the_view(&plan, source, |view, malformed| {
+            crate::plan::plan(&PlanInput {
+                scope: &scope,
+                account: &account,
+                accesses: &accesses,
+                namespaces: &source.namespaces,
+                observation: &observation,
+                instance: &config.instance,
+                now,
+                max_deletes: config.max_deletes_per_pass,
+                replication_deadline: config.replication_deadline,
+                propagation_grace: config.propagation_grace,
+                view,
+                malformed,
+            })
+        });
+        if let Some(held) = view_held {
+            first_hold = Some(held);
+        }
+    }
 
     // Apply, one write at a time: writes on a scope are never concurrent.
     let mut failed_creates_of: BTreeSet<ObjectKey> = BTreeSet::new();
@@ -634,6 +658,40 @@ fn audit(account: &str, write: &Write) {
 }
 
 /// The deletes of a plan the brake, the view or a malformed object holds back, by write index.
+/// How many deletes the view (incomplete, or a malformed object's protection) held this pass,
+/// found by planning again as if the view were whole; `None` when it held none.
+fn deletes_held_by_the_view(
+    plan: &Plan,
+    source: &ScopeSource,
+    replan: impl Fn(&ViewCompleteness, &[MalformedObject]) -> Plan,
+) -> Option<(brake::Hold, usize)> {
+    if matches!(source.view, ViewCompleteness::Complete) && source.malformed.is_empty() {
+        return None;
+    }
+    let deletes = |p: &Plan| {
+        p.writes
+            .iter()
+            .filter(|w| matches!(w, Write::Delete { .. }))
+            .count()
+    };
+    let whole = replan(&ViewCompleteness::Complete, &[]);
+    let held = deletes(&whole).saturating_sub(deletes(plan));
+    if held == 0 {
+        return None;
+    }
+    let why = match &source.view {
+        ViewCompleteness::Incomplete { reason } => reason.clone(),
+        ViewCompleteness::Complete => {
+            let names: Vec<String> = source.malformed.iter().map(|m| m.key.to_string()).collect();
+            format!(
+                "OpenAIAccess {} cannot be read and may name these principals",
+                names.join(", ")
+            )
+        }
+    };
+    Some((brake::Hold::ViewIncomplete(why), held))
+}
+
 fn delete_holds(
     source: &ScopeSource,
     plan: &Plan,
