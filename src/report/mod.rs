@@ -1,0 +1,15 @@
+//! The access report: who can call an account and why, from the one `atScope()` LIST keyless
+//! already makes per account.
+//!
+//! - [`origins`]: the pure classification (no IO): origin of each assignment, data-plane access
+//!   and key reading from role definitions, and the capped summary the account status carries.
+//!
+//! What it does not show: group members are not expanded (a group is one row), and assignments at
+//! scopes *below* the account (for example Foundry projects) are not listed by `atScope()`.
+
+pub mod origins;
+
+pub use origins::{
+    ClassifiedGrant, ClassifyInput, Declarations, Origin, Permission, RoleDefinition, Summary,
+    classify, summarize,
+};
