@@ -1,12 +1,15 @@
 //! The access report: who can call an account and why, from the one `atScope()` LIST keyless
 //! already makes per account.
 //!
+//! - [`gather`]: the reads the report needs (role definitions, cached) and the account status it
+//!   yields.
 //! - [`origins`]: the pure classification (no IO): origin of each assignment, data-plane access
 //!   and key reading from role definitions, and the capped summary the account status carries.
 //!
 //! What it does not show: group members are not expanded (a group is one row), and assignments at
 //! scopes *below* the account (for example Foundry projects) are not listed by `atScope()`.
 
+pub mod gather;
 pub mod origins;
 
 pub use origins::{
