@@ -693,7 +693,10 @@ fn put_assignment(
             );
         }
     };
-    let stamp = jiff::Timestamp::now();
+    let skew = shared.lock_faults().faults.clock_skew_seconds;
+    let stamp = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(skew))
+        .unwrap_or_else(|_| jiff::Timestamp::now());
     if let Some(existing) = existing {
         // Same name, scope, principal and role: only description and condition can change (200).
         let caller = request.caller.claims.oid.clone();

@@ -104,7 +104,8 @@ impl Default for Throttling {
 }
 
 /// Faults applied to ARM and Graph requests (never to the admin API; the token endpoint has its
-/// own outage). Rates are probabilities in 0..=1, checked in this order: reset, 429, 500, 503.
+/// own outage). Rates are probabilities in 0..=1, checked in this order: reset, 429, 500, 503, cut
+/// body, stall.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Faults {
@@ -120,6 +121,21 @@ pub struct Faults {
     pub retry_after: Duration,
     /// Only requests whose operation name is listed get faults; empty = every operation.
     pub operations: Vec<String>,
+    /// Share of ARM and Graph requests that are carried out, then answered with a body cut in the
+    /// middle (the full `Content-Length` is announced, half the bytes are sent, the connection is
+    /// closed): the client cannot know whether its write happened.
+    pub cut_body_rate: f64,
+    /// Share of ARM and Graph requests that are carried out, then answered only after [`stall`]
+    /// (a client with a shorter timeout gives up on a write that happened).
+    ///
+    /// [`stall`]: Faults::stall
+    pub stall_rate: f64,
+    /// How long a stalled response is held back.
+    #[serde(with = "millis")]
+    pub stall: Duration,
+    /// Added to the `createdOn`/`updatedOn` of role assignments written through ARM, in seconds
+    /// (negative: ARM's clock is behind keyless's): clock skew between keyless and ARM.
+    pub clock_skew_seconds: i64,
 }
 
 /// One injected failure, consumed by the next matching request.
@@ -150,6 +166,10 @@ pub enum FaultKind {
     Unavailable,
     /// The connection is dropped without a response.
     ConnectionReset,
+    /// The request is carried out, and its response cut mid-body.
+    CutBody,
+    /// The request is carried out, and its response held back for `Faults::stall`.
+    Stall,
 }
 
 /// How the token endpoint fails during an outage.

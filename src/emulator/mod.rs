@@ -17,6 +17,7 @@ pub mod authz;
 pub mod config;
 pub mod graph;
 pub mod http;
+pub mod journal;
 pub mod odata;
 pub mod seed;
 pub mod server;
@@ -302,6 +303,11 @@ impl EmulatorHandle {
             .filter(|((op, _), _)| op == operation)
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Every role assignment write made through ARM so far, in order (see [`journal`]).
+    pub fn assignment_writes(&self) -> Vec<journal::AssignmentWrite> {
+        self.shared.journal()
     }
 
     pub fn reset_request_counts(&self) {

@@ -6,6 +6,7 @@ use crate::emulator::config::{
     Bucket, EmulatorConfig, FaultKind, Faults, OutageKind, ScriptedFault, Throttling,
 };
 use crate::emulator::http::{Reply, arm_error, parse_query};
+use crate::emulator::journal::{self, AssignmentWrite};
 use crate::emulator::state::{World, subscription_of};
 use crate::emulator::token::{
     AccessClaims, Audience, Signer, TokenProblem, access_claims, check_token_request, entra_error,
@@ -13,7 +14,9 @@ use crate::emulator::token::{
 };
 use crate::emulator::{admin, arm, graph};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::body::Incoming;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -149,6 +152,8 @@ pub struct Shared {
     faults: Mutex<FaultState>,
     throttling: Mutex<(Throttling, Buckets)>,
     counts: Mutex<RequestCounts>,
+    /// Role assignment writes made through ARM, in order (see [`journal`]).
+    journal: Mutex<Vec<AssignmentWrite>>,
 }
 
 /// A poisoned lock only means another request panicked mid-update; the emulator keeps serving
@@ -178,6 +183,7 @@ impl Shared {
             faults: Mutex::new(faults),
             throttling: Mutex::new((throttling, Buckets::default())),
             counts: Mutex::new(BTreeMap::new()),
+            journal: Mutex::new(Vec::new()),
         }
     }
 
@@ -203,6 +209,21 @@ impl Shared {
 
     pub fn reset_counts(&self) {
         lock(&self.counts).clear();
+    }
+
+    /// Every role assignment write made through ARM so far, in order.
+    pub fn journal(&self) -> Vec<AssignmentWrite> {
+        lock(&self.journal).clone()
+    }
+
+    fn record_write(&self, operation: &str, reply: &Reply) {
+        if let Some((kind, json)) = journal::write_of(operation, reply.status, &reply.body) {
+            let mut journal = lock(&self.journal);
+            let sequence = u64::try_from(journal.len()).unwrap_or(u64::MAX);
+            if let Some(entry) = journal::entry(sequence, kind, &json) {
+                journal.push(entry);
+            }
+        }
     }
 
     fn count(&self, operation: &str, status: u16) {
@@ -250,6 +271,8 @@ impl Shared {
             (FaultKind::Throttle, state.faults.throttle_rate),
             (FaultKind::ServerError, state.faults.server_error_rate),
             (FaultKind::Unavailable, state.faults.unavailable_rate),
+            (FaultKind::CutBody, state.faults.cut_body_rate),
+            (FaultKind::Stall, state.faults.stall_rate),
         ];
         for (kind, rate) in rates {
             if rate > 0.0 && state.rng.random::<f64>() < rate {
@@ -274,6 +297,8 @@ impl Shared {
             (FaultKind::ServerError, _) => arm_error(500, "InternalServerError", "Encountered internal server error. Diagnostic information: timestamp ''."),
             (FaultKind::Unavailable, Surface::Graph) => graph::graph_error(503, "ServiceNotAvailable", "Service is temporarily unavailable."),
             (FaultKind::Unavailable, _) => arm_error(503, "ServiceUnavailable", "The service is temporarily unavailable. Please try again later."),
+            // Served normally first; `serve` cuts or delays the answer (see `after_the_fact`).
+            (FaultKind::CutBody | FaultKind::Stall, _) => arm_error(500, "InternalServerError", "Encountered internal server error."),
         }
     }
 
@@ -551,7 +576,7 @@ pub fn operation_of(surface: Surface, method: &http::Method, path: &str) -> Stri
 pub async fn serve(
     shared: Arc<Shared>,
     request: http::Request<Incoming>,
-) -> Result<http::Response<Full<Bytes>>, ConnectionReset> {
+) -> Result<http::Response<ResponseBody>, ConnectionReset> {
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, 4 << 20).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -583,7 +608,10 @@ pub async fn serve(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let reply = match shared.pick_fault(&operation, surface) {
+    let fault = shared.pick_fault(&operation, surface);
+    // Faults that happen after the request was carried out: the write is made, the answer lost.
+    let after_the_fact = fault.filter(|k| matches!(k, FaultKind::CutBody | FaultKind::Stall));
+    let reply = match fault.filter(|_| after_the_fact.is_none()) {
         Some(kind) => shared.fault_reply(kind, surface),
         None => match surface {
             Surface::Arm => serve_arm(&shared, &parts.method, &path, &query, &parts.headers, &body),
@@ -599,6 +627,21 @@ pub async fn serve(
     } else {
         reply
     };
+    if surface == Surface::Arm {
+        shared.record_write(&operation, &reply);
+    }
+    match after_the_fact {
+        Some(FaultKind::CutBody) => {
+            // Counted as a dropped connection: the client never gets a usable answer.
+            shared.count(&operation, 0);
+            return Ok(cut_response(reply));
+        }
+        Some(FaultKind::Stall) => {
+            let stall = shared.lock_faults().faults.stall;
+            tokio::time::sleep(stall).await;
+        }
+        _ => {}
+    }
     shared.count(&operation, reply.status);
     if reply.reset {
         return Err(ConnectionReset);
@@ -606,12 +649,63 @@ pub async fn serve(
     Ok(to_response(reply))
 }
 
+/// The body of every response: whole, or cut mid-way by the cut-body fault.
+pub type ResponseBody = BoxBody<Bytes, std::io::Error>;
+
+fn headers_of(reply: &Reply, response: &mut http::response::Builder) {
+    if let Some(headers) = response.headers_mut() {
+        for (name, value) in &reply.headers {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+    }
+}
+
+/// Announces the whole body's length, sends its first half, then fails the stream, so hyper
+/// closes the connection mid-body.
+fn cut_response(reply: Reply) -> http::Response<ResponseBody> {
+    let full = Bytes::from(reply.body.clone());
+    let half = full.slice(..full.len() / 2);
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+        Ok(Frame::data(half)),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "response cut by fault injection",
+        )),
+    ];
+    let mut builder = http::Response::builder().status(
+        http::StatusCode::from_u16(reply.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+    );
+    headers_of(&reply, &mut builder);
+    let builder = builder.header(http::header::CONTENT_LENGTH, full.len());
+    let body = BodyExt::boxed(StreamBody::new(futures::stream::iter(frames)));
+    builder.body(body).unwrap_or_else(|_| {
+        let mut response = http::Response::new(empty_body());
+        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        response
+    })
+}
+
+fn empty_body() -> ResponseBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("connection reset by fault injection")]
 pub struct ConnectionReset;
 
-fn to_response(reply: Reply) -> http::Response<Full<Bytes>> {
-    let mut response = http::Response::new(Full::new(Bytes::from(reply.body)));
+fn to_response(reply: Reply) -> http::Response<ResponseBody> {
+    let mut response = http::Response::new(
+        Full::new(Bytes::from(reply.body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *response.status_mut() =
         http::StatusCode::from_u16(reply.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     for (name, value) in reply.headers {

@@ -15,3 +15,4 @@ pub mod chart_rbac;
 pub mod cluster;
 pub mod kube_faults;
 pub mod operator;
+pub mod soak;

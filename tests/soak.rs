@@ -1,0 +1,1323 @@
+//! The soak: keyless under faults, checked after every run against the emulator's final role
+//! assignments and its journal of writes (the invariant is `support::soak`).
+//!
+//! Each scenario is one test: it sets up a world (an OpenAIAccount, accesses in two namespaces
+//! declaring `KEYLESS_SOAK_GRANTS` grants, plus assignments keyless must never touch: adopted,
+//! released, foreign, another instance's; and orphans of this instance it must sweep), starts the
+//! controller — the real `keyless run` binary where it is killed with SIGKILL, the in-process
+//! `controller::run` where the Kubernetes fault layer or leader election is needed — applies the
+//! fault, ends it, and measures how long and how many ARM requests convergence takes after it. It
+//! repeats that `KEYLESS_SOAK_RUNS` times and writes its row of the table to
+//! `target/tmp/soak/<scenario>.row` (`.ci/run` prints them). A scenario fails when any run
+//! violates the invariant, does not converge, or needs more than [`MAX_REQUESTS_PER_GRANT`] ARM
+//! requests per grant once the fault ended.
+//!
+//! Sizes and faults are parameters (environment):
+//! - `KEYLESS_SOAK_SEED` (random when unset, always printed: a failure replays with it),
+//!   `KEYLESS_SOAK_RUNS` (default 3), `KEYLESS_SOAK_GRANTS` (default 60);
+//! - `KEYLESS_SOAK_FAULT_SECS` (how long a timed fault lasts, default 3), `KEYLESS_SOAK_STALL_SECS`
+//!   (default 6; the issue's 30), `KEYLESS_SOAK_TOKEN_OUTAGE_SECS` (default 4; the issue's 120),
+//!   `KEYLESS_SOAK_REPLICATION_SECS` (default 4; the issue's 60), `KEYLESS_SOAK_DEADLINE_SECS`
+//!   (convergence deadline per run, default 120).
+//!
+//! Full size, by hand (one scenario at a time is fine too):
+//! `KEYLESS_SOAK_RUNS=50 KEYLESS_SOAK_GRANTS=1000 KEYLESS_SOAK_STALL_SECS=30 KEYLESS_SOAK_TOKEN_OUTAGE_SECS=120 KEYLESS_SOAK_REPLICATION_SECS=60 KEYLESS_SOAK_DEADLINE_SECS=1800 cargo test --release --test soak -- --include-ignored --test-threads=1`
+//!
+//! Scenarios run one at a time (a lock): the `keyless run` child watches the whole control plane,
+//! and every run deletes its objects (finalizers stripped) before the next one starts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use keyless::api::{OpenAIAccess, OpenAIAccount};
+use keyless::emulator::config::{EmulatorConfig, Faults};
+use keyless::emulator::journal::{AssignmentWrite, WriteKind};
+use keyless::emulator::seed::Seed;
+use keyless::emulator::state::{AdminRoleAssignment, NewUser};
+use keyless::emulator::{EmulatorHandle, OutageKind};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use support::cluster::{ISSUER, KeylessProcess, RunningController, TestEnv};
+use support::kube_faults::{Fault, KubeFaults, Verb};
+use support::operator::{azure_clients, controller_config};
+use support::soak::{self, Expectation, Grant, Held, Row, RunFigures};
+
+const OAI_PROD: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-prod";
+const OPENAI_USER: &str = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd";
+/// The seed's Bicep-made assignment of bob on oai-prod: foreign, undeclared.
+const BOB_BICEP: &str = "486f9612-51c0-5f11-a5cd-84378ffd1469";
+const INSTANCE: &str = "soak";
+/// Every object a run creates carries it, so the next run can clear them all.
+const SOAK_LABEL: &str = "soak.keyless.dev/run";
+/// The issue's bound: after a fault ends, at most this many ARM requests per grant to converge.
+const MAX_REQUESTS_PER_GRANT: f64 = 3.0;
+const PRINCIPALS_PER_ACCESS: usize = 5;
+/// The test-sized resync of the controller (`support::operator::controller_config`).
+const RESYNC: Duration = Duration::from_millis(700);
+
+/// One scenario at a time on this binary's control plane.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    seed: u64,
+    runs: usize,
+    grants: usize,
+    fault: Duration,
+    stall: Duration,
+    token_outage: Duration,
+    replication: Duration,
+    deadline: Duration,
+}
+
+impl Sizes {
+    fn from_env() -> Sizes {
+        let seed = std::env::var("KEYLESS_SOAK_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| rand::rng().random::<u32>().into());
+        let secs = |name, default| Duration::from_secs(env_number(name, default));
+        Sizes {
+            seed,
+            runs: env_number("KEYLESS_SOAK_RUNS", 3).max(1) as usize,
+            grants: env_number("KEYLESS_SOAK_GRANTS", 60).max(10) as usize,
+            fault: secs("KEYLESS_SOAK_FAULT_SECS", 3),
+            stall: secs("KEYLESS_SOAK_STALL_SECS", 6),
+            token_outage: secs("KEYLESS_SOAK_TOKEN_OUTAGE_SECS", 4),
+            replication: secs("KEYLESS_SOAK_REPLICATION_SECS", 4),
+            deadline: secs("KEYLESS_SOAK_DEADLINE_SECS", 120),
+        }
+    }
+}
+
+/// One access: its namespace (0 or 1), name and principals (`objectId` or `user` entries).
+#[derive(Clone, Debug)]
+struct DeclaredAccess {
+    namespace: usize,
+    name: String,
+    principals: Vec<Principal>,
+}
+
+#[derive(Clone, Debug)]
+struct Principal {
+    object_id: String,
+    /// Resolved through Graph by UPN when set; an `objectId` entry otherwise.
+    upn: Option<String>,
+}
+
+impl Principal {
+    fn entry(&self) -> serde_json::Value {
+        match &self.upn {
+            Some(upn) => json!({"user": upn}),
+            None => json!({"objectId": self.object_id, "principalType": "ServicePrincipal"}),
+        }
+    }
+}
+
+/// One run's world.
+struct World {
+    env: TestEnv,
+    emulator: EmulatorHandle,
+    account: String,
+    namespaces: [String; 2],
+    accesses: Vec<DeclaredAccess>,
+    /// Accesses deleted during the run (their grants are no longer declared).
+    deleted: BTreeSet<String>,
+    /// Namespaces the account still allows.
+    allowed: [bool; 2],
+    protected: Vec<Held>,
+    faults: KubeFaults,
+}
+
+fn guid(rng: &mut StdRng) -> String {
+    uuid::Builder::from_random_bytes(rng.random())
+        .into_uuid()
+        .to_string()
+}
+
+/// What to change in the emulator's configuration for a scenario.
+type Tweak = fn(&mut EmulatorConfig, &Sizes);
+
+async fn setup(env: TestEnv, sizes: &Sizes, rng: &mut StdRng, run: usize, tweak: Tweak) -> World {
+    clear_previous_runs(&env).await;
+    let mut config = EmulatorConfig::new(Seed::example().unwrap());
+    config.rng_seed = rng.random();
+    config.replication_window = Duration::ZERO;
+    tweak(&mut config, sizes);
+    let emulator = keyless::emulator::Emulator::start(config).await.unwrap();
+
+    let namespaces = [
+        env.namespace(&format!("a{run}")).await,
+        env.namespace(&format!("b{run}")).await,
+    ];
+    let account = env.name(&format!("soak{run}"));
+    let account_object: OpenAIAccount = serde_json::from_value(json!({
+        "apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccount",
+        "metadata": {"name": account, "labels": {SOAK_LABEL: "true"}},
+        "spec": {"resourceId": OAI_PROD, "allowedNamespaces": {"names": namespaces}, "deletionPolicy": "Delete"}
+    }))
+    .unwrap();
+    env.create(&account_object).await;
+
+    // A tenth of the principals are users resolved through Graph; the rest are object ids.
+    let mut principals = Vec::new();
+    for i in 0..sizes.grants {
+        let object_id = guid(rng);
+        let upn = if i % 10 == 0 {
+            let upn = format!("soak-{run}-{i}@contoso.com");
+            emulator
+                .add_user(NewUser {
+                    id: Some(object_id.clone()),
+                    user_principal_name: upn.clone(),
+                    display_name: upn.clone(),
+                    mail: None,
+                })
+                .unwrap();
+            Some(upn)
+        } else {
+            None
+        };
+        principals.push(Principal { object_id, upn });
+    }
+    let mut accesses: Vec<DeclaredAccess> = principals
+        .chunks(PRINCIPALS_PER_ACCESS)
+        .enumerate()
+        .map(|(i, chunk)| DeclaredAccess {
+            namespace: i % 2,
+            name: format!("access-{i}"),
+            principals: chunk.to_vec(),
+        })
+        .collect();
+    // Every third access also declares the previous one's first principal: a shared grant must
+    // survive the deletion of one of its declarers.
+    for i in (3..accesses.len()).step_by(3) {
+        let shared = accesses[i - 1].principals[0].clone();
+        accesses[i].principals.push(shared);
+    }
+    for access in &accesses {
+        let object: OpenAIAccess = serde_json::from_value(json!({
+            "apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccess",
+            "metadata": {"name": access.name, "namespace": namespaces[access.namespace], "labels": {SOAK_LABEL: "true"}},
+            "spec": {"accountRef": {"name": account}, "role": "OpenAIUser", "deletionPolicy": "Delete",
+                     "principals": access.principals.iter().map(Principal::entry).collect::<Vec<_>>()}
+        }))
+        .unwrap();
+        env.create(&object).await;
+    }
+
+    // What keyless must leave alone, and the orphans it must sweep.
+    let put = |principal: &str, description: Option<String>| {
+        emulator
+            .put_role_assignment(AdminRoleAssignment {
+                name: None,
+                scope: OAI_PROD.into(),
+                role_definition_id: OPENAI_USER.into(),
+                principal_id: principal.into(),
+                principal_type: Some("ServicePrincipal".into()),
+                description,
+                condition: None,
+            })
+            .unwrap()
+    };
+    let mut protected = Vec::new();
+    // Adopted: declared grants someone else already made (unmarked, another instance's).
+    protected.push(Held::from(&put(
+        &principals[1].object_id,
+        Some("made by Bicep".into()),
+    )));
+    protected.push(Held::from(&put(
+        &principals[2].object_id,
+        Some("keyless:v1 instance=cluster-2 declared-by=x/y".to_string()),
+    )));
+    // Foreign, released and another instance's, none declared.
+    for description in [
+        None,
+        Some("keyless:released declared-by=old/gone".to_string()),
+        Some("keyless:v1 instance=cluster-2 declared-by=x/z".to_string()),
+        Some(format!("keyless:v1 instance={INSTANCE}-2 declared-by=x/z")),
+    ] {
+        let principal = guid(rng);
+        protected.push(Held::from(&put(&principal, description)));
+    }
+    let bob = emulator
+        .role_assignments()
+        .into_iter()
+        .find(|a| a.name == BOB_BICEP)
+        .unwrap();
+    protected.push(Held::from(&bob));
+    // Orphans of this instance: nothing declares them, so they must be swept.
+    for _ in 0..2 {
+        let principal = guid(rng);
+        put(
+            &principal,
+            Some(format!(
+                "keyless:v1 instance={INSTANCE} declared-by=gone/orphan"
+            )),
+        );
+    }
+    emulator.reset_request_counts();
+    World {
+        env,
+        emulator,
+        account,
+        namespaces,
+        accesses,
+        deleted: BTreeSet::new(),
+        allowed: [true, true],
+        protected,
+        faults: KubeFaults::new(),
+    }
+}
+
+/// Deletes every object an earlier run left (finalizers stripped first: no controller may be
+/// running to remove them).
+async fn clear_previous_runs(env: &TestEnv) {
+    let selector = ListParams::default().labels(&format!("{SOAK_LABEL}=true"));
+    let strip = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    let accesses: Api<OpenAIAccess> = Api::all(env.client.clone());
+    for access in accesses.list(&selector).await.unwrap().items {
+        let namespace = access.metadata.namespace.clone().unwrap();
+        let name = access.metadata.name.clone().unwrap();
+        let api: Api<OpenAIAccess> = Api::namespaced(env.client.clone(), &namespace);
+        let _ = api.patch(&name, &PatchParams::default(), &strip).await;
+        let _ = api.delete(&name, &DeleteParams::default()).await;
+    }
+    let accounts: Api<OpenAIAccount> = Api::all(env.client.clone());
+    for account in accounts.list(&selector).await.unwrap().items {
+        let name = account.metadata.name.clone().unwrap();
+        let _ = accounts.patch(&name, &PatchParams::default(), &strip).await;
+        let _ = accounts.delete(&name, &DeleteParams::default()).await;
+    }
+}
+
+impl World {
+    fn expectation(&self) -> Expectation {
+        let declared = self
+            .accesses
+            .iter()
+            .filter(|a| !self.deleted.contains(&a.name) && self.allowed[a.namespace])
+            .flat_map(|a| a.principals.iter())
+            .map(|p| Grant::new(OAI_PROD, &p.object_id, OPENAI_USER))
+            .collect();
+        Expectation {
+            instance: INSTANCE.into(),
+            scopes: BTreeSet::from([Grant::new(OAI_PROD, "x", "x").scope]),
+            declared,
+            protected: self.protected.clone(),
+        }
+    }
+
+    fn held(&self) -> Vec<Held> {
+        self.emulator
+            .role_assignments()
+            .iter()
+            .map(Held::from)
+            .collect()
+    }
+
+    /// Assignments of this instance that nothing declares any more: the revocations to come.
+    fn to_revoke(&self) -> usize {
+        let expect = self.expectation();
+        self.held()
+            .iter()
+            .filter(|h| {
+                soak::marked_by(h.description.as_deref(), INSTANCE)
+                    && !expect.declared.contains(&h.grant)
+            })
+            .count()
+    }
+
+    /// A random share (10–90 %) of the creates a convergence from nothing makes.
+    fn creates_target(&self, rng: &mut StdRng) -> usize {
+        let creates = self.expectation().declared.len().saturating_sub(2);
+        (creates as f64 * rng.random_range(0.1..0.9)) as usize
+    }
+
+    fn journal(&self) -> Vec<AssignmentWrite> {
+        self.emulator.assignment_writes()
+    }
+
+    fn created(&self) -> usize {
+        self.journal()
+            .iter()
+            .filter(|w| w.kind == WriteKind::Created)
+            .count()
+    }
+
+    fn deletes(&self) -> usize {
+        self.journal()
+            .iter()
+            .filter(|w| w.kind == WriteKind::Deleted)
+            .count()
+    }
+
+    /// ARM requests so far (not Graph, not the token endpoint).
+    fn arm_requests(&self) -> u64 {
+        self.emulator
+            .request_counts()
+            .iter()
+            .filter(|((op, _), _)| !op.starts_with("Graph_") && op != "Token")
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The in-process controller, through the fault layer.
+    fn in_process(&self) -> RunningController {
+        RunningController::spawn(
+            self.env.controller_client(&self.faults),
+            azure_clients(&self.emulator),
+            soak_config(),
+        )
+    }
+
+    /// The real `keyless run` binary.
+    fn process(&self) -> KeylessProcess {
+        let endpoint = self.emulator.endpoint().to_string();
+        let port = free_port();
+        let args: Vec<String> = vec![
+            "--instance-id".into(),
+            INSTANCE.into(),
+            "--resync-interval".into(),
+            format!("{}ms", RESYNC.as_millis()),
+            "--propagation-grace".into(),
+            "0s".into(),
+            "--retry-initial".into(),
+            "50ms".into(),
+            "--retry-max".into(),
+            "400ms".into(),
+            "--concurrency".into(),
+            "2".into(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--service-account-issuer".into(),
+            ISSUER.into(),
+            "--arm-endpoint".into(),
+            endpoint.clone(),
+            "--graph-endpoint".into(),
+            endpoint.clone(),
+            "--authority-host".into(),
+            endpoint,
+            "--ca-file".into(),
+            self.emulator.ca_file().display().to_string(),
+            "--credential".into(),
+            "workload-identity".into(),
+            "--tenant-id".into(),
+            self.emulator.tenant_id(),
+            "--client-id".into(),
+            self.emulator.operator_client_id().unwrap().into(),
+            "--federated-token-file".into(),
+            self.emulator
+                .federated_token_file()
+                .unwrap()
+                .display()
+                .to_string(),
+            "--azure-timeout".into(),
+            "5s".into(),
+            "--azure-max-attempts".into(),
+            "2".into(),
+            "--azure-initial-backoff".into(),
+            "10ms".into(),
+            "--azure-max-backoff".into(),
+            "50ms".into(),
+            "--azure-max-retry-after".into(),
+            "1s".into(),
+            "--no-assignment-count".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        KeylessProcess::spawn(
+            self.env.cluster.kubeconfig_path(),
+            &args,
+            &[("KEYLESS_LOG_LEVEL", "error".to_string())],
+        )
+    }
+
+    /// Waits until the state check passes; how long it took, or `None` past the deadline.
+    async fn converge(&self, deadline: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let expect = self.expectation();
+        loop {
+            if soak::check_state(&expect, &self.held()).is_empty() {
+                return Some(started.elapsed());
+            }
+            if started.elapsed() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `done` holds (a random point of the run to kill at), at most `deadline`.
+    async fn until(&self, deadline: Duration, done: impl Fn(&World) -> bool) {
+        let started = Instant::now();
+        while !done(self) && started.elapsed() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The fault has ended: measure convergence, let a few resyncs pass, check everything.
+    async fn finish(&self, sizes: &Sizes, fault_ended_requests: u64) -> RunFigures {
+        let converged = self.converge(sizes.deadline).await;
+        let arm_requests_after_fault = self.arm_requests() - fault_ended_requests;
+        // Late writes (a leak swept twice, a revoke after a restart) show within a few resyncs.
+        tokio::time::sleep(RESYNC * 3).await;
+        let expect = self.expectation();
+        let violations = soak::check(&expect, &self.held(), &self.journal());
+        RunFigures {
+            violations,
+            grants: expect.declared.len(),
+            arm_requests_after_fault,
+            converge_after_fault: converged.unwrap_or(sizes.deadline),
+            converged: converged.is_some(),
+        }
+    }
+
+    async fn delete_access(&mut self, index: usize) {
+        let access = &self.accesses[index];
+        let api: Api<OpenAIAccess> =
+            Api::namespaced(self.env.client.clone(), &self.namespaces[access.namespace]);
+        api.delete(&access.name, &DeleteParams::default())
+            .await
+            .unwrap();
+        self.deleted.insert(access.name.clone());
+    }
+
+    /// Tightens the account's policy to the first namespace only.
+    async fn allow_only_first_namespace(&mut self) {
+        let api: Api<OpenAIAccount> = Api::all(self.env.client.clone());
+        let patch =
+            Patch::Merge(json!({"spec": {"allowedNamespaces": {"names": [self.namespaces[0]]}}}));
+        api.patch(&self.account, &PatchParams::default(), &patch)
+            .await
+            .unwrap();
+        self.allowed = [true, false];
+    }
+
+    /// Every access of this run deleted and gone (the controller removes the finalizers).
+    async fn accesses_gone(&self) -> bool {
+        let api: Api<OpenAIAccess> = Api::all(self.env.client.clone());
+        let selector = ListParams::default().labels(&format!(
+            "{}={}",
+            support::cluster::SCOPE_LABEL,
+            self.env.id
+        ));
+        let live: BTreeSet<String> = api
+            .list(&selector)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|a| a.metadata.name)
+            .collect();
+        self.deleted.iter().all(|d| !live.contains(d))
+    }
+}
+
+fn soak_config() -> keyless::controller::ControllerConfig {
+    let mut config = controller_config(INSTANCE);
+    config.resync_interval = RESYNC;
+    config
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scenario's seed: the base seed mixed with its name, so each replays on its own.
+fn scenario_rng(seed: u64, scenario: &str) -> StdRng {
+    let mixed = scenario
+        .bytes()
+        .fold(seed, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    StdRng::seed_from_u64(mixed)
+}
+
+/// One run of a scenario: set up, drive, figures.
+type Drive = for<'a> fn(
+    &'a mut World,
+    &'a Sizes,
+    &'a mut StdRng,
+) -> futures::future::BoxFuture<'a, RunFigures>;
+
+async fn soak_scenario(scenario: &str, tweak: Tweak, drive: Drive) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let sizes = Sizes::from_env();
+    let mut rng = scenario_rng(sizes.seed, scenario);
+    let mut row = Row {
+        scenario: scenario.into(),
+        seed: sizes.seed,
+        runs: Vec::new(),
+    };
+    for run in 0..sizes.runs {
+        let Some(env) = TestEnv::start().await else {
+            return;
+        };
+        let mut world = setup(env, &sizes, &mut rng, run, tweak).await;
+        let figures = drive(&mut world, &sizes, &mut rng).await;
+        if !figures.violations.is_empty() {
+            eprintln!(
+                "{scenario} run {run} (KEYLESS_SOAK_SEED={}): {:?}",
+                sizes.seed,
+                figures.violations.iter().take(5).collect::<Vec<_>>()
+            );
+        }
+        row.runs.push(figures);
+        clear_previous_runs(&world.env).await;
+    }
+    let table = format!("{}\n{}", Row::header(), row.line());
+    eprintln!("{table}");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("soak");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("00-header.row"), Row::header() + "\n").unwrap();
+    std::fs::write(dir.join(format!("{scenario}.row")), row.line() + "\n").unwrap();
+    let violations = row.violations();
+    let unconverged = row.runs.iter().filter(|r| !r.converged).count();
+    assert_eq!(
+        unconverged, 0,
+        "{scenario}: {unconverged} runs did not converge within {:?} (KEYLESS_SOAK_SEED={}):\n{table}",
+        sizes.deadline, sizes.seed
+    );
+    assert!(
+        violations.is_empty(),
+        "{scenario}: {} violations over {} runs (replay with KEYLESS_SOAK_SEED={}):\n{table}",
+        violations.len(),
+        row.runs.len(),
+        sizes.seed
+    );
+    let worst = row
+        .runs
+        .iter()
+        .map(RunFigures::requests_per_grant)
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= MAX_REQUESTS_PER_GRANT,
+        "{scenario}: {worst:.2} ARM requests per grant after the fault ended (bound {MAX_REQUESTS_PER_GRANT}; KEYLESS_SOAK_SEED={}):\n{table}",
+        sizes.seed
+    );
+}
+
+fn no_tweak(_: &mut EmulatorConfig, _: &Sizes) {}
+
+// ---- kill -9 of `keyless run` --------------------------------------------------------------
+
+/// Kills the process once a random share of the grants (10–90 %) is made, restarts it.
+fn kill_during_convergence<'a>(
+    world: &'a mut World,
+    sizes: &'a Sizes,
+    rng: &'a mut StdRng,
+) -> futures::future::BoxFuture<'a, RunFigures> {
+    Box::pin(async move {
+        let target = world.creates_target(rng);
+        let process = world.process();
+        world.until(sizes.deadline, |w| w.created() >= target).await;
+        process.kill_9();
+        let before = world.arm_requests();
+        let restarted = world.process();
+        let figures = world.finish(sizes, before).await;
+        drop(restarted);
+        figures
+    })
+}
+
+/// Converges, deletes a random half of the accesses, kills the process mid-way through the
+/// revocations, restarts it.
+fn kill_during_deletions<'a>(
+    world: &'a mut World,
+    sizes: &'a Sizes,
+    rng: &'a mut StdRng,
+) -> futures::future::BoxFuture<'a, RunFigures> {
+    Box::pin(async move {
+        let process = world.process();
+        world.converge(sizes.deadline).await;
+        let deletes_before = world.deletes();
+        let mut indexes: Vec<usize> = (0..world.accesses.len()).collect();
+        indexes.retain(|_| rng.random_bool(0.5));
+        for index in &indexes {
+            world.delete_access(*index).await;
+        }
+        let target =
+            deletes_before + (world.to_revoke() as f64 * rng.random_range(0.1..0.9)) as usize;
+        world.until(sizes.deadline, |w| w.deletes() >= target).await;
+        process.kill_9();
+        let before = world.arm_requests();
+        let restarted = world.process();
+        let mut figures = world.finish(sizes, before).await;
+        let gone = tokio::time::timeout(sizes.deadline, async {
+            while !world.accesses_gone().await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        if gone.is_err() {
+            figures.converged = false;
+        }
+        drop(restarted);
+        figures
+    })
+}
+
+/// Converges, tightens the account's policy to one namespace, kills the process mid-way
+/// through the revocations, restarts it.
+fn kill_during_policy_tightening<'a>(
+    world: &'a mut World,
+    sizes: &'a Sizes,
+    rng: &'a mut StdRng,
+) -> futures::future::BoxFuture<'a, RunFigures> {
+    Box::pin(async move {
+        let process = world.process();
+        world.converge(sizes.deadline).await;
+        let deletes_before = world.deletes();
+        world.allow_only_first_namespace().await;
+        let target =
+            deletes_before + (world.to_revoke() as f64 * rng.random_range(0.1..0.9)) as usize;
+        world.until(sizes.deadline, |w| w.deletes() >= target).await;
+        process.kill_9();
+        let before = world.arm_requests();
+        let restarted = world.process();
+        let figures = world.finish(sizes, before).await;
+        drop(restarted);
+        figures
+    })
+}
+
+// On main, a restarted `keyless run` revokes grants it had made and creates them again (the
+// restart race of issue 17: deletions planned from a view that is not complete yet). Measured:
+// kill-9 during convergence, 3 runs x 60 grants: 73 DELETE->PUT pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 17: a restart revokes and re-creates grants (DELETE->PUT pairs)"]
+async fn kill_9_during_convergence() {
+    soak_scenario(
+        "kill-9 during convergence",
+        no_tweak,
+        kill_during_convergence,
+    )
+    .await;
+}
+
+// On main, a restarted `keyless run` revokes grants it had made and creates them again (the
+// restart race of issue 17: deletions planned from a view that is not complete yet). Measured:
+// kill-9 during convergence, 3 runs x 60 grants: 73 DELETE->PUT pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 17: a restart revokes and re-creates grants (DELETE->PUT pairs)"]
+async fn kill_9_during_deletions() {
+    soak_scenario("kill-9 during deletions", no_tweak, kill_during_deletions).await;
+}
+
+// On main, a restarted `keyless run` revokes grants it had made and creates them again (the
+// restart race of issue 17: deletions planned from a view that is not complete yet). Measured:
+// kill-9 during convergence, 3 runs x 60 grants: 73 DELETE->PUT pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 17: a restart revokes and re-creates grants (DELETE->PUT pairs)"]
+async fn kill_9_during_policy_tightening() {
+    soak_scenario(
+        "kill-9 during policy tightening",
+        no_tweak,
+        kill_during_policy_tightening,
+    )
+    .await;
+}
+
+// ---- ARM, Graph and token faults -------------------------------------------------------------
+
+/// Starts the in-process controller with the emulator's faults as the tweak set them, lets it
+/// run through them for the fault duration, clears them, measures convergence.
+fn through_timed_fault<'a>(
+    world: &'a mut World,
+    sizes: &'a Sizes,
+    _rng: &'a mut StdRng,
+) -> futures::future::BoxFuture<'a, RunFigures> {
+    Box::pin(async move {
+        let controller = world.in_process();
+        tokio::time::sleep(sizes.fault).await;
+        world.emulator.clear_faults();
+        world.emulator.end_token_outage();
+        world.faults.clear_faults();
+        let before = world.arm_requests();
+        let figures = world.finish(sizes, before).await;
+        controller.kill();
+        figures
+    })
+}
+
+fn arm_errors(rate: f64) -> Faults {
+    Faults {
+        operations: vec![
+            "RoleAssignments_Create".into(),
+            "RoleAssignments_Delete".into(),
+            "RoleAssignments_ListForScope".into(),
+            "Accounts_Get".into(),
+        ],
+        ..Faults {
+            server_error_rate: rate,
+            ..Faults::default()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_30_percent_5xx() {
+    soak_scenario(
+        "ARM 30% 5xx",
+        |c, _| c.faults = arm_errors(0.3),
+        through_timed_fault,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_429_storm_with_retry_after() {
+    soak_scenario(
+        "ARM 429 storm (Retry-After 1s)",
+        |c, _| {
+            c.faults = Faults {
+                throttle_rate: 0.6,
+                retry_after: Duration::from_secs(1),
+                ..Faults::default()
+            }
+        },
+        through_timed_fault,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_connection_resets() {
+    soak_scenario(
+        "ARM connection resets 20%",
+        |c, _| {
+            c.faults = Faults {
+                connection_reset_rate: 0.2,
+                ..Faults::default()
+            }
+        },
+        through_timed_fault,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_responses_cut_mid_body() {
+    soak_scenario(
+        "ARM responses cut mid-body 20%",
+        |c, _| {
+            c.faults = Faults {
+                cut_body_rate: 0.2,
+                ..Faults::default()
+            }
+        },
+        through_timed_fault,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_stalls_longer_than_the_client_timeout() {
+    soak_scenario(
+        "ARM stalls 5% (> client timeout)",
+        |c, sizes| {
+            c.faults = Faults {
+                stall_rate: 0.05,
+                stall: sizes.stall,
+                ..Faults::default()
+            }
+        },
+        |world, sizes, rng| {
+            Box::pin(async move {
+                // The stall outlasts the fault window: keep the fault for a stall and a half.
+                let sizes = Sizes {
+                    fault: sizes.fault.max(sizes.stall + sizes.stall / 2),
+                    ..*sizes
+                };
+                through_timed_fault(world, &sizes, rng).await
+            })
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_down() {
+    soak_scenario("token endpoint down", no_tweak, |world, sizes, rng| {
+        Box::pin(async move {
+            world
+                .emulator
+                .start_token_outage(Some(sizes.token_outage), OutageKind::Unavailable);
+            let sizes = Sizes {
+                fault: sizes.token_outage,
+                ..*sizes
+            };
+            through_timed_fault(world, &sizes, rng).await
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_down() {
+    soak_scenario(
+        "Graph down",
+        |c, _| {
+            c.faults = Faults {
+                unavailable_rate: 1.0,
+                operations: vec!["Graph_GetUser".into(), "Graph_ListUsers".into()],
+                ..Faults::default()
+            }
+        },
+        through_timed_fault,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_delay_for_new_principals() {
+    soak_scenario(
+        "replication delay (new users)",
+        |c, sizes| c.replication_window = sizes.replication,
+        |world, sizes, rng| {
+            Box::pin(async move {
+                let sizes = Sizes {
+                    fault: sizes.replication,
+                    ..*sizes
+                };
+                through_timed_fault(world, &sizes, rng).await
+            })
+        },
+    )
+    .await;
+}
+
+/// The skew never ends: convergence is measured from the start.
+fn through_lasting_fault<'a>(
+    world: &'a mut World,
+    sizes: &'a Sizes,
+    _rng: &'a mut StdRng,
+) -> futures::future::BoxFuture<'a, RunFigures> {
+    Box::pin(async move {
+        let controller = world.in_process();
+        let figures = world.finish(sizes, 0).await;
+        controller.kill();
+        figures
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_ahead() {
+    soak_scenario(
+        "clock skew +10 min (ARM ahead)",
+        |c, _| c.faults.clock_skew_seconds = 600,
+        through_lasting_fault,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_behind() {
+    soak_scenario(
+        "clock skew -10 min (ARM behind)",
+        |c, _| c.faults.clock_skew_seconds = -600,
+        through_lasting_fault,
+    )
+    .await;
+}
+
+// ---- Kubernetes faults (the fault layer in the in-process controller's client) ---------------
+
+fn with_kube_fault<'a>(
+    world: &'a mut World,
+    sizes: &'a Sizes,
+    rng: &'a mut StdRng,
+    faults: Vec<Fault>,
+) -> futures::future::BoxFuture<'a, RunFigures> {
+    for fault in faults {
+        world.faults.inject(fault);
+    }
+    through_timed_fault(world, sizes, rng)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_watches_dropped() {
+    soak_scenario("watches dropped every 500ms", no_tweak, |w, s, r| {
+        with_kube_fault(
+            w,
+            s,
+            r,
+            vec![Fault::on(Verb::Watch).end_stream_after(Duration::from_millis(500))],
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_watches_gone_410() {
+    soak_scenario("watches 410 Gone", no_tweak, |w, s, r| {
+        with_kube_fault(
+            w,
+            s,
+            r,
+            vec![Fault::on(Verb::Watch).times(20).watch_error(410)],
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_slow_lists() {
+    soak_scenario("slow LISTs (2s)", no_tweak, |w, s, r| {
+        with_kube_fault(
+            w,
+            s,
+            r,
+            vec![Fault::on(Verb::List).delay(Duration::from_secs(2))],
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_status_writes_409() {
+    soak_scenario("status writes 409", no_tweak, |w, s, r| {
+        with_kube_fault(
+            w,
+            s,
+            r,
+            vec![
+                Fault::on(Verb::Patch)
+                    .resource("openaiaccesses/status")
+                    .respond(409),
+            ],
+        )
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_status_writes_422() {
+    soak_scenario("status writes 422", no_tweak, |w, s, r| {
+        with_kube_fault(
+            w,
+            s,
+            r,
+            vec![
+                Fault::on(Verb::Patch)
+                    .resource("openaiaccesses/status")
+                    .respond(422),
+            ],
+        )
+    })
+    .await;
+}
+
+// ---- two replicas, the leader killed mid-pass ------------------------------------------------
+
+// On main the standby that takes over revokes and re-creates grants, as a restarted process does
+// (issue 17). Measured: 3 runs x 60 grants: 106 DELETE->PUT pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 17: the new leader revokes and re-creates grants (DELETE->PUT pairs)"]
+async fn leader_killed_mid_pass() {
+    soak_scenario(
+        "two replicas, leader killed",
+        no_tweak,
+        |world, sizes, rng| {
+            Box::pin(async move {
+                let lease_namespace = world.namespaces[0].clone();
+                let mut replicas = Vec::new();
+                for replica in 0..2 {
+                    let mut config = soak_config();
+                    config.leader = Some(keyless::ops::leader::LeaseConfig {
+                        name: "keyless".into(),
+                        namespace: lease_namespace.clone(),
+                        holder_id: format!("replica-{replica}"),
+                        lease_duration: Duration::from_secs(3),
+                        renew_interval: Duration::from_millis(500),
+                        retry_interval: Duration::from_millis(200),
+                    });
+                    replicas.push(Some(RunningController::spawn(
+                        world.env.controller_client(&world.faults),
+                        azure_clients(&world.emulator),
+                        config,
+                    )));
+                }
+                let target = world.creates_target(rng);
+                world.until(sizes.deadline, |w| w.created() >= target).await;
+                let lease = Api::<Lease>::namespaced(world.env.client.clone(), &lease_namespace)
+                    .get_opt("keyless")
+                    .await
+                    .unwrap();
+                let holder = lease
+                    .and_then(|l| l.spec)
+                    .and_then(|s| s.holder_identity)
+                    .unwrap_or_default();
+                let leader = holder
+                    .trim_start_matches("replica-")
+                    .parse::<usize>()
+                    .unwrap_or(0);
+                if let Some(killed) = replicas[leader].take() {
+                    killed.kill();
+                }
+                let before = world.arm_requests();
+                let figures = world.finish(sizes, before).await;
+                for replica in replicas.into_iter().flatten() {
+                    replica.kill();
+                }
+                figures
+            })
+        },
+    )
+    .await;
+}
+
+// ---- the invariant itself ----------------------------------------------------------------------
+
+mod invariant {
+    use super::support::soak::*;
+    use keyless::emulator::journal::{AssignmentWrite, WriteKind};
+    use std::collections::BTreeSet;
+
+    const SCOPE: &str = "/subscriptions/s/resourcegroups/rg/providers/x/accounts/a";
+
+    fn grant(principal: &str) -> Grant {
+        Grant::new(SCOPE, principal, "r")
+    }
+
+    fn held(name: &str, principal: &str, description: Option<&str>) -> Held {
+        Held {
+            name: name.into(),
+            grant: grant(principal),
+            description: description.map(str::to_string),
+        }
+    }
+
+    fn ours(name: &str, principal: &str) -> Held {
+        held(
+            name,
+            principal,
+            Some("keyless:v1 instance=me declared-by=n/a"),
+        )
+    }
+
+    fn write(sequence: u64, kind: WriteKind, name: &str, principal: &str) -> AssignmentWrite {
+        AssignmentWrite {
+            sequence,
+            kind,
+            name: name.into(),
+            scope: SCOPE.into(),
+            role_definition_guid: "r".into(),
+            principal_id: principal.into(),
+            description: None,
+        }
+    }
+
+    fn expect(declared: &[&str], protected: Vec<Held>) -> Expectation {
+        Expectation {
+            instance: "me".into(),
+            scopes: BTreeSet::from([SCOPE.to_string()]),
+            declared: declared.iter().map(|p| grant(p)).collect(),
+            protected,
+        }
+    }
+
+    fn kinds(violations: &[Violation]) -> Vec<&'static str> {
+        violations.iter().map(Violation::kind).collect()
+    }
+
+    #[test]
+    fn the_state_check_names_each_way_the_final_state_can_be_wrong() {
+        let bicep = held("b", "p9", Some("made by Bicep"));
+        let cases: Vec<(&str, Expectation, Vec<Held>, Vec<&str>)> = vec![
+            (
+                "converged",
+                expect(&["p1", "p2"], vec![]),
+                vec![ours("1", "p1"), ours("2", "p2")],
+                vec![],
+            ),
+            (
+                "a declared grant is missing",
+                expect(&["p1", "p2"], vec![]),
+                vec![ours("1", "p1")],
+                vec!["missing"],
+            ),
+            (
+                "a grant held twice",
+                expect(&["p1"], vec![]),
+                vec![ours("1", "p1"), ours("2", "p1")],
+                vec!["duplicate"],
+            ),
+            (
+                "an owned grant nothing declares",
+                expect(&["p1"], vec![]),
+                vec![ours("1", "p1"), ours("2", "p2")],
+                vec!["leaked"],
+            ),
+            (
+                "another instance's undeclared grant is no leak",
+                expect(&[], vec![]),
+                vec![held(
+                    "1",
+                    "p1",
+                    Some("keyless:v1 instance=me-2 declared-by=n/a"),
+                )],
+                vec![],
+            ),
+            (
+                "an adopted grant counts as the grant",
+                expect(&["p9"], vec![bicep.clone()]),
+                vec![bicep.clone()],
+                vec![],
+            ),
+            (
+                "a protected assignment deleted",
+                expect(&[], vec![bicep.clone()]),
+                vec![],
+                vec!["protected-changed"],
+            ),
+            (
+                "a protected assignment rewritten",
+                expect(&[], vec![bicep.clone()]),
+                vec![held(
+                    "b",
+                    "p9",
+                    Some("keyless:v1 instance=me declared-by=n/a"),
+                )],
+                vec!["leaked", "protected-changed"],
+            ),
+            (
+                "other scopes are not looked at",
+                expect(&[], vec![]),
+                vec![Held {
+                    name: "x".into(),
+                    grant: Grant::new("/elsewhere", "p1", "r"),
+                    description: Some("keyless:v1 instance=me".into()),
+                }],
+                vec![],
+            ),
+        ];
+        for (name, expectation, state, expected) in cases {
+            assert_eq!(
+                kinds(&check_state(&expectation, &state)),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_journal_check_counts_delete_then_create_pairs_and_writes_to_protected_assignments() {
+        let bicep = held("b", "p9", None);
+        let cases: Vec<(&str, Vec<AssignmentWrite>, Vec<&str>)> = vec![
+            (
+                "creates only",
+                vec![write(0, WriteKind::Created, "1", "p1")],
+                vec![],
+            ),
+            (
+                "a revocation alone",
+                vec![write(0, WriteKind::Deleted, "1", "p1")],
+                vec![],
+            ),
+            (
+                "deleted then created again",
+                vec![
+                    write(0, WriteKind::Deleted, "1", "p1"),
+                    write(1, WriteKind::Created, "2", "p1"),
+                ],
+                vec!["delete-then-create"],
+            ),
+            (
+                "created then deleted is no pair",
+                vec![
+                    write(0, WriteKind::Created, "1", "p1"),
+                    write(1, WriteKind::Deleted, "1", "p1"),
+                ],
+                vec![],
+            ),
+            (
+                "order is by sequence, not by position",
+                vec![
+                    write(1, WriteKind::Created, "2", "p1"),
+                    write(0, WriteKind::Deleted, "1", "p1"),
+                ],
+                vec!["delete-then-create"],
+            ),
+            (
+                "a protected assignment deleted",
+                vec![write(0, WriteKind::Deleted, "b", "p9")],
+                vec!["protected-written"],
+            ),
+            (
+                "a protected assignment updated",
+                vec![write(0, WriteKind::Updated, "b", "p9")],
+                vec!["protected-written"],
+            ),
+        ];
+        for (name, writes, expected) in cases {
+            let expectation = expect(&["p1"], vec![bicep.clone()]);
+            assert_eq!(
+                kinds(&check_journal(&expectation, &writes)),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn pairs_are_counted_per_grant() {
+        let writes = vec![
+            write(0, WriteKind::Deleted, "1", "p1"),
+            write(1, WriteKind::Created, "2", "p1"),
+            write(2, WriteKind::Deleted, "2", "p1"),
+            write(3, WriteKind::Created, "3", "p1"),
+        ];
+        assert_eq!(
+            check_journal(&expect(&["p1"], vec![]), &writes),
+            vec![Violation::DeletedThenCreated {
+                grant: grant("p1"),
+                pairs: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn the_marker_is_read_word_by_word() {
+        assert!(marked_by(
+            Some("keyless:v1 instance=me declared-by=a/b"),
+            "me"
+        ));
+        assert!(!marked_by(
+            Some("keyless:v1 instance=me-2 declared-by=a/b"),
+            "me"
+        ));
+        assert!(!marked_by(Some("keyless:released declared-by=a/b"), "me"));
+        assert!(!marked_by(Some("made by keyless:v1 instance=me"), "me"));
+        assert!(!marked_by(None, "me"));
+    }
+
+    #[test]
+    fn the_summary_counts_by_kind() {
+        let violations = vec![
+            Violation::Missing(grant("a")),
+            Violation::Missing(grant("b")),
+            Violation::Leaked {
+                name: "x".into(),
+                grant: grant("c"),
+            },
+        ];
+        assert_eq!(summary(&violations), "leaked=1 missing=2");
+        assert_eq!(summary(&[]), "0");
+    }
+}

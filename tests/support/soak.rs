@@ -1,0 +1,310 @@
+//! The soak's invariant, checked against the emulator's final role assignments and its journal of
+//! writes (`keyless::emulator::journal`). Pure: no cluster, no emulator; `tests/soak.rs` feeds it.
+//!
+//! After every run, for the account scopes under test:
+//! 1. every declared, eligible grant (scope, principal, role) exists exactly once — none missing,
+//!    no duplicate triple;
+//! 2. no assignment marked by this instance remains that nothing declares (a leak);
+//! 3. nothing protected — adopted (a declared grant someone else made), released, foreign, or
+//!    marked by another instance — was written or deleted, and each is still there unchanged;
+//! 4. no grant was deleted and then created again (a DELETE→PUT pair of the same triple): a
+//!    re-created grant can take ten minutes to work again, so a restart that revokes and re-grants
+//!    is a violation even though the final state looks right.
+//!
+//! The oracle deliberately does not use keyless's own ownership code: it reads the marker words
+//! itself, so a bug there cannot hide here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use keyless::emulator::RoleAssignment;
+use keyless::emulator::journal::{AssignmentWrite, WriteKind};
+
+/// A grant, normalised: scope without a trailing slash and lower case, ids lower case.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Grant {
+    pub scope: String,
+    pub principal: String,
+    pub role: String,
+}
+
+impl Grant {
+    pub fn new(scope: &str, principal: &str, role: &str) -> Grant {
+        Grant {
+            scope: scope.trim_end_matches('/').to_lowercase(),
+            principal: principal.to_lowercase(),
+            role: role.to_lowercase(),
+        }
+    }
+}
+
+/// One assignment as the checker sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub name: String,
+    pub grant: Grant,
+    pub description: Option<String>,
+}
+
+impl From<&RoleAssignment> for Held {
+    fn from(a: &RoleAssignment) -> Held {
+        Held {
+            name: a.name.to_lowercase(),
+            grant: Grant::new(&a.scope, &a.principal_id, &a.role_definition_guid),
+            description: a.description.clone(),
+        }
+    }
+}
+
+impl From<&AssignmentWrite> for Held {
+    fn from(w: &AssignmentWrite) -> Held {
+        Held {
+            name: w.name.to_lowercase(),
+            grant: Grant::new(&w.scope, &w.principal_id, &w.role_definition_guid),
+            description: w.description.clone(),
+        }
+    }
+}
+
+/// What must hold at the end of a run.
+#[derive(Clone, Debug, Default)]
+pub struct Expectation {
+    /// This installation's `--instance-id`.
+    pub instance: String,
+    /// The account scopes under test (normalised as in [`Grant`]); assignments elsewhere (the
+    /// operator's own grant) are not looked at.
+    pub scopes: BTreeSet<String>,
+    /// Every grant a live OpenAIAccess declares and the account's policy allows.
+    pub declared: BTreeSet<Grant>,
+    /// Assignments keyless must never write or delete, as they were before the run.
+    pub protected: Vec<Held>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// A declared, eligible grant has no assignment.
+    Missing(Grant),
+    /// A grant is held by more than one assignment.
+    Duplicate { grant: Grant, count: usize },
+    /// An assignment of this instance remains that nothing declares.
+    Leaked { name: String, grant: Grant },
+    /// A protected assignment is gone, or its description changed.
+    ProtectedChanged { name: String },
+    /// keyless wrote or deleted a protected assignment.
+    ProtectedWritten { name: String, kind: WriteKind },
+    /// A grant was deleted, then created again.
+    DeletedThenCreated { grant: Grant, pairs: usize },
+}
+
+impl Violation {
+    /// A bounded name for the table.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Violation::Missing(_) => "missing",
+            Violation::Duplicate { .. } => "duplicate",
+            Violation::Leaked { .. } => "leaked",
+            Violation::ProtectedChanged { .. } => "protected-changed",
+            Violation::ProtectedWritten { .. } => "protected-written",
+            Violation::DeletedThenCreated { .. } => "delete-then-create",
+        }
+    }
+}
+
+/// True when the description is the marker of `instance` (`keyless:v1 instance=<id> ...`).
+pub fn marked_by(description: Option<&str>, instance: &str) -> bool {
+    let mut words = description.unwrap_or_default().split(' ');
+    words.next() == Some("keyless:v1") && words.next() == Some(&*format!("instance={instance}"))
+}
+
+/// Checks 1–3 against the final assignments (what convergence is polled with).
+pub fn check_state(expect: &Expectation, assignments: &[Held]) -> Vec<Violation> {
+    let in_scope: Vec<&Held> = assignments
+        .iter()
+        .filter(|a| expect.scopes.contains(&a.grant.scope))
+        .collect();
+    let mut holders: BTreeMap<&Grant, usize> = BTreeMap::new();
+    for held in &in_scope {
+        *holders.entry(&held.grant).or_default() += 1;
+    }
+    let mut violations = Vec::new();
+    for grant in &expect.declared {
+        match holders.get(grant).copied().unwrap_or(0) {
+            0 => violations.push(Violation::Missing(grant.clone())),
+            1 => {}
+            count => violations.push(Violation::Duplicate {
+                grant: grant.clone(),
+                count,
+            }),
+        }
+    }
+    for (grant, count) in &holders {
+        if *count > 1 && !expect.declared.contains(*grant) {
+            violations.push(Violation::Duplicate {
+                grant: (*grant).clone(),
+                count: *count,
+            });
+        }
+    }
+    for held in &in_scope {
+        if marked_by(held.description.as_deref(), &expect.instance)
+            && !expect.declared.contains(&held.grant)
+        {
+            violations.push(Violation::Leaked {
+                name: held.name.clone(),
+                grant: held.grant.clone(),
+            });
+        }
+    }
+    let by_name: BTreeMap<&str, &Held> = assignments.iter().map(|a| (a.name.as_str(), a)).collect();
+    for protected in &expect.protected {
+        let unchanged = by_name.get(protected.name.as_str()).is_some_and(|now| {
+            now.grant == protected.grant && now.description == protected.description
+        });
+        if !unchanged {
+            violations.push(Violation::ProtectedChanged {
+                name: protected.name.clone(),
+            });
+        }
+    }
+    violations
+}
+
+/// Checks 3 and 4 against the journal of writes.
+pub fn check_journal(expect: &Expectation, writes: &[AssignmentWrite]) -> Vec<Violation> {
+    let protected: BTreeSet<&str> = expect.protected.iter().map(|p| p.name.as_str()).collect();
+    let mut violations = Vec::new();
+    let mut deleted: BTreeSet<Grant> = BTreeSet::new();
+    let mut pairs: BTreeMap<Grant, usize> = BTreeMap::new();
+    let mut ordered: Vec<&AssignmentWrite> = writes.iter().collect();
+    ordered.sort_by_key(|w| w.sequence);
+    for write in ordered {
+        let held = Held::from(write);
+        if protected.contains(held.name.as_str()) {
+            violations.push(Violation::ProtectedWritten {
+                name: held.name.clone(),
+                kind: write.kind,
+            });
+        }
+        match write.kind {
+            WriteKind::Deleted => {
+                deleted.insert(held.grant);
+            }
+            WriteKind::Created => {
+                if deleted.remove(&held.grant) {
+                    *pairs.entry(held.grant).or_default() += 1;
+                }
+            }
+            WriteKind::Updated => {}
+        }
+    }
+    violations.extend(
+        pairs
+            .into_iter()
+            .map(|(grant, pairs)| Violation::DeletedThenCreated { grant, pairs }),
+    );
+    violations
+}
+
+/// The whole invariant.
+pub fn check(
+    expect: &Expectation,
+    assignments: &[Held],
+    writes: &[AssignmentWrite],
+) -> Vec<Violation> {
+    let mut violations = check_state(expect, assignments);
+    violations.extend(check_journal(expect, writes));
+    violations
+}
+
+/// Violations counted by kind, for the table: `missing=3 leaked=1`, or `0`.
+pub fn summary(violations: &[Violation]) -> String {
+    if violations.is_empty() {
+        return "0".into();
+    }
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in violations {
+        *by_kind.entry(v.kind()).or_default() += 1;
+    }
+    by_kind
+        .iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One run's figures.
+#[derive(Clone, Debug, Default)]
+pub struct RunFigures {
+    pub violations: Vec<Violation>,
+    /// Grants declared at the end of the run.
+    pub grants: usize,
+    /// ARM requests from the end of the fault until converged.
+    pub arm_requests_after_fault: u64,
+    /// From the end of the fault until the state check first passed.
+    pub converge_after_fault: std::time::Duration,
+    /// False when the run never converged within its deadline.
+    pub converged: bool,
+}
+
+impl RunFigures {
+    pub fn requests_per_grant(&self) -> f64 {
+        if self.grants == 0 {
+            return 0.0;
+        }
+        self.arm_requests_after_fault as f64 / self.grants as f64
+    }
+}
+
+/// A scenario's row: runs, violations (summed), worst requests per grant and convergence time.
+#[derive(Clone, Debug, Default)]
+pub struct Row {
+    pub scenario: String,
+    pub seed: u64,
+    pub runs: Vec<RunFigures>,
+}
+
+impl Row {
+    pub fn violations(&self) -> Vec<Violation> {
+        self.runs
+            .iter()
+            .flat_map(|r| r.violations.clone())
+            .collect()
+    }
+
+    pub fn header() -> String {
+        format!(
+            "{:<34} {:>4} {:>6} {:<28} {:>10} {:>10} {:>10} {:>20}",
+            "scenario", "runs", "grants", "violations", "req/grant", "converge", "converge", "seed"
+        ) + &format!(
+            "\n{:<34} {:>4} {:>6} {:<28} {:>10} {:>10} {:>10} {:>20}",
+            "", "", "", "", "(max)", "(median)", "(max)", ""
+        )
+    }
+
+    pub fn line(&self) -> String {
+        let mut times: Vec<_> = self.runs.iter().map(|r| r.converge_after_fault).collect();
+        times.sort();
+        let median = times.get(times.len() / 2).copied().unwrap_or_default();
+        let max = times.last().copied().unwrap_or_default();
+        let per_grant = self
+            .runs
+            .iter()
+            .map(RunFigures::requests_per_grant)
+            .fold(0.0_f64, f64::max);
+        let unconverged = self.runs.iter().filter(|r| !r.converged).count();
+        let mut violations = summary(&self.violations());
+        if unconverged > 0 {
+            violations.push_str(&format!(" (unconverged={unconverged})"));
+        }
+        format!(
+            "{:<34} {:>4} {:>6} {:<28} {:>10.2} {:>9.1}s {:>9.1}s {:>20}",
+            self.scenario,
+            self.runs.len(),
+            self.runs.first().map_or(0, |r| r.grants),
+            violations,
+            per_grant,
+            median.as_secs_f64(),
+            max.as_secs_f64(),
+            self.seed
+        )
+    }
+}
