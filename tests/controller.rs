@@ -1535,5 +1535,31 @@ async fn the_account_status_says_who_can_call_it_and_why() {
     }
     .await;
     assert!(seen, "status.access: {last:#?}");
+
+    // `keyless report --kubeconfig` reads the same from the cluster: the access's status names
+    // the adopted grant and declares Alice's.
+    let report = keyless::report::command::report_from_cluster(
+        &h.env.cluster.kubeconfig_path().to_path_buf(),
+        &azure_clients(&h.emulator),
+        &keyless::plan::InstanceId::new("cluster-1").unwrap(),
+        true,
+    )
+    .await
+    .unwrap();
+    let chat = format!("{}/chat", h.n("team-chat"));
+    let row = |principal: &str| {
+        report
+            .rows
+            .iter()
+            .find(|r| r.account == h.n("prod") && r.principal_id == principal)
+            .unwrap_or_else(|| panic!("no row for {principal}: {report:#?}"))
+    };
+    assert_eq!(row(ALICE).origin, "managed");
+    assert_eq!(row(ALICE).declared_by, vec![chat.clone()]);
+    assert_eq!(row(ALICE).display_name.as_deref(), Some("Alice Martin"));
+    assert_eq!(row(BOB).origin, "adopted");
+    assert_eq!(row(BOB).declared_by, vec![chat]);
+    assert_eq!(row(&id(1)).origin, "foreign");
+    assert_eq!(row(&id(7)).inherited_from.as_deref(), Some("resourceGroup"));
     h.stop_controller().await;
 }

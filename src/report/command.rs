@@ -129,9 +129,50 @@ pub async fn run(args: &ReportArgs) -> Result<AccessReport, ReportError> {
         Some(path) => from_cluster(path, &clients, &mut report).await?,
         None => from_files(args, &clients, &instance, &mut report).await?,
     };
+    rows(&clients, &instance, &accounts, !args.no_names, &mut report).await;
+    let mut stdout = std::io::stdout().lock();
+    match args.output {
+        ReportFormat::Table => super::render::table(&report, &mut stdout),
+        ReportFormat::Json => super::render::json(&report, &mut stdout),
+        ReportFormat::Csv => super::render::csv(&report, &mut stdout),
+        ReportFormat::Html => super::render::html(&report, &mut stdout),
+    }
+    .map_err(ReportError::Output)?;
+    drop(stdout);
+    if let Some(embedded) = embedded {
+        embedded.handle.shutdown().await;
+    }
+    Ok(report)
+}
+
+/// The report on a cluster's OpenAIAccounts (the controller's statuses plus a LIST per account),
+/// without printing it.
+pub async fn report_from_cluster(
+    kubeconfig: &PathBuf,
+    clients: &AzureClients,
+    instance: &InstanceId,
+    names: bool,
+) -> Result<AccessReport, ReportError> {
+    let mut report = AccessReport {
+        limits: LIMITS.iter().map(|s| (*s).to_string()).collect(),
+        ..AccessReport::default()
+    };
+    let accounts = from_cluster(kubeconfig, clients, &mut report).await?;
+    rows(clients, instance, &accounts, names, &mut report).await;
+    Ok(report)
+}
+
+// Classifies each account's listing into rows, with display names from Graph when readable.
+async fn rows(
+    clients: &AzureClients,
+    instance: &InstanceId,
+    accounts: &[AccountToReport],
+    look_up_names: bool,
+    report: &mut AccessReport,
+) {
     let mut names: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut unreadable_names = 0usize;
-    for account in &accounts {
+    for account in accounts {
         let roles = gather::read_roles(
             clients.role_definitions.as_ref(),
             &account.scope,
@@ -140,13 +181,13 @@ pub async fn run(args: &ReportArgs) -> Result<AccessReport, ReportError> {
         .await;
         let grants = gather::classify_listing(
             &account.scope,
-            &instance,
+            instance,
             &account.listing,
             &roles,
             &account.declarations,
         );
         for grant in &grants {
-            if !args.no_names && !names.contains_key(&grant.principal_id) {
+            if look_up_names && !names.contains_key(&grant.principal_id) {
                 let name = match clients.directory.object_by_id(&grant.principal_id).await {
                     Ok(object) => object.display_name,
                     Err(_) => {
@@ -168,19 +209,6 @@ pub async fn run(args: &ReportArgs) -> Result<AccessReport, ReportError> {
     if unreadable_names > 0 {
         report.notes.push(format!("{unreadable_names} display names could not be read from Microsoft Graph (the credential may lack Directory.Read.All, or the object is gone): object ids are shown"));
     }
-    let mut stdout = std::io::stdout().lock();
-    match args.output {
-        ReportFormat::Table => super::render::table(&report, &mut stdout),
-        ReportFormat::Json => super::render::json(&report, &mut stdout),
-        ReportFormat::Csv => super::render::csv(&report, &mut stdout),
-        ReportFormat::Html => super::render::html(&report, &mut stdout),
-    }
-    .map_err(ReportError::Output)?;
-    drop(stdout);
-    if let Some(embedded) = embedded {
-        embedded.handle.shutdown().await;
-    }
-    Ok(report)
 }
 
 // Files: one plan-only engine pass per account (the same LIST `plan` makes); which grants the
