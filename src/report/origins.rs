@@ -47,14 +47,27 @@ pub fn action_matches(pattern: &str, action: &str) -> bool {
     glob(pattern.as_bytes(), action.as_bytes())
 }
 
+// Greedy wildcard matching with one backtrack point: O(pattern × text) at worst, so a custom
+// role with many stars cannot make the report slow.
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
-        Some((c, rest)) => text
-            .split_first()
-            .is_some_and(|(t, tail)| t == c && glob(rest, tail)),
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((star_p, star_t)) = star {
+            p = star_p + 1;
+            t = star_t + 1;
+            star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
     }
+    pattern[p..].iter().all(|c| *c == b'*')
 }
 
 /// Whether some action in the namespace (or under a pattern) could be granted by `pattern`: true

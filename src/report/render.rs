@@ -324,3 +324,77 @@ render();
 </body>
 </html>
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(display_name: &str) -> ReportRow {
+        ReportRow {
+            account: "oai-prod".into(),
+            principal_id: "p1".into(),
+            principal_type: Some("User".into()),
+            display_name: Some(display_name.into()),
+            role: Some("Cognitive Services OpenAI User".into()),
+            role_definition_guid: "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd".into(),
+            custom_role: false,
+            origin: "foreign".into(),
+            scope: "/subscriptions/s".into(),
+            inherited_from: None,
+            other_instance: None,
+            declared_by: vec![],
+            data_plane: Some(true),
+            can_read_keys: Some(false),
+            key_access: false,
+            created_by: None,
+            assignment_id: "id".into(),
+        }
+    }
+
+    fn rendered(
+        render: fn(&AccessReport, &mut dyn Write) -> std::io::Result<()>,
+        name: &str,
+    ) -> String {
+        let report = AccessReport {
+            rows: vec![row(name)],
+            ..AccessReport::default()
+        };
+        let mut out = Vec::new();
+        render(&report, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_display_name_cannot_end_the_html_pages_script() {
+        let page = rendered(html, "</script><script>alert(1)</script>");
+        assert!(!page.contains("<script>alert(1)"), "{page}");
+        assert!(page.contains("\\u003c/script>\\u003cscript>alert(1)"));
+        assert_eq!(
+            page.matches("</script>").count(),
+            1,
+            "only the page's own script ends"
+        );
+    }
+
+    #[test]
+    fn csv_fields_with_quotes_and_commas_stay_one_field() {
+        let text = rendered(csv, "Chen, \"Bob\"");
+        let line = text.split("\r\n").nth(1).unwrap();
+        assert!(line.contains(",\"Chen, \"\"Bob\"\"\","), "{line}");
+        assert_eq!(text.split("\r\n").filter(|l| !l.is_empty()).count(), 2);
+    }
+
+    #[test]
+    fn every_rendering_says_what_it_does_not_show() {
+        let report = AccessReport {
+            limits: LIMITS.iter().map(|s| s.to_string()).collect(),
+            ..AccessReport::default()
+        };
+        let mut out = Vec::new();
+        table(&report, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for limit in LIMITS {
+            assert!(text.contains(limit), "{text}");
+        }
+    }
+}

@@ -281,6 +281,11 @@ fn action_patterns_match_case_insensitively_with_stars_anywhere() {
     ));
     assert!(action_matches("a*c*e", "abcde"));
     assert!(!action_matches("abc", "abcd"));
+    assert!(!action_matches("a*", "b"));
+    assert!(action_matches("a**", "a"));
+    assert!(action_matches("*/listKeys/action", "x/y/listkeys/action"));
+    // Many stars against a long text that does not match: answered at once, not exponentially.
+    assert!(!action_matches(&"a*".repeat(40), &"a".repeat(30)));
 }
 
 #[test]
