@@ -20,6 +20,8 @@ pub mod controller;
 pub mod emulator;
 pub mod engine;
 pub mod files;
+#[cfg(test)]
+mod fuzz;
 pub mod ops;
 pub mod plan;
 pub mod report;

@@ -1,13 +1,36 @@
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use keyless::cli::{Cli, Command};
 use keyless::files::Mode;
 use std::process::ExitCode;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
-    keyless::ops::logging::init(&cli.log);
-    match cli.command {
+async fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    let mut log = cli.log.clone();
+    // `-q` means no progress and no INFO lines; an explicit --log-level still wins.
+    let quiet = matches!(&cli.command, Command::Plan(a) | Command::Apply(a) if a.quiet);
+    if quiet && matches.value_source("log_level") == Some(clap::parser::ValueSource::DefaultValue) {
+        log.log_level = "warn".into();
+    }
+    keyless::ops::logging::init(&log);
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(error) => {
+            // The error and its causes on one line each, never anyhow's Debug form: that adds a
+            // stack backtrace whenever RUST_BACKTRACE is set, and backtraces are for bugs (panics),
+            // not for a mistake in a manifest.
+            eprintln!("Error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Crd(args) => match args.output_dir {
             None => print!("{}", keyless::api::crds_yaml()?),
             Some(dir) => {

@@ -15,6 +15,9 @@ use keyless::plan::{AccountScope, NewAssignment, PrincipalType};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "support/secrets.rs"]
+mod secrets;
+
 const TOKEN: &str = "eyJ.stub-token-that-must-never-be-printed.sig";
 const SUB: &str = "00000000-0000-0000-0000-000000000001";
 
@@ -896,8 +899,10 @@ mod emulated {
     use super::*;
     use keyless::azure::credential::{CredentialChoice, CredentialKind, CredentialSettings};
     use keyless::azure::pacing::{BucketLimits, PacingConfig};
+    use keyless::emulator::state::FederatedCredential;
     use keyless::emulator::{
-        Emulator, EmulatorConfig, EmulatorHandle, NewGroup, NewUser, Seed, Throttling,
+        Emulator, EmulatorConfig, EmulatorHandle, NewGroup, NewServicePrincipal, NewUser, Seed,
+        Throttling,
     };
 
     pub const SUB: &str = "3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f";
@@ -923,6 +928,8 @@ mod emulated {
     }
 
     pub async fn start(configure: impl FnOnce(&mut EmulatorConfig)) -> EmulatorHandle {
+        // Every test's log lines, at TRACE, for the secrets scan.
+        crate::secrets::LogCapture::global();
         start_with_seed(Seed::from_yaml(&seed_text()).unwrap(), configure).await
     }
 
@@ -1278,6 +1285,80 @@ mod emulated {
     }
 
     #[tokio::test]
+    async fn an_app_registrations_federated_credentials_are_read_and_flexible_ones_left_out() {
+        let emulator = start(|config| config.replication_window = Duration::ZERO).await;
+        let directory = clients(&emulator).directory;
+        const APP: &str = "1f314dbd-f47f-4150-ba72-84dd3ee0450a";
+        assert_eq!(
+            directory
+                .application_federated_credentials(APP)
+                .await
+                .unwrap(),
+            Some(vec![]),
+            "an app registration of this tenant without credentials"
+        );
+        for (name, subject, expression) in [
+            ("scorer", "system:serviceaccount:batch:scorer", None),
+            (
+                "flexible",
+                "",
+                Some("claims['sub'] matches 'system:serviceaccount:*'"),
+            ),
+        ] {
+            emulator
+                .add_application_federated_credential(
+                    APP,
+                    FederatedCredential {
+                        name: name.into(),
+                        issuer: "https://oidc.keyless.example/cluster-1/".into(),
+                        subject: subject.into(),
+                        audiences: vec!["api://AzureADTokenExchange".into()],
+                        claims_matching_expression: expression.map(str::to_string),
+                    },
+                )
+                .unwrap();
+        }
+        let found = directory
+            .application_federated_credentials(APP)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|c| (c.name.as_str(), c.subject.as_str()))
+                .collect::<Vec<_>>(),
+            [("scorer", "system:serviceaccount:batch:scorer")]
+        );
+        // A managed identity has no application object; neither has another tenant's app.
+        assert_eq!(
+            directory
+                .application_federated_credentials("abfae246-2b2d-4cc2-b528-9067a57d93af")
+                .await
+                .unwrap(),
+            None
+        );
+        let foreign = emulator
+            .add_service_principal(NewServicePrincipal {
+                display_name: "someone-elses-app".into(),
+                app_owner_organization_id: Some("99999999-9999-9999-9999-999999999999".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            directory
+                .application_federated_credentials(&foreign.app_id)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            emulator.request_count("Graph_ListFederatedIdentityCredentials", 200),
+            2
+        );
+    }
+
+    #[tokio::test]
     async fn graph_resolves_names_escapes_hostile_ones_and_reports_ambiguity() {
         let emulator = start(|config| config.replication_window = Duration::ZERO).await;
         let directory = clients(&emulator).directory;
@@ -1555,5 +1636,67 @@ mod emulated {
             results.contains(&Err(AzureErrorKind::Throttled)),
             "{results:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn no_token_or_assertion_appears_in_logs_or_errors() {
+        let emulator = start(|config| config.replication_window = Duration::ZERO).await;
+        let clients = clients(&emulator);
+        let mut outputs = crate::secrets::Outputs::new();
+        // Successes, at TRACE.
+        let observed = clients
+            .role_assignments
+            .observe_scope(&oai_prod())
+            .await
+            .unwrap();
+        outputs.add("observed", format!("{observed:?}"));
+        let alice = clients.directory.user_by_upn("alice@contoso.com").await;
+        outputs.add("alice", format!("{alice:?}"));
+        // Refusals: a wrong principal type, an unknown user, a token for the wrong audience.
+        let refused = clients
+            .role_assignments
+            .create_assignment(&assign(TEAM, PrincipalType::User, RoleName::OpenAIUser))
+            .await
+            .unwrap_err();
+        outputs.add_error("wrong type", &refused);
+        let missing = clients
+            .directory
+            .user_by_upn("nobody@contoso.com")
+            .await
+            .unwrap_err();
+        outputs.add_error("unknown user", &missing);
+        let graph_token = emulator
+            .token_for(OPERATOR, keyless::emulator::Audience::Graph)
+            .unwrap();
+        #[derive(Debug)]
+        struct Given(String);
+        #[async_trait::async_trait]
+        impl TokenCredential for Given {
+            async fn get_token(
+                &self,
+                _: &[&str],
+                _: Option<TokenRequestOptions<'_>>,
+            ) -> azure_core::Result<AccessToken> {
+                Ok(AccessToken::new(
+                    self.0.clone(),
+                    azure_core::time::OffsetDateTime::now_utc()
+                        + azure_core::time::Duration::hours(1),
+                ))
+            }
+        }
+        let wrong_audience =
+            AzureClients::with_credential(&config(&emulator), Arc::new(Given(graph_token)))
+                .unwrap();
+        let unauthorized = wrong_audience
+            .accounts
+            .get_account(&oai_prod())
+            .await
+            .unwrap_err();
+        outputs.add_error("wrong audience", &unauthorized);
+        outputs.add("credential", format!("{:?}", clients.credential));
+        outputs.add("logs", crate::secrets::LogCapture::global().text());
+        let seen = emulator.secrets();
+        assert!(seen.len() >= 3, "the emulator saw {} secrets", seen.len());
+        outputs.assert_no_secret(&seen);
     }
 }

@@ -53,6 +53,8 @@ struct Harness {
 impl Harness {
     /// The namespaces and the emulator, without a controller; `None` when the test must skip.
     async fn new() -> Option<Harness> {
+        // Every test's log lines, at TRACE, for the secrets scan.
+        support::secrets::LogCapture::global();
         let env = TestEnv::start().await?;
         for namespace in ["team-chat", "team-search", "team-other"] {
             env.namespace(namespace).await;
@@ -115,6 +117,7 @@ impl Harness {
                     issuer: ISSUER.into(),
                     subject: format!("system:serviceaccount:{namespace}:{service_account}"),
                     audiences: vec!["api://AzureADTokenExchange".into()],
+                    claims_matching_expression: None,
                 },
             )
             .unwrap();
@@ -1562,4 +1565,55 @@ async fn the_account_status_says_who_can_call_it_and_why() {
     assert_eq!(row(&id(1)).origin, "foreign");
     assert_eq!(row(&id(7)).inherited_from.as_deref(), Some("resourceGroup"));
     h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_or_assertion_appears_in_statuses_events_or_logs() {
+    let Some(mut h) = Harness::start().await else {
+        return;
+    };
+    h.federate_chat_backend();
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.service_account("team-chat", "chat-backend", CHAT_BACKEND_CLIENT)
+        .await;
+    h.access(
+        "team-chat",
+        "chat",
+        json!([
+            {"user": "alice@contoso.com"},
+            {"serviceAccount": "chat-backend"},
+            {"user": "nobody@contoso.com"}
+        ]),
+    )
+    .await;
+    eventually("the unknown user is reported", async || {
+        h.get_access("team-chat", "chat")
+            .await
+            .and_then(|a| a.status)
+            .is_some_and(|s| s.principals.iter().any(|p| p.principal.contains("nobody")))
+    })
+    .await;
+    eventually("events are written", async || {
+        !h.events_about("OpenAIAccess", "chat").await.is_empty()
+    })
+    .await;
+    let mut outputs = support::secrets::Outputs::new();
+    let access = h.get_access("team-chat", "chat").await.unwrap();
+    outputs.add(
+        "access status",
+        serde_json::to_string(&access.status).unwrap(),
+    );
+    let account = h.get_account("prod").await.unwrap();
+    outputs.add(
+        "account status",
+        serde_json::to_string(&account.status).unwrap(),
+    );
+    for event in h.events_about("OpenAIAccess", "chat").await {
+        outputs.add("event", serde_json::to_string(&event).unwrap());
+    }
+    h.stop_controller().await;
+    outputs.add("logs", support::secrets::LogCapture::global().text());
+    let seen = h.emulator.secrets();
+    assert!(seen.len() >= 2, "the emulator saw {} secrets", seen.len());
+    outputs.assert_no_secret(&seen);
 }

@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+#[path = "support/secrets.rs"]
+mod secrets;
+
 const SUB: &str = "3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f";
 const OPENAI_USER: &str = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd";
 const ALICE: &str = "82f6c951-ea04-4434-a839-f80b32aa6337";
@@ -25,6 +28,8 @@ fn account_id(name: &str) -> String {
 }
 
 async fn emulator(tweak: impl FnOnce(&mut EmulatorConfig)) -> EmulatorHandle {
+    // Every test's log lines, at TRACE, for the secrets scan.
+    secrets::LogCapture::global();
     let mut config = EmulatorConfig::new(Seed::example().unwrap());
     tweak(&mut config);
     Emulator::start(config).await.unwrap()
@@ -384,9 +389,19 @@ async fn a_grant_the_files_still_name_but_no_longer_allow_is_revoked_without_pru
     let report = keyless(&handle, "apply", revoked.path(), &["--instance-id", "ci"])
         .await
         .unwrap();
+    // The denied principal is not looked up (no directory oracle), so its row says Denied and the
+    // revocation is its own row, found through the marker's declared-by.
     assert_eq!(
         actions(&report)["user:alice@contoso.com"],
-        Action::Deleted,
+        Action::Denied,
+        "{report:#?}"
+    );
+    assert!(
+        report
+            .accounts
+            .iter()
+            .flat_map(|a| &a.grants)
+            .any(|g| g.action == Action::Deleted),
         "{report:#?}"
     );
     assert_eq!(holds(&handle, "oai-prod", ALICE), 0);
@@ -727,4 +742,125 @@ async fn an_apply_killed_part_way_and_run_again_leaves_every_grant_exactly_once(
         assert_eq!(now.principal_id, original.principal_id);
     }
     assert!(after.iter().any(|a| a.name == foreign.name));
+}
+
+/// Runs the built binary with `args` and the flags for `handle`, at the most verbose log level.
+async fn keyless_binary(handle: &EmulatorHandle, args: &[&str]) -> std::process::Output {
+    let mut argv: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    argv.extend(["--log-level".to_string(), "trace".to_string()]);
+    let flags = azure_flags(handle);
+    // doctor has no --service-account-issuer (the last flag and its value).
+    let flags = if args.first() == Some(&"doctor") {
+        &flags[..flags.len() - 2]
+    } else {
+        &flags[..]
+    };
+    argv.extend(flags.iter().cloned());
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_keyless"))
+        .args(&argv)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn no_token_or_assertion_appears_in_any_output_at_any_verbosity() {
+    let handle = emulator(|_| {}).await;
+    let examples = examples();
+    let dir = examples.to_str().unwrap();
+    let mut outputs = secrets::Outputs::new();
+
+    // In-process: the report as JSON and table, and the doctor's diagnosis.
+    let report = keyless(
+        &handle,
+        "apply",
+        &examples,
+        &["--instance-id", "secrets-scan"],
+    )
+    .await
+    .unwrap();
+    let mut rendered = Vec::new();
+    keyless::files::render::json(&report, &mut rendered).unwrap();
+    keyless::files::render::table(&report, &mut rendered).unwrap();
+    outputs.add("apply report", String::from_utf8(rendered).unwrap());
+    let config = keyless::files::emulated::config_for(&handle, Default::default());
+    let manifests = keyless::files::load::load(std::slice::from_ref(&examples), false).unwrap();
+    let mut diagnosis = keyless::files::doctor::Diagnosis::default();
+    keyless::files::doctor::check(
+        &mut diagnosis,
+        &config,
+        &keyless::files::emulated::no_env,
+        Some(&manifests),
+    )
+    .await;
+    let mut printed = Vec::new();
+    diagnosis.print(&mut printed).unwrap();
+    outputs.add("doctor", String::from_utf8(printed).unwrap());
+
+    // The binary at TRACE: plan, apply (JSON), doctor, and a run whose token request fails.
+    for args in [
+        vec!["plan", "-f", dir, "--instance-id", "secrets-scan"],
+        vec![
+            "apply",
+            "-f",
+            dir,
+            "--instance-id",
+            "secrets-scan",
+            "-o",
+            "json",
+        ],
+        vec!["doctor", "-f", dir],
+    ] {
+        let output = keyless_binary(&handle, &args).await;
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        outputs.add(
+            format!("{args:?} stdout"),
+            String::from_utf8_lossy(&output.stdout),
+        );
+        outputs.add(
+            format!("{args:?} stderr"),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    }
+    // A federated token for a subject no credential trusts: Entra refuses it, keyless says why.
+    let stranger = handle.federated_assertion(
+        "https://oidc.keyless.example/cluster-1/",
+        "system:serviceaccount:nobody:nobody",
+        "api://AzureADTokenExchange",
+    );
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, &stranger).unwrap();
+    let mut argv: Vec<String> = ["plan", "-f", dir, "--log-level", "trace"]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let mut flags = azure_flags(&handle);
+    let at = flags
+        .iter()
+        .position(|f| f == "--federated-token-file")
+        .unwrap();
+    flags[at + 1] = token_file.display().to_string();
+    argv.extend(flags);
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyless"))
+        .args(&argv)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        !refused.status.success() || stderr.contains("AADSTS") || stderr.contains("federat"),
+        "the refused token should show as a failure: {stderr}"
+    );
+    outputs.add("refused stdout", String::from_utf8_lossy(&refused.stdout));
+    outputs.add("refused stderr", stderr);
+
+    outputs.add("logs", secrets::LogCapture::global().text());
+    let seen = handle.secrets();
+    // Not vacuous: the runs above were issued tokens, and sent the stranger's assertion.
+    assert!(seen.len() >= 4, "the emulator saw {} secrets", seen.len());
+    assert!(seen.contains(&stranger));
+    assert!(outputs.len() > 10_000, "too little output to scan");
+    outputs.assert_no_secret(&seen);
 }

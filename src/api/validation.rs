@@ -44,12 +44,17 @@ pub fn validate_object(
     prune(&schema, &mut pruned, "", &mut errors);
     let defaulted = kube::core::cel::apply_defaults(&schema, &pruned);
 
-    match jsonschema::options().build(&schema) {
+    // Formats too (date-time): the apiserver checks them, so a bad expiresAt must fail here, with
+    // the field's name, not later in deserialisation without one.
+    match jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+    {
         Ok(validator) => {
             for error in validator.iter_errors(&defaulted) {
                 errors.push(FieldError {
                     field: pointer_to_path(error.instance_path.as_str()),
-                    message: error.to_string(),
+                    message: schema_message(&schema, &error),
                 });
             }
         }
@@ -70,7 +75,7 @@ pub fn validate_object(
                 } else {
                     error.field_path.clone()
                 },
-                message: error.message.clone(),
+                message: bounded(&error.message, MAX_MESSAGE),
             });
         }
     }
@@ -79,6 +84,159 @@ pub fn validate_object(
     } else {
         Err(errors)
     }
+}
+
+/// The most characters of a value from the user's file echoed back in a message: enough to
+/// recognise it, never a whole list (jsonschema's own messages print the entire instance).
+pub const MAX_ECHOED: usize = 64;
+/// The most characters of one message about one field.
+pub const MAX_MESSAGE: usize = 240;
+
+/// `text` cut to at most `max` characters (on a character boundary), marked with `…` when cut.
+pub fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max.saturating_sub(1)) {
+        Some((end, _)) if text.chars().count() > max => format!("{}…", &text[..end]),
+        _ => text.to_string(),
+    }
+}
+
+/// A value from the user's file as it appears in a message: compact JSON, bounded.
+pub fn echo(value: &Value) -> String {
+    bounded(&value.to_string(), MAX_ECHOED)
+}
+
+// One short sentence per failed schema keyword that says what is wrong and what is expected,
+// echoing at most MAX_ECHOED characters of the value.
+fn schema_message(schema: &Value, error: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let instance: &Value = &error.instance;
+    let shown = echo(instance);
+    let message = match &error.kind {
+        Kind::MaxItems { limit } => format!("{} items, at most {limit}", array_len(instance)),
+        Kind::MinItems { limit } => format!("{} items, at least {limit}", array_len(instance)),
+        Kind::MaxLength { limit } => format!(
+            "{} characters, at most {limit}",
+            instance.as_str().map_or(0, |s| s.chars().count())
+        ),
+        Kind::MinLength { limit: 1 } => "must not be empty".to_string(),
+        Kind::MinLength { limit } => format!("{shown} is shorter than {limit} characters"),
+        Kind::Pattern { pattern } => {
+            // jsonschema reports the pattern as translated for its regex engine; the schema holds
+            // the one the CRD declares, which is what the table of descriptions knows.
+            let declared = schema
+                .pointer(error.schema_path.as_str())
+                .and_then(Value::as_str)
+                .unwrap_or(pattern);
+            format!("{shown} is not {}", describe_pattern(declared))
+        }
+        Kind::Format { format } if format == "date-time" => {
+            format!("{shown} is not a date-time: use RFC 3339 in UTC, e.g. 2030-01-01T00:00:00Z")
+        }
+        Kind::Format { format } => format!("{shown} is not a valid {format}"),
+        Kind::Enum { options } => format!("{shown} is not allowed; use one of {}", list(options)),
+        Kind::Required { property } => format!(
+            "{} is required",
+            property
+                .as_str()
+                .map_or_else(|| echo(property), str::to_string)
+        ),
+        Kind::Type { kind } => {
+            let expected = match kind {
+                jsonschema::error::TypeKind::Single(t) => type_name(*t).to_string(),
+                jsonschema::error::TypeKind::Multiple(set) => {
+                    set.iter().map(type_name).collect::<Vec<_>>().join(" or ")
+                }
+            };
+            format!("{shown} is {}, expected {expected}", json_type(instance))
+        }
+        Kind::Maximum { limit } | Kind::ExclusiveMaximum { limit } => {
+            format!("{shown} is above the maximum {limit}")
+        }
+        Kind::Minimum { limit } | Kind::ExclusiveMinimum { limit } => {
+            format!("{shown} is below the minimum {limit}")
+        }
+        // Everything else: jsonschema's message with the instance masked, so it cannot run long.
+        _ => error.masked_with(shown.as_str()).to_string(),
+    };
+    bounded(&message, MAX_MESSAGE)
+}
+
+fn type_name(kind: jsonschema::JsonType) -> &'static str {
+    use jsonschema::JsonType;
+    match kind {
+        JsonType::Array => "a list",
+        JsonType::Boolean => "true or false",
+        JsonType::Integer => "a whole number",
+        JsonType::Null => "null",
+        JsonType::Number => "a number",
+        JsonType::Object => "an object (key: value)",
+        JsonType::String => "a string",
+    }
+}
+
+fn array_len(value: &Value) -> usize {
+    value.as_array().map_or(0, Vec::len)
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn list(options: &Value) -> String {
+    match options.as_array() {
+        Some(items) => items
+            .iter()
+            .map(|item| item.as_str().map_or_else(|| echo(item), str::to_string))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => echo(options),
+    }
+}
+
+// What each pattern of the CRDs means, in words a person can act on; an unknown pattern is shown
+// as is (bounded).
+fn describe_pattern(pattern: &str) -> String {
+    use super::common::patterns;
+    let known = [
+        (
+            patterns::GUID,
+            "a GUID (8-4-4-4-12 hex digits, e.g. 95ce509f-d768-4c1d-b9ae-4595afb90593)",
+        ),
+        (
+            patterns::ACCOUNT_RESOURCE_ID,
+            "an account's ARM id: /subscriptions/<guid>/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>",
+        ),
+        (
+            patterns::MANAGED_IDENTITY_ID,
+            "a user-assigned identity's ARM id: /subscriptions/<guid>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>",
+        ),
+        (
+            patterns::USER_PRINCIPAL_NAME,
+            "a user principal name such as alice@contoso.com",
+        ),
+        (
+            patterns::DNS_LABEL,
+            "a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit",
+        ),
+        (
+            patterns::DNS_SUBDOMAIN,
+            "a Kubernetes name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+        ),
+    ];
+    known
+        .iter()
+        .find(|(known, _)| *known == pattern)
+        .map_or_else(
+            || format!("matching {}", bounded(pattern, MAX_ECHOED)),
+            |(_, words)| (*words).to_string(),
+        )
 }
 
 fn schema_for(crd: &CustomResourceDefinition, object: &Value) -> Option<Value> {
@@ -130,14 +288,27 @@ fn prune(schema: &Value, value: &mut Value, path: &str, errors: &mut Vec<FieldEr
                         }
                     }
                     None if properties.is_some() => {
-                        errors.push(FieldError {
-                            field: child_path.trim_start_matches('.').to_string(),
-                            message: format!(
-                                "unknown field {key:?}; known fields are {}",
-                                properties
-                                    .map(|p| p.keys().cloned().collect::<Vec<_>>().join(", "))
-                                    .unwrap_or_default()
+                        let known: Vec<&str> = properties
+                            .map(|p| p.keys().map(String::as_str).collect())
+                            .unwrap_or_default();
+                        let shown = bounded(&key, MAX_ECHOED);
+                        let message = match closest(&key, &known) {
+                            Some(near) => {
+                                format!("unknown field {shown:?}: did you mean {near:?}?")
+                            }
+                            None => bounded(
+                                &format!(
+                                    "unknown field {shown:?}; known fields are {}",
+                                    known.join(", ")
+                                ),
+                                MAX_MESSAGE,
                             ),
+                        };
+                        errors.push(FieldError {
+                            field: format!("{path}.{shown}")
+                                .trim_start_matches('.')
+                                .to_string(),
+                            message,
                         });
                         map.remove(&key);
                     }
@@ -154,6 +325,38 @@ fn prune(schema: &Value, value: &mut Value, path: &str, errors: &mut Vec<FieldEr
         }
         _ => {}
     }
+}
+
+// The known field a typo most likely meant: the same name in another case, or one at most two
+// edits away (`principles` → `principals`, `expiresat` → `expiresAt`).
+fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let lower = key.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|name| (edit_distance(&lower, &name.to_ascii_lowercase()), *name))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, name)| name)
+}
+
+// Levenshtein distance over characters; keys are short, and a long one gives up early.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    if a.len().abs_diff(b.len()) > 2 {
+        return usize::MAX;
+    }
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous[j] + usize::from(ca != cb);
+            let value = substitute.min(previous[j + 1] + 1).min(current[j] + 1);
+            current.push(value);
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 fn pointer_to_path(pointer: &str) -> String {

@@ -278,7 +278,7 @@ pub fn existing_assignment_name(message: &str) -> Option<uuid::Uuid> {
 
 /// A user-assigned identity's resource id, checked: it is pasted into the URL, so nothing but the
 /// expected shape may pass.
-fn parse_identity_id(resource_id: &str) -> Option<(String, String)> {
+pub(crate) fn parse_identity_id(resource_id: &str) -> Option<(String, String)> {
     let segments: Vec<&str> = resource_id.trim_end_matches('/').split('/').collect();
     match segments.as_slice() {
         [
@@ -323,7 +323,7 @@ fn is_path_safe(segment: &str) -> bool {
 }
 
 /// A role assignment id keyless may delete: at an account scope, named by a GUID.
-fn parse_assignment_id(assignment_id: &str) -> Option<(AccountScope, uuid::Uuid)> {
+pub(crate) fn parse_assignment_id(assignment_id: &str) -> Option<(AccountScope, uuid::Uuid)> {
     let lower = assignment_id.to_ascii_lowercase();
     let at = lower.find(&ROLE_ASSIGNMENTS_PROVIDER.to_ascii_lowercase())?;
     let scope = AccountScope::parse(&assignment_id[..at]).ok()?;

@@ -225,6 +225,9 @@ async fn reconcile_account_pass(
             .map(|ns| (ns.name_any(), ns.labels().clone().into_iter().collect()))
             .collect(),
         accesses,
+        // Issue 17 fills these from the informers' completeness and the undecodable objects.
+        view: engine::ViewCompleteness::Complete,
+        malformed: Vec::new(),
     };
     let azure = Azure {
         assignments: ctx.azure.role_assignments.as_ref(),

@@ -184,6 +184,7 @@ impl Emulator {
                         token::unix_now(),
                         lifetime_secs,
                     );
+                    shared.record_secret(&assertion);
                     write(&path, &assertion)
                 }
             };
@@ -272,14 +273,22 @@ impl EmulatorHandle {
 
     /// A client assertion as a Kubernetes OIDC issuer would write it, valid for an hour.
     pub fn federated_assertion(&self, issuer: &str, subject: &str, audience: &str) -> String {
-        token::federated_assertion(
+        let assertion = token::federated_assertion(
             &self.shared.signer,
             issuer,
             subject,
             audience,
             token::unix_now(),
             3600,
-        )
+        );
+        self.shared.record_secret(&assertion);
+        assertion
+    }
+
+    /// Every access token, client assertion and federated token this emulator issued or read
+    /// (including `Authorization` header values as sent): what no output may ever contain.
+    pub fn secrets(&self) -> Vec<String> {
+        self.shared.secrets()
     }
 
     pub fn request_counts(&self) -> RequestCounts {
@@ -386,6 +395,25 @@ impl EmulatorHandle {
         name: &str,
     ) -> Result<(), AdminError> {
         self.shared.remove_federated_credential(identity_id, name)
+    }
+
+    /// Adds (or replaces, by name) a federated credential on the app registration `app_id`.
+    pub fn add_application_federated_credential(
+        &self,
+        app_id: &str,
+        credential: FederatedCredential,
+    ) -> Result<(), AdminError> {
+        self.shared
+            .add_application_federated_credential(app_id, credential)
+    }
+
+    pub fn remove_application_federated_credential(
+        &self,
+        app_id: &str,
+        name: &str,
+    ) -> Result<(), AdminError> {
+        self.shared
+            .remove_application_federated_credential(app_id, name)
     }
 
     pub fn put_account(&self, account: Account) -> Result<Account, AdminError> {

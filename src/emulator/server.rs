@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -152,6 +152,9 @@ pub struct Shared {
     faults: Mutex<FaultState>,
     throttling: Mutex<(Throttling, Buckets)>,
     counts: Mutex<RequestCounts>,
+    // Every token and client assertion the emulator issued or read, so tests can assert that none
+    // of them ever appears in a log line, a status, an event, an error or CLI output.
+    secrets: Mutex<BTreeSet<String>>,
     /// Role assignment writes made through ARM, in order (see [`journal`]).
     journal: Mutex<Vec<AssignmentWrite>>,
 }
@@ -183,6 +186,7 @@ impl Shared {
             faults: Mutex::new(faults),
             throttling: Mutex::new((throttling, Buckets::default())),
             counts: Mutex::new(BTreeMap::new()),
+            secrets: Mutex::new(BTreeSet::new()),
             journal: Mutex::new(Vec::new()),
         }
     }
@@ -201,6 +205,18 @@ impl Shared {
 
     pub fn throttling(&self) -> Throttling {
         lock(&self.throttling).0
+    }
+
+    /// Remembers a token or assertion this emulator issued or was sent (empty strings are none).
+    pub fn record_secret(&self, secret: &str) {
+        if !secret.is_empty() {
+            lock(&self.secrets).insert(secret.to_string());
+        }
+    }
+
+    /// Every token and client assertion issued or read so far.
+    pub fn secrets(&self) -> Vec<String> {
+        lock(&self.secrets).iter().cloned().collect()
     }
 
     pub fn counts(&self) -> RequestCounts {
@@ -237,9 +253,11 @@ impl Shared {
         let world = self.lock_world();
         let lifetime = i64::try_from(self.config.token_lifetime.as_secs()).unwrap_or(3599);
         let claims = access_claims(&world, principal_id, audience, unix_now(), lifetime)?;
-        serde_json::to_value(&claims)
+        let token = serde_json::to_value(&claims)
             .ok()
-            .map(|v| self.signer.sign(&v))
+            .map(|v| self.signer.sign(&v))?;
+        self.record_secret(&token);
+        Some(token)
     }
 
     /// The fault this request gets, if any: scripted ones first, then the rates.
@@ -363,6 +381,19 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
+// The bearer token of a request, recorded as a secret whatever it is (valid or not).
+fn read_bearer<'h>(shared: &Shared, headers: &'h http::HeaderMap) -> Option<&'h str> {
+    if let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        shared.record_secret(value);
+    }
+    let token = bearer(headers)?;
+    shared.record_secret(token);
+    Some(token)
+}
+
 fn arm_unauthorized(code: &str, message: String) -> Reply {
     let description = message.replace('"', "'");
     arm_error(401, code, message).with_header(
@@ -372,7 +403,7 @@ fn arm_unauthorized(code: &str, message: String) -> Reply {
 }
 
 fn authenticate_arm(shared: &Shared, headers: &http::HeaderMap) -> Result<Caller, Reply> {
-    let Some(token) = bearer(headers) else {
+    let Some(token) = read_bearer(shared, headers) else {
         return Err(arm_unauthorized(
             "AuthenticationFailed",
             "Authentication failed. The 'Authorization' header is missing.".into(),
@@ -417,7 +448,7 @@ fn authenticate_arm(shared: &Shared, headers: &http::HeaderMap) -> Result<Caller
 }
 
 pub fn authenticate_graph(shared: &Shared, headers: &http::HeaderMap) -> Result<Caller, Reply> {
-    let Some(token) = bearer(headers) else {
+    let Some(token) = read_bearer(shared, headers) else {
         return Err(graph::graph_error(
             401,
             "InvalidAuthenticationToken",
@@ -531,6 +562,11 @@ fn serve_token(shared: &Shared, method: &http::Method, path: &str, body: &[u8]) 
     let form: Vec<(String, String)> = url::form_urlencoded::parse(body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
+    for (name, value) in &form {
+        if matches!(name.as_str(), "client_assertion" | "client_secret") {
+            shared.record_secret(value);
+        }
+    }
     let grant = {
         let world = shared.lock_world();
         check_token_request(

@@ -21,6 +21,7 @@ use crate::plan::{
     AccessInput, AccountInput, AccountScope, Cleanup, InstanceId, NewAssignment, ObjectKey,
     Observation, Plan, PlanInput, Write, plan,
 };
+pub use crate::plan::{MalformedObject, ViewCompleteness};
 use jiff::Timestamp;
 pub use resolve::{CLIENT_ID_ANNOTATION, FederationCheck, ResolutionCache, ServiceAccountInfo};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -76,6 +77,10 @@ pub struct ScopeSource {
     pub accesses: Vec<AccessSource>,
     pub service_accounts: BTreeMap<ObjectKey, ServiceAccountInfo>,
     pub namespaces: NamespaceLabels,
+    /// Whether `accesses` is every OpenAIAccess on this account (see [`ViewCompleteness`]).
+    pub view: ViewCompleteness,
+    /// Objects that may name this account but could not be decoded (see [`MalformedObject`]).
+    pub malformed: Vec<MalformedObject>,
 }
 
 /// What happened to one write.
@@ -87,6 +92,9 @@ pub enum WriteResult {
     Created(crate::plan::ObservedAssignment),
     /// Created under another name already (409): adopted.
     Adopted(crate::plan::ObservedAssignment),
+    /// Created already (409) by this instance, under another name (a grant named the old way, or
+    /// one a lagging LIST did not show): ours, so Granted, not Adopted.
+    Confirmed(crate::plan::ObservedAssignment),
     Skipped(String),
     Failed(AzureError),
     /// Not attempted: a plan-only pass, or the pass stopped early (throttled).
@@ -217,37 +225,42 @@ pub async fn run_pass(
         }
     };
 
-    // Resolve (only when there is something to compare against).
+    // Eligibility, then resolution of the eligible principals only (and only when there is
+    // something to compare against): a namespace the account does not allow learns nothing about
+    // the directory, and costs no lookup.
     let mut resolver = resolve::Resolver::new(
         azure.directory,
         azure.identities,
         &source.service_accounts,
         FederationCheck {
-            required: source.account.require_federation,
             issuer: config.federation_issuer.clone(),
         },
         config.resolution_cache.as_deref(),
     );
+    let readable = !matches!(observation, Observation::Unavailable { .. });
     let mut accesses = Vec::with_capacity(source.accesses.len());
     for access in &source.accesses {
+        let eligibility = crate::plan::eligibility::eligibility(
+            &source.account_name,
+            &source.account,
+            &access.key,
+            &access.spec,
+            &source.namespaces,
+        );
         let mut resolutions = Vec::with_capacity(access.spec.principals.len());
-        for principal in &access.spec.principals {
-            let resolution = match principal.reference() {
-                Some(reference) if !matches!(observation, Observation::Unavailable { .. }) => {
+        for eligible in &eligibility.principals {
+            let resolution = match eligible.reference() {
+                Some(reference) if readable => {
                     resolver
                         .resolve(
                             &access.key,
-                            &reference,
+                            reference,
                             access.previous.as_ref(),
                             access.generation,
                         )
                         .await
                 }
-                _ => crate::plan::Resolution::Unresolved {
-                    reason: reasons::RESOLUTION_FAILED.into(),
-                    message: "not resolved: the account could not be read".into(),
-                    replicating: false,
-                },
+                _ => crate::plan::Resolution::NotLookedUp,
             };
             resolutions.push(resolution);
         }
@@ -285,7 +298,19 @@ pub async fn run_pass(
         now,
         max_deletes: config.max_deletes_per_pass,
         replication_deadline: config.replication_deadline,
+        propagation_grace: config.propagation_grace,
+        view: &source.view,
+        malformed: &source.malformed,
     });
+    for (object, note) in &plan.findings {
+        outcome.events.push(EngineEvent {
+            object: Some(object.clone()),
+            warning: true,
+            reason: "FederationFinding",
+            action: "Authorise",
+            note: note.clone(),
+        });
+    }
 
     // Apply, one write at a time: writes on a scope are never concurrent.
     let mut failed_creates_of: BTreeSet<ObjectKey> = BTreeSet::new();
@@ -323,6 +348,14 @@ pub async fn run_pass(
                         ),
                     });
                     WriteResult::Created(created)
+                }
+                Ok(Created::AlreadyExists(existing))
+                    if crate::plan::ownership::is_owned_by(
+                        existing.description.as_deref(),
+                        &config.instance,
+                    ) =>
+                {
+                    WriteResult::Confirmed(existing)
                 }
                 Ok(Created::AlreadyExists(existing)) => WriteResult::Adopted(existing),
                 Err(error) => {
@@ -421,6 +454,19 @@ pub async fn run_pass(
             );
         }
     }
+    // Results of releases and deletes, by grant: cleanup waits on grants, not positions.
+    let removals: HashMap<crate::plan::GrantKey, &WriteResult> = plan
+        .writes
+        .iter()
+        .zip(&outcome.results)
+        .filter(|(write, _)| !matches!(write, Write::Create { .. }))
+        .filter_map(|(write, result)| write.grant().map(|g| (g, result)))
+        .collect();
+    let removed = |grants: &[crate::plan::GrantKey]| {
+        grants
+            .iter()
+            .all(|g| matches!(removals.get(g), Some(WriteResult::Done)))
+    };
     for (access_plan, source_access) in plan.accesses.iter().zip(&source.accesses) {
         let mut principals = access_plan.principals.clone();
         for status in principals.iter_mut() {
@@ -428,9 +474,7 @@ pub async fn run_pass(
         }
         let cleanup_complete = match &access_plan.cleanup {
             Cleanup::Complete => true,
-            Cleanup::AfterWrites(indexes) => indexes
-                .iter()
-                .all(|i| matches!(outcome.results.get(*i), Some(WriteResult::Done))),
+            Cleanup::AfterWrites(grants) => removed(grants),
             Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
         };
         let previous = source_access.previous.as_ref();
@@ -479,9 +523,7 @@ pub async fn run_pass(
     }
     outcome.account_cleanup_complete = match &plan.account_cleanup {
         Cleanup::Complete => true,
-        Cleanup::AfterWrites(indexes) => indexes
-            .iter()
-            .all(|i| matches!(outcome.results.get(*i), Some(WriteResult::Done))),
+        Cleanup::AfterWrites(grants) => removed(grants),
         Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
     };
     if outcome.retry.is_none()
@@ -515,6 +557,16 @@ pub fn spared_without_prune(write: &Write, plan: &Plan, source: &ScopeSource) ->
     else {
         return true;
     };
+    // An input object that declared it (its marker says so): a denied namespace is never looked
+    // up, so its principals carry no object id, but the request still names the grant.
+    let declarer = crate::plan::ownership::declared_by(assignment.description.as_deref());
+    if source
+        .accesses
+        .iter()
+        .any(|a| declarer == Some(a.key.to_string().as_str()) && a.spec.role == role)
+    {
+        return false;
+    }
     let named = plan.accesses.iter().any(|access| {
         source
             .accesses
@@ -571,6 +623,16 @@ fn apply_write_results(
                 // ARM's createdOn, so the time survives restarts and never churns status.
                 status.granted_at =
                     Some(crate::api::common::Time(created.created_on.unwrap_or(now)));
+            }
+            WriteResult::Confirmed(existing) => {
+                status.state = Some(GrantState::Granted);
+                status.reason = Some(reasons::GRANTED.into());
+                status.message = Some(format!(
+                    "role assignment {} (already this keyless's) grants this",
+                    existing.name
+                ));
+                status.role_assignment_id = Some(existing.id.clone());
+                status.granted_at = existing.created_on.map(crate::api::common::Time);
             }
             WriteResult::Adopted(existing) => {
                 status.state = Some(GrantState::Granted);

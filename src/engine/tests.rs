@@ -19,6 +19,8 @@ struct FakeAzure {
     fail_creates_for: Mutex<Vec<String>>,
     account_missing: bool,
     identities: Vec<(ManagedIdentity, Vec<FederatedCredential>)>,
+    /// Application objects by app id, with their federated credentials.
+    applications: Vec<(String, Vec<FederatedCredential>)>,
 }
 
 impl FakeAzure {
@@ -197,6 +199,20 @@ impl Directory for FakeAzure {
             format!("{object_id} not found"),
         ))
     }
+    async fn application_federated_credentials(
+        &self,
+        app_id: &str,
+    ) -> Result<Option<Vec<FederatedCredential>>, AzureError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("application credentials {app_id}"));
+        Ok(self
+            .applications
+            .iter()
+            .find(|(id, _)| id == app_id)
+            .map(|(_, c)| c.clone()))
+    }
 }
 
 fn oid(n: u8) -> String {
@@ -234,6 +250,7 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
             allowed_principal_kinds: PrincipalKind::ALL.to_vec(),
             require_federation: true,
             deletion_policy: DeletionPolicy::Delete,
+            allow_retain: false,
         },
         account_being_deleted: false,
         accesses,
@@ -247,6 +264,8 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
             },
         )]),
         namespaces: NamespaceLabels::new(),
+        view: ViewCompleteness::Complete,
+        malformed: Vec::new(),
     }
 }
 
@@ -381,10 +400,13 @@ async fn a_create_that_fails_keeps_the_old_grant_of_a_principal_change() {
         0,
         "the old grant stays until the new one exists"
     );
-    assert!(matches!(
-        outcome.results.last(),
-        Some(WriteResult::Skipped(_))
-    ));
+    assert!(
+        outcome
+            .results
+            .iter()
+            .all(|r| !matches!(r, WriteResult::Done)),
+        "the old grant's delete is not even attempted: the replacement must propagate first"
+    );
     assert_eq!(outcome.retry, Some(RetryDecision::Backoff));
     assert_eq!(
         outcome.accesses[0].status.principals[0].state,
@@ -392,15 +414,26 @@ async fn a_create_that_fails_keeps_the_old_grant_of_a_principal_change() {
     );
 
     azure.fail_creates_for.lock().unwrap().clear();
+    let held = || -> Vec<String> {
+        azure
+            .assignments
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.principal_id.clone())
+            .collect()
+    };
+    run_pass(
+        azure.azure(),
+        &source(vec![edited.clone()]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(held(), vec![oid(1), oid(2)], "made; the old one waits");
+    // The next pass sees the replacement past its propagation grace (created an hour earlier).
     run_pass(azure.azure(), &source(vec![edited]), &config(), now()).await;
-    let held: Vec<String> = azure
-        .assignments
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.principal_id.clone())
-        .collect();
-    assert_eq!(held, vec![oid(2)], "made, then broken");
+    assert_eq!(held(), vec![oid(2)], "made, then broken");
 }
 
 #[tokio::test]
@@ -429,6 +462,83 @@ async fn a_409_adopts_the_existing_assignment() {
     let status = &outcome.accesses[0].status.principals[0];
     assert_eq!(status.state, Some(GrantState::Granted));
     assert_eq!(status.reason.as_deref(), Some(reasons::ADOPTED));
+}
+
+#[tokio::test]
+async fn a_409_on_an_assignment_carrying_our_marker_is_granted_not_adopted() {
+    let azure = FakeAzure::default();
+    let ours = crate::plan::ownership::ownership_marker(&config().instance, "team-a/chat");
+    {
+        let name = "9d3e5b1a-7c2f-4e8d-b6a0-1f2e3d4c5b6a";
+        let description = Some(ours);
+        azure.assignments.lock().unwrap().push(ObservedAssignment {
+            id: format!("{SCOPE}/providers/Microsoft.Authorization/roleAssignments/{name}"),
+            name: name.into(),
+            // Hidden from this pass's LIST (see the test above); the PUT's 409 finds it.
+            scope: "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-other/providers/Microsoft.CognitiveServices/accounts/oai-prod".into(),
+            principal_id: oid(1),
+            principal_type: Some("ServicePrincipal".into()),
+            role_definition_id: RoleName::OpenAIUser.definition_id("x"),
+            description,
+            condition: None,
+            created_on: Some("2026-01-01T00:00:00Z".parse().unwrap()),
+        });
+    }
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(status.state, Some(GrantState::Granted));
+    assert_eq!(status.reason.as_deref(), Some(reasons::GRANTED));
+    assert!(
+        status
+            .role_assignment_id
+            .as_deref()
+            .is_some_and(|id| id.ends_with("9d3e5b1a-7c2f-4e8d-b6a0-1f2e3d4c5b6a")),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_credential_added_counts_at_the_next_pass_even_with_a_warm_cache() {
+    let identity = ManagedIdentity { resource_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-chat".into(), principal_id: oid(9), client_id: "client-chat".into(), tenant_id: "t".into() };
+    let ours = FederatedCredential {
+        name: "chat".into(),
+        issuer: "https://oidc.example".into(),
+        subject: "system:serviceaccount:team-a:chat".into(),
+        audiences: vec!["api://AzureADTokenExchange".into()],
+    };
+    let cache = std::sync::Arc::new(ResolutionCache::new(Duration::from_secs(3600)));
+    let config = EngineConfig {
+        resolution_cache: Some(cache),
+        ..config()
+    };
+    let sa = Principal {
+        service_account: Some("chat".into()),
+        ..Default::default()
+    };
+    let pass = async |credentials: Vec<FederatedCredential>| {
+        let azure = FakeAzure {
+            identities: vec![(identity.clone(), credentials)],
+            ..Default::default()
+        };
+        let outcome = run_pass(
+            azure.azure(),
+            &source(vec![access("team-a", "chat", vec![sa.clone()])]),
+            &config,
+            now(),
+        )
+        .await;
+        outcome.accesses[0].status.principals[0].state
+    };
+    assert_eq!(pass(vec![]).await, Some(GrantState::Denied));
+    assert_eq!(pass(vec![ours.clone()]).await, Some(GrantState::Granted));
+    // Federated facts are cached (for the federation TTL): the next pass does not look again.
+    assert_eq!(pass(vec![]).await, Some(GrantState::Granted));
 }
 
 #[tokio::test]
@@ -473,7 +583,7 @@ async fn a_service_account_without_a_federated_credential_is_denied() {
         name: "chat".into(),
         issuer: "https://oidc.example".into(),
         subject: "system:serviceaccount:team-a:chat".into(),
-        audiences: vec![],
+        audiences: vec!["api://AzureADTokenExchange".into()],
     };
     let azure = FakeAzure {
         identities: vec![(identity, vec![other, ours])],
@@ -597,11 +707,44 @@ async fn a_failed_create_is_reported_on_the_object_whose_role_it_was() {
 }
 
 #[tokio::test]
-async fn a_workload_identity_that_is_no_managed_identity_resolves_as_the_apps_service_principal() {
-    // No managed identity has the ServiceAccount's client id: it is an app registration's.
-    let azure = FakeAzure::default();
+async fn an_app_registration_is_a_workload_identity_only_with_its_own_federated_credential() {
+    // No managed identity has the ServiceAccount's client id: it is an app registration's. Without
+    // a federated credential on the application for this ServiceAccount it is a plain service
+    // principal, which an account requiring federation refuses (the app-registration escape).
     let sa = Principal {
         service_account: Some("chat".into()),
+        ..Default::default()
+    };
+    let azure = FakeAzure {
+        applications: vec![("client-chat".into(), vec![])],
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![sa.clone()])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(
+        (status.state, status.reason.as_deref()),
+        (Some(GrantState::Denied), Some(reasons::FEDERATION_MISSING))
+    );
+    assert_eq!(azure.calls("put"), 0);
+    assert_eq!(azure.calls("application credentials client-chat"), 1);
+
+    // With the application's credential for exactly this ServiceAccount, issuer and audience.
+    let azure = FakeAzure {
+        applications: vec![(
+            "client-chat".into(),
+            vec![FederatedCredential {
+                name: "chat".into(),
+                issuer: "https://oidc.example".into(),
+                subject: "system:serviceaccount:team-a:chat".into(),
+                audiences: vec!["api://AzureADTokenExchange".into()],
+            }],
+        )],
         ..Default::default()
     };
     let outcome = run_pass(
@@ -614,6 +757,28 @@ async fn a_workload_identity_that_is_no_managed_identity_resolves_as_the_apps_se
     let status = &outcome.accesses[0].status.principals[0];
     assert_eq!(status.state, Some(GrantState::Granted));
     assert_eq!(status.object_id.as_deref(), Some(oid(7).as_str()));
-    assert_eq!(azure.calls("find identity client-chat"), 1);
     assert_eq!(azure.calls("service principal client-chat"), 1);
+}
+
+#[tokio::test]
+async fn a_denied_namespace_costs_no_lookup() {
+    let azure = FakeAzure::default();
+    let user = Principal {
+        user: Some("alice@contoso.com".into()),
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-z", "probe", vec![user])]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("user"), 0, "no directory oracle");
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(
+        status.reason.as_deref(),
+        Some(reasons::NAMESPACE_NOT_ALLOWED)
+    );
+    assert_eq!(status.object_id, None);
 }

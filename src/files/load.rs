@@ -4,7 +4,7 @@
 //! one the cluster accepts. ServiceAccounts and Namespaces are kept for what the engine needs from
 //! them (the workload identity annotation, namespace labels); every other kind is skipped with a note.
 
-use crate::api::validation::{FieldError, validate_object};
+use crate::api::validation::{FieldError, MAX_ECHOED, MAX_MESSAGE, bounded, validate_object};
 use crate::api::{OpenAIAccess, OpenAIAccount};
 use crate::engine::{CLIENT_ID_ANNOTATION, ServiceAccountInfo};
 use crate::plan::ObjectKey;
@@ -17,8 +17,8 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// The namespace of a namespaced object written without one (as `kubectl apply` does without a
-/// context namespace).
+/// The namespace of a ServiceAccount written without one (as `kubectl apply` does without a
+/// context namespace). An OpenAIAccess must name its namespace.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +32,44 @@ pub enum LoadError {
     #[error("{path}: not valid YAML")]
     Parse {
         path: String,
-        // Boxed: the YAML error is large, and every Result of this module carries it.
         #[source]
-        source: Box<serde_saphyr::Error>,
+        source: YamlSyntax,
     },
     /// Every invalid object in every file, each naming the file, the object and the field.
     #[error("{} invalid manifest(s):\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
     #[error("no OpenAIAccount or OpenAIAccess in {0}")]
     Empty(String),
+}
+
+/// A YAML syntax error as a person should read it: the line, the column and a short excerpt of the
+/// file, named by its path; at most [`YAML_ERROR_LINES`] lines of at most [`YAML_ERROR_WIDTH`]
+/// characters (the excerpt of a minified one-line file must not echo the whole file).
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+pub struct YamlSyntax {
+    text: String,
+}
+
+/// The most lines of a YAML error shown.
+pub const YAML_ERROR_LINES: usize = 8;
+/// The most characters of one line of a YAML error shown.
+pub const YAML_ERROR_WIDTH: usize = 120;
+
+impl YamlSyntax {
+    pub fn new(path: &str, error: &serde_saphyr::Error) -> Self {
+        // The parser's own advice is for programmers using it, not for the person with the file.
+        const PARSER_ADVICE: &str = ", set DuplicateKeyPolicy in Options if acceptable";
+        let raw = error.to_string().replace(PARSER_ADVICE, "");
+        let text = raw
+            .trim_start_matches("error: ")
+            .lines()
+            .take(YAML_ERROR_LINES)
+            .map(|line| bounded(&line.replace("<input>", path), YAML_ERROR_WIDTH))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Self { text }
+    }
 }
 
 /// One problem with one object of one file.
@@ -137,9 +166,9 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Manifests, LoadError> 
             (file.display().to_string(), text)
         };
         let values: Vec<Value> =
-            serde_saphyr::from_multiple(&text).map_err(|source| LoadError::Parse {
+            serde_saphyr::from_multiple(&text).map_err(|error| LoadError::Parse {
                 path: name.clone(),
-                source: Box::new(source),
+                source: YamlSyntax::new(&name, &error),
             })?;
         for (index, value) in values.into_iter().enumerate() {
             documents.push((
@@ -220,16 +249,19 @@ pub fn from_documents(documents: Vec<(Origin, Value)>) -> Result<Manifests, Load
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        let namespace = value
+        let explicit_namespace = value
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
-            .unwrap_or(DEFAULT_NAMESPACE)
-            .to_string();
+            .filter(|ns| !ns.is_empty());
+        let namespace = explicit_namespace.unwrap_or(DEFAULT_NAMESPACE).to_string();
         let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
         let keyless = group == crate::api::GROUP;
         let label = match (kind, keyless) {
             ("OpenAIAccount", true) => format!("OpenAIAccount {name}"),
-            ("OpenAIAccess", true) => format!("OpenAIAccess {namespace}/{name}"),
+            ("OpenAIAccess", true) if explicit_namespace.is_some() => {
+                format!("OpenAIAccess {namespace}/{name}")
+            }
+            ("OpenAIAccess", true) => format!("OpenAIAccess {name}"),
             _ => format!("{} {name}", if kind.is_empty() { "object" } else { kind }),
         };
         let problem = |field: &str, message: String| Problem {
@@ -272,6 +304,13 @@ pub fn from_documents(documents: Vec<(Origin, Value)>) -> Result<Manifests, Load
                     Err(errors) => problems.extend(field_problems(&origin, &label, errors)),
                 }
             }
+            // An access request without a namespace would silently land in `default` (file mode
+            // has no current namespace) and then be denied by the account's allowedNamespaces:
+            // an error that names the fix is kinder than a puzzling denial.
+            ("OpenAIAccess", _, true) if explicit_namespace.is_none() => problems.push(problem(
+                "metadata.namespace",
+                "required: set the namespace the OpenAIAccess belongs to (file mode has no current namespace)".into(),
+            )),
             ("OpenAIAccess", _, true) => match validated::<OpenAIAccess>(&access_crd, &value) {
                 Ok(object) => {
                     let key = ObjectKey { namespace, name };
@@ -293,7 +332,9 @@ pub fn from_documents(documents: Vec<(Origin, Value)>) -> Result<Manifests, Load
             (_, _, true) => problems.push(problem(
                 "kind",
                 format!(
-                    "{kind} is not a keyless kind (OpenAIAccount, OpenAIAccess) or {api_version} is not served"
+                    "{} is not a keyless kind (OpenAIAccount, OpenAIAccess) or {} is not served",
+                    bounded(kind, MAX_ECHOED),
+                    bounded(api_version, MAX_ECHOED)
                 ),
             )),
             ("ServiceAccount", "", _) => {
@@ -359,7 +400,7 @@ fn validated<T: serde::de::DeserializeOwned>(
     serde_json::from_value(defaulted).map_err(|error| {
         vec![FieldError {
             field: "(object)".into(),
-            message: error.to_string(),
+            message: bounded(&error.to_string(), MAX_MESSAGE),
         }]
     })
 }
@@ -449,7 +490,7 @@ mod tests {
     #[test]
     fn typos_and_duplicates_are_errors() {
         let yaml = format!(
-            "{ACCOUNT}---\n{ACCOUNT}---\napiVersion: keyless.dev/v1alpha1\nkind: OpenAIAccess\nmetadata: {{name: chat}}\nspec:\n  accountRef: {{name: prod}}\n  principles: [{{user: alice@contoso.com}}]\n"
+            "{ACCOUNT}---\n{ACCOUNT}---\napiVersion: keyless.dev/v1alpha1\nkind: OpenAIAccess\nmetadata: {{name: chat, namespace: team}}\nspec:\n  accountRef: {{name: prod}}\n  principles: [{{user: alice@contoso.com}}]\n"
         );
         let Err(LoadError::Invalid(problems)) = docs(&yaml) else {
             panic!("accepted")
@@ -462,7 +503,7 @@ mod tests {
         assert!(
             shown
                 .iter()
-                .any(|p| p.contains("OpenAIAccess default/chat: spec.principles")),
+                .any(|p| p.contains("OpenAIAccess team/chat: spec.principles")),
             "{shown:?}"
         );
     }

@@ -19,7 +19,7 @@ pub use render::{Action, GrantRow, Report};
 
 use crate::api::reasons;
 use crate::azure::{AzureClients, AzureSetupError, RoleAssignments};
-use crate::engine::{AccessSource, Azure, EngineConfig, ScopeSource, run_pass};
+use crate::engine::{AccessSource, Azure, EngineConfig, ScopeSource, ViewCompleteness, run_pass};
 use crate::plan::{AccountScope, InstanceId, NewAssignment, ObservedAssignment};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -197,6 +197,9 @@ pub async fn converge(
                 .collect(),
             service_accounts: manifests.service_accounts.clone(),
             namespaces: manifests.namespaces.clone(),
+            // Manifests are read whole or rejected: the view is complete, nothing is malformed.
+            view: ViewCompleteness::Complete,
+            malformed: Vec::new(),
         })
         .collect();
 

@@ -260,7 +260,7 @@ fn write_action(write: &Write, result: Option<&WriteResult>, mode: Mode) -> Acti
         (_, Some(WriteResult::Skipped(_))) => Action::Skipped,
         (_, Some(WriteResult::Failed(_))) => Action::Failed,
         (_, Some(WriteResult::Adopted(_))) => Action::Adopted,
-        (_, Some(WriteResult::Created(_))) => Action::Created,
+        (_, Some(WriteResult::Created(_) | WriteResult::Confirmed(_))) => Action::Created,
         (Write::Delete { .. }, Some(WriteResult::Done)) => Action::Deleted,
         (Write::Release { .. }, Some(WriteResult::Done)) => Action::Released,
         (Write::Create { .. }, Some(WriteResult::Done)) => Action::Created,

@@ -258,6 +258,9 @@ async fn from_files(
                 .collect(),
             service_accounts: manifests.service_accounts.clone(),
             namespaces: manifests.namespaces.clone(),
+            // Manifests are read whole or rejected: the view is complete, nothing is malformed.
+            view: crate::engine::ViewCompleteness::Complete,
+            malformed: Vec::new(),
         };
         let outcome = run_pass(azure, &source, &config, now).await;
         let (Some(scope), Some(listing)) = (outcome.scope.clone(), outcome.listing.clone()) else {

@@ -15,4 +15,5 @@ pub mod chart_rbac;
 pub mod cluster;
 pub mod kube_faults;
 pub mod operator;
+pub mod secrets;
 pub mod soak;
