@@ -27,6 +27,9 @@ pub enum Command {
     Plan(Box<crate::files::FileModeArgs>),
     /// Make Azure hold the role assignments these manifests declare (no cluster needed).
     Apply(Box<crate::files::FileModeArgs>),
+    /// Who can call each Azure OpenAI account, and why: every role assignment that grants its data
+    /// actions or its API keys, by origin (from files with -f, or from a cluster with --kubeconfig).
+    Report(Box<crate::report::command::ReportArgs>),
     /// Check the credential, the endpoints, the accounts and keyless's permissions, each with the fix.
     Doctor(Box<crate::files::DoctorArgs>),
     /// Converge a generated workload against the in-process emulator and print the figures.

@@ -10,6 +10,7 @@
 //! - [`controller`]: `keyless run`, the kube-runtime wiring.
 //! - [`emulator`]: the Azure emulator tests and users run keyless against.
 //! - [`ops`]: logs, metrics, health endpoints and leader election.
+//! - [`report`]: who can call an account and why (the access report; pure classification).
 //! - [`files`]: file mode (`plan`, `apply`, `doctor`, `bench`): the engine without a cluster.
 
 pub mod api;
@@ -23,3 +24,4 @@ pub mod files;
 mod fuzz;
 pub mod ops;
 pub mod plan;
+pub mod report;

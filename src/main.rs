@@ -52,6 +52,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let report = keyless::files::run(&args, Mode::Apply).await?;
             return Ok(ExitCode::from(report.exit_code(args.detailed_exitcode)));
         }
+        Command::Report(args) => {
+            keyless::report::command::run(&args).await?;
+        }
         Command::Doctor(args) => {
             if keyless::files::doctor::run(&args).await?.failed() {
                 return Ok(ExitCode::FAILURE);

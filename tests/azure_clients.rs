@@ -1539,6 +1539,65 @@ mod emulated {
     }
 
     #[tokio::test]
+    async fn the_listing_keeps_inherited_assignments_and_role_definitions_are_read_once_per_ttl() {
+        let emulator = start(|_| {}).await;
+        let with_ttl = |ttl: Duration| {
+            let mut config = config(&emulator);
+            config.role_definition_cache_ttl = ttl;
+            clients_for(&config)
+        };
+        let clients = with_ttl(Duration::from_secs(3600));
+        let listing = clients
+            .role_assignments
+            .observe_scope_listing(&oai_prod())
+            .await
+            .unwrap();
+        assert!(
+            listing
+                .at_scope
+                .iter()
+                .any(|o| o.name == BOBS_BICEP_ASSIGNMENT)
+        );
+        // keyless's own delegation grant sits at the subscription: inherited, not the planner's.
+        assert!(listing.inherited.iter().any(|o| {
+            o.scope
+                .eq_ignore_ascii_case(&format!("/subscriptions/{SUB}"))
+        }));
+        assert!(
+            listing
+                .at_scope
+                .iter()
+                .all(|o| oai_prod().matches(&o.scope))
+        );
+
+        let scope = oai_prod();
+        let read = || {
+            clients
+                .role_definitions
+                .role_definition(&scope, keyless::api::RoleName::OpenAIUser.definition_guid())
+        };
+        let user = read().await.unwrap();
+        assert_eq!(user.role_name, "Cognitive Services OpenAI User");
+        assert!(user.grants_data_plane() && !user.can_read_keys() && !user.custom);
+        read().await.unwrap();
+        assert_eq!(
+            emulator.request_count("RoleDefinitions_Get", 200),
+            1,
+            "cached"
+        );
+        // With no cache time every read goes to ARM.
+        let uncached = with_ttl(Duration::ZERO);
+        for _ in 0..2 {
+            uncached
+                .role_definitions
+                .role_definition(&scope, keyless::api::RoleName::OpenAIUser.definition_guid())
+                .await
+                .unwrap();
+        }
+        assert_eq!(emulator.request_count("RoleDefinitions_Get", 200), 3);
+    }
+
+    #[tokio::test]
     async fn pacing_spreads_a_burst_so_arm_never_throttles() {
         let emulator = start(small_buckets()).await;
         let clients = warmed_up(

@@ -1478,6 +1478,96 @@ async fn the_controller_runs_as_the_charts_service_account_without_a_403() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_status_says_who_can_call_it_and_why() {
+    // The report's seed: one assignment of each origin on oai-prod and above it (see
+    // tests/fixtures/report/seed.yaml), plus Bob's Bicep grant, which the access below adopts.
+    let Some(env) = TestEnv::start().await else {
+        return;
+    };
+    for namespace in ["team-chat", "team-search", "team-other"] {
+        env.namespace(namespace).await;
+    }
+    let seed =
+        keyless::emulator::Seed::from_file(std::path::Path::new("tests/fixtures/report/seed.yaml"))
+            .unwrap();
+    let mut h = Harness {
+        env,
+        emulator: keyless::emulator::Emulator::start(keyless::emulator::EmulatorConfig::new(seed))
+            .await
+            .unwrap(),
+        faults: KubeFaults::new(),
+        running: None,
+    };
+    h.start_controller("cluster-1");
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.access(
+        "team-chat",
+        "chat",
+        json!([{"user": "alice@contoso.com"}, {"user": "bob@contoso.com"}]),
+    )
+    .await;
+    let id = |n: u8| format!("aaaaaaaa-0000-4000-8000-0000000000{n:02x}");
+    let expected = keyless::api::AccountAccess {
+        managed: 1,        // Alice, granted by this instance
+        adopted: 1,        // Bob's Bicep guid() grant
+        released: 1,       // keyless:released
+        other_instance: 2, // other-cluster, and keyless-quickstart (not this instance)
+        foreign: 2,        // made in the portal; the custom role with OpenAI data actions
+        inherited: 3,      // subscription, resource group, Contributor on the resource group
+        key_readers: 2,    // Cognitive Services User and Contributor can list keys
+        unknown_roles: 0,
+        foreign_principals: vec![id(1), id(5)],
+        foreign_principals_omitted: 0,
+        inherited_principals: vec![id(3), id(4), id(7)],
+        inherited_principals_omitted: 0,
+    };
+    let mut last = None;
+    let seen = async {
+        for _ in 0..(EVENTUALLY_WITHIN.as_millis() / 250) {
+            last = h
+                .get_account("prod")
+                .await
+                .and_then(|a| a.status)
+                .and_then(|s| s.access);
+            if last.as_ref() == Some(&expected) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        false
+    }
+    .await;
+    assert!(seen, "status.access: {last:#?}");
+
+    // `keyless report --kubeconfig` reads the same from the cluster: the access's status names
+    // the adopted grant and declares Alice's.
+    let report = keyless::report::command::report_from_cluster(
+        &h.env.cluster.kubeconfig_path().to_path_buf(),
+        &azure_clients(&h.emulator),
+        &keyless::plan::InstanceId::new("cluster-1").unwrap(),
+        true,
+    )
+    .await
+    .unwrap();
+    let chat = format!("{}/chat", h.n("team-chat"));
+    let row = |principal: &str| {
+        report
+            .rows
+            .iter()
+            .find(|r| r.account == h.n("prod") && r.principal_id == principal)
+            .unwrap_or_else(|| panic!("no row for {principal}: {report:#?}"))
+    };
+    assert_eq!(row(ALICE).origin, "managed");
+    assert_eq!(row(ALICE).declared_by, vec![chat.clone()]);
+    assert_eq!(row(ALICE).display_name.as_deref(), Some("Alice Martin"));
+    assert_eq!(row(BOB).origin, "adopted");
+    assert_eq!(row(BOB).declared_by, vec![chat]);
+    assert_eq!(row(&id(1)).origin, "foreign");
+    assert_eq!(row(&id(7)).inherited_from.as_deref(), Some("resourceGroup"));
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_assertion_appears_in_statuses_events_or_logs() {
     let Some(mut h) = Harness::start().await else {
         return;

@@ -201,4 +201,59 @@ pub struct OpenAIAccountStatus {
     /// Grants keyless holds on this account, by state (e.g. "12 granted, 1 pending").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// Who can call the account, and why: every role assignment at the account or inherited from
+    /// above it whose role grants Cognitive Services data actions or lets its holder list the API
+    /// keys, counted by origin, from keyless's last list of the account's role assignments. Group
+    /// members are not expanded, and assignments at scopes below the account (Foundry projects)
+    /// are not listed. `keyless report` shows the whole matrix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccountAccess>,
+}
+
+/// Who can call an account, by origin. Object ids only: names are not kept in cluster status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountAccess {
+    /// Assignments made by this keyless instance.
+    #[serde(default)]
+    pub managed: u32,
+    /// Assignments made by someone else and adopted by an OpenAIAccess (never deleted by keyless).
+    #[serde(default)]
+    pub adopted: u32,
+    /// Assignments keyless made and then released (deletion policy Retain).
+    #[serde(default)]
+    pub released: u32,
+    /// Assignments made by another keyless instance (its ownership marker names that instance).
+    #[serde(default)]
+    pub other_instance: u32,
+    /// Assignments made at the account outside keyless: the portal, Bicep, Terraform, scripts.
+    #[serde(default)]
+    pub foreign: u32,
+    /// Assignments at the resource group, subscription or management groups above the account.
+    #[serde(default)]
+    pub inherited: u32,
+    /// Principals whose role can list the account's API keys (they can call it with a key while
+    /// disableLocalAuth is false).
+    #[serde(default)]
+    pub key_readers: u32,
+    /// Assignments whose role definition could not be read: counted in their origin, and listed
+    /// by `keyless report` as unknown rather than hidden.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown_roles: u32,
+    /// Object ids of the principals of foreign assignments, sorted, at most 50.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_principals: Vec<String>,
+    /// How many more foreign principals there are beyond the list.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub foreign_principals_omitted: u32,
+    /// Object ids of the principals of inherited assignments, sorted, at most 50.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherited_principals: Vec<String>,
+    /// How many more inherited principals there are beyond the list.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inherited_principals_omitted: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }

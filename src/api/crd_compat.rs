@@ -279,10 +279,12 @@ mod tests {
         );
         assert_eq!(
             missing_in_installed(&account, &read("openaiaccounts.keyless.dev.yaml")),
-            // allowRetain came with issue 16, after these CRDs.
+            // allowRetain came with issue 16 and the access report's status with issue 21, after
+            // these CRDs: old CRDs would prune them silently.
             vec![
                 Gap("spec.allowRetain".into()),
-                Gap("spec.allowedRoles[]: value FoundryUser".into())
+                Gap("spec.allowedRoles[]: value FoundryUser".into()),
+                Gap("status.access".into())
             ]
         );
     }

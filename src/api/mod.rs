@@ -17,7 +17,8 @@ pub use access::{
     Principal, PrincipalRef, PrincipalStatus,
 };
 pub use account::{
-    AllowedNamespaces, OpenAIAccount, OpenAIAccountSpec, OpenAIAccountStatus, PrincipalKind,
+    AccountAccess, AllowedNamespaces, OpenAIAccount, OpenAIAccountSpec, OpenAIAccountStatus,
+    PrincipalKind,
 };
 pub use common::{CLEANUP_FINALIZER, DeletionPolicy, GROUP, condition_types, reasons};
 pub use roles::RoleName;

@@ -10,7 +10,7 @@ use super::http::{ApiClient, Call, Reply, set_query};
 use super::pacing::{OperationClass, Pacer, RateLimitRemaining};
 use super::{
     AccountInfo, Accounts, Created, Deleted, FederatedCredential, ManagedIdentities,
-    ManagedIdentity, RoleAssignments,
+    ManagedIdentity, RoleAssignments, RoleDefinitions, ScopeListing,
 };
 use crate::api::roles::{RBAC_ADMINISTRATOR_GUID, RoleName, delegation_condition};
 use crate::plan::model::assignment_id;
@@ -27,6 +27,7 @@ use url::Url;
 pub const ROLE_ASSIGNMENTS_API_VERSION: &str = "2022-04-01";
 pub const ACCOUNTS_API_VERSION: &str = "2024-10-01";
 pub const MANAGED_IDENTITY_API_VERSION: &str = "2023-01-31";
+pub const ROLE_DEFINITIONS_API_VERSION: &str = "2022-04-01";
 
 const ROLE_ASSIGNMENTS_PROVIDER: &str = "/providers/Microsoft.Authorization/roleAssignments/";
 
@@ -38,6 +39,8 @@ pub struct ArmSettings {
     pub identity_subscriptions: Vec<String>,
     /// How long an identity found by client id is remembered.
     pub identity_cache_ttl: Duration,
+    /// How long a role definition is remembered.
+    pub role_definition_cache_ttl: Duration,
 }
 
 impl Default for ArmSettings {
@@ -45,6 +48,7 @@ impl Default for ArmSettings {
         ArmSettings {
             identity_subscriptions: Vec::new(),
             identity_cache_ttl: Duration::from_secs(600),
+            role_definition_cache_ttl: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -60,6 +64,8 @@ pub struct ArmClient {
     account_subscriptions: Mutex<BTreeSet<String>>,
     /// client id (lower case) → identity and when it was found.
     identities_by_client_id: Mutex<HashMap<String, (ManagedIdentity, Instant)>>,
+    /// role definition GUID → definition and when it was read.
+    role_definitions: Mutex<HashMap<String, (crate::report::RoleDefinition, Instant)>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -101,6 +107,62 @@ struct RoleAssignmentProperties {
     condition: Option<String>,
     #[serde(default)]
     created_on: Option<String>,
+    #[serde(default)]
+    created_by: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RoleDefinitionResource {
+    name: String,
+    properties: RoleDefinitionProperties,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RoleDefinitionProperties {
+    #[serde(default)]
+    role_name: String,
+    #[serde(default, rename = "type")]
+    role_type: Option<String>,
+    #[serde(default)]
+    permissions: Vec<PermissionResource>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PermissionResource {
+    #[serde(default)]
+    actions: Vec<String>,
+    #[serde(default)]
+    not_actions: Vec<String>,
+    #[serde(default)]
+    data_actions: Vec<String>,
+    #[serde(default)]
+    not_data_actions: Vec<String>,
+}
+
+impl RoleDefinitionResource {
+    fn into_definition(self) -> crate::report::RoleDefinition {
+        crate::report::RoleDefinition {
+            guid: self.name.to_ascii_lowercase(),
+            role_name: self.properties.role_name,
+            custom: self
+                .properties
+                .role_type
+                .is_some_and(|t| t.eq_ignore_ascii_case("CustomRole")),
+            permissions: self
+                .properties
+                .permissions
+                .into_iter()
+                .map(|p| crate::report::Permission {
+                    actions: p.actions,
+                    not_actions: p.not_actions,
+                    data_actions: p.data_actions,
+                    not_data_actions: p.not_data_actions,
+                })
+                .collect(),
+        }
+    }
 }
 
 impl RoleAssignmentResource {
@@ -124,6 +186,12 @@ impl RoleAssignmentResource {
                 .and_then(|text| text.parse::<jiff::Timestamp>().ok()),
         }
     }
+}
+
+// True when `upper` is a scope strictly above the lower-case `account` scope (`/` included).
+fn is_above(upper: &str, account: &str) -> bool {
+    let upper = upper.trim_end_matches('/').to_ascii_lowercase();
+    upper.is_empty() || account.starts_with(&format!("{upper}/"))
 }
 
 fn scope_of_assignment_id(id: &str) -> String {
@@ -297,6 +365,7 @@ impl ArmClient {
             settings,
             account_subscriptions: Mutex::new(BTreeSet::new()),
             identities_by_client_id: Mutex::new(HashMap::new()),
+            role_definitions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -549,6 +618,15 @@ impl RoleAssignments for ArmClient {
         &self,
         scope: &AccountScope,
     ) -> Result<Vec<ObservedAssignment>, AzureError> {
+        // atScope() also returns assignments above the scope (resource group, subscription, ...):
+        // only those exactly at the account are the planner's to manage.
+        Ok(self.observe_scope_listing(scope).await?.at_scope)
+    }
+
+    async fn observe_scope_listing(
+        &self,
+        scope: &AccountScope,
+    ) -> Result<ScopeListing, AzureError> {
         self.register_account_subscription(scope.subscription_id());
         let what = format!("list role assignments at {scope}");
         let url = self.url(
@@ -571,13 +649,23 @@ impl RoleAssignments for ArmClient {
                 }
                 error
             })?;
-        // atScope() also returns assignments above the scope (resource group, subscription, ...):
-        // only those exactly at the account are the planner's to manage.
-        Ok(items
-            .into_iter()
-            .map(RoleAssignmentResource::into_observed)
-            .filter(|observed| scope.matches(&observed.scope))
-            .collect())
+        let mut listing = ScopeListing::default();
+        let account = scope.to_string().to_ascii_lowercase();
+        for item in items {
+            let created_by = item.properties.created_by.clone();
+            let observed = item.into_observed();
+            if let Some(created_by) = created_by.filter(|c| !c.is_empty()) {
+                listing
+                    .created_by
+                    .insert(observed.id.to_ascii_lowercase(), created_by);
+            }
+            if scope.matches(&observed.scope) {
+                listing.at_scope.push(observed);
+            } else if is_above(&observed.scope, &account) {
+                listing.inherited.push(observed);
+            }
+        }
+        Ok(listing)
     }
 
     async fn create_assignment(&self, assignment: &NewAssignment) -> Result<Created, AzureError> {
@@ -678,6 +766,57 @@ impl RoleAssignments for ArmClient {
                 Err(error)
             }
         }
+    }
+}
+
+#[async_trait]
+impl RoleDefinitions for ArmClient {
+    async fn role_definition(
+        &self,
+        scope: &AccountScope,
+        role_definition_guid: &str,
+    ) -> Result<crate::report::RoleDefinition, AzureError> {
+        let what = format!("read role definition {role_definition_guid} at {scope}");
+        let guid = uuid::Uuid::try_parse(role_definition_guid)
+            .map_err(|_| {
+                AzureError::new(
+                    AzureErrorKind::BadRequest,
+                    format!("{what}: not a role definition GUID"),
+                )
+            })?
+            .to_string();
+        if let Some((definition, read)) = lock(&self.role_definitions).get(&guid)
+            && read.elapsed() < self.settings.role_definition_cache_ttl
+        {
+            return Ok(definition.clone());
+        }
+        // RoleDefinitions_Get at the account: built-in roles and the custom roles assignable
+        // there, with the read permission keyless already has at the account.
+        let url = self.url(
+            &format!("{scope}/providers/Microsoft.Authorization/roleDefinitions/{guid}"),
+            &[("api-version", ROLE_DEFINITIONS_API_VERSION)],
+        )?;
+        let reply = self
+            .api
+            .send(
+                &self.call(
+                    Method::GET,
+                    url,
+                    "get_role_definition",
+                    scope.subscription_id(),
+                    OperationClass::Read,
+                ),
+                Some(&self.pacer),
+            )
+            .await?;
+        if reply.status != StatusCode::OK {
+            return Err(reply.to_error(&what));
+        }
+        let definition = reply
+            .json::<RoleDefinitionResource>(&what)?
+            .into_definition();
+        lock(&self.role_definitions).insert(guid, (definition.clone(), Instant::now()));
+        Ok(definition)
     }
 }
 

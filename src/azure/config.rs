@@ -21,6 +21,8 @@ pub struct AzureConfig {
     /// Where identities are looked up by client id; empty = the accounts' subscriptions.
     pub identity_subscriptions: Vec<String>,
     pub identity_cache_ttl: Duration,
+    /// How long a role definition read for the access report is remembered.
+    pub role_definition_cache_ttl: Duration,
     /// The limit on each HTTP attempt and on each token request.
     pub timeout: Duration,
     pub retry: RetryConfig,
@@ -36,6 +38,7 @@ impl Default for AzureConfig {
             ca_files: Vec::new(),
             identity_subscriptions: Vec::new(),
             identity_cache_ttl: Duration::from_secs(600),
+            role_definition_cache_ttl: Duration::from_secs(6 * 3600),
             timeout: Duration::from_secs(30),
             retry: RetryConfig::default(),
             pacing: PacingConfig::default(),
@@ -168,6 +171,10 @@ pub struct AzureArgs {
     /// How long a managed identity found by client id is remembered.
     #[arg(long, env = "KEYLESS_IDENTITY_CACHE_TTL", value_parser = parse_duration, default_value = "10m")]
     pub identity_cache_ttl: Duration,
+
+    /// How long a role definition read for the access report is remembered (definitions rarely change).
+    #[arg(long, env = "KEYLESS_ROLE_DEFINITION_CACHE_TTL", value_parser = parse_duration, default_value = "6h")]
+    pub role_definition_cache_ttl: Duration,
 }
 
 impl AzureArgs {
@@ -190,6 +197,7 @@ impl AzureArgs {
             ca_files: self.ca_files.clone(),
             identity_subscriptions: self.identity_subscriptions.clone(),
             identity_cache_ttl: self.identity_cache_ttl,
+            role_definition_cache_ttl: self.role_definition_cache_ttl,
             timeout: self.azure_timeout,
             retry: RetryConfig {
                 max_attempts: self.azure_max_attempts,

@@ -23,6 +23,7 @@ pub use pacing::RateLimitRemaining;
 use crate::plan::{AccountScope, NewAssignment, ObservedAssignment, PrincipalType};
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,6 +44,24 @@ pub enum Deleted {
     AlreadyGone,
 }
 
+/// Everything one `atScope()` LIST returned: the assignments at the account (the planner's) and
+/// those inherited from above it (the access report's).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScopeListing {
+    pub at_scope: Vec<ObservedAssignment>,
+    /// At the resource group, subscription, management groups or root above the account.
+    pub inherited: Vec<ObservedAssignment>,
+    /// ARM's `createdBy` (an object id) by lower-case assignment id, where ARM reports it.
+    pub created_by: BTreeMap<String, String>,
+}
+
+impl ScopeListing {
+    /// Every assignment that applies to the account: at it, then inherited.
+    pub fn all(&self) -> impl Iterator<Item = &ObservedAssignment> {
+        self.at_scope.iter().chain(&self.inherited)
+    }
+}
+
 /// Role assignments at one account scope (ARM `Microsoft.Authorization/roleAssignments`, 2022-04-01).
 #[async_trait]
 pub trait RoleAssignments: Send + Sync {
@@ -51,10 +70,34 @@ pub trait RoleAssignments: Send + Sync {
         &self,
         scope: &AccountScope,
     ) -> Result<Vec<ObservedAssignment>, AzureError>;
+    /// The same one LIST, keeping what is inherited from above the account as well. Implementations
+    /// that only know the account's own assignments report nothing inherited.
+    async fn observe_scope_listing(
+        &self,
+        scope: &AccountScope,
+    ) -> Result<ScopeListing, AzureError> {
+        Ok(ScopeListing {
+            at_scope: self.observe_scope(scope).await?,
+            ..ScopeListing::default()
+        })
+    }
     /// A PUT with the planner's name, always sending `principalType` and the ownership marker.
     async fn create_assignment(&self, assignment: &NewAssignment) -> Result<Created, AzureError>;
     /// DELETE by full assignment id; 204 (already gone) is success.
     async fn delete_assignment(&self, assignment_id: &str) -> Result<Deleted, AzureError>;
+}
+
+/// ARM role definitions (`Microsoft.Authorization/roleDefinitions`, 2022-04-01), read to tell which
+/// assignments let their principal call an account or read its keys.
+#[async_trait]
+pub trait RoleDefinitions: Send + Sync {
+    /// The definition with this GUID as seen from the account scope (built-in and custom roles
+    /// assignable there), cached for the configured time: definitions rarely change.
+    async fn role_definition(
+        &self,
+        scope: &AccountScope,
+        role_definition_guid: &str,
+    ) -> Result<crate::report::RoleDefinition, AzureError>;
 }
 
 /// A Cognitive Services account as ARM reports it (2024-10-01).
@@ -172,6 +215,7 @@ pub enum AzureSetupError {
 pub struct AzureClients {
     pub role_assignments: Arc<dyn RoleAssignments>,
     pub accounts: Arc<dyn Accounts>,
+    pub role_definitions: Arc<dyn RoleDefinitions>,
     pub identities: Arc<dyn ManagedIdentities>,
     pub directory: Arc<dyn Directory>,
     /// The concrete ARM client, for what the traits do not cover (rate-limit headers).
@@ -263,12 +307,14 @@ impl AzureClients {
             arm::ArmSettings {
                 identity_subscriptions: config.identity_subscriptions.clone(),
                 identity_cache_ttl: config.identity_cache_ttl,
+                role_definition_cache_ttl: config.role_definition_cache_ttl,
             },
         ));
         let graph = Arc::new(GraphClient::new(graph_api, &endpoints));
         AzureClients {
             role_assignments: arm.clone(),
             accounts: arm.clone(),
+            role_definitions: arm.clone(),
             identities: arm.clone(),
             directory: graph.clone(),
             arm,

@@ -462,7 +462,8 @@ async fn reconcile_account_pass(
             ctx.metrics.object_write_failed("status");
         }
     }
-    let status = account_status(account, &scope, &outcome, now);
+    let access = access_report(&ctx, &name, &scope, account, &outcome).await;
+    let status = account_status(account, &scope, &outcome, access, now);
     ctx.metrics
         .set_revocations_held(&name, outcome.held.as_ref().map(|(h, _)| h.reason()));
     if let Some((hold, count)) = &outcome.held {
@@ -501,6 +502,7 @@ async fn reconcile_account_pass(
     if being_deleted && outcome.account_cleanup_complete {
         fence(&ctx)?;
         set_finalizer(&api, account, false).await?;
+        ctx.metrics.forget_account(&name);
         return Ok(Action::await_change());
     }
 
@@ -698,10 +700,52 @@ fn stalled_conditions(
     ]
 }
 
+// Who can call the account, classified from the pass's own LIST (no extra LIST; role definitions
+// are read through their cache). When the LIST failed the last report stands; when the account
+// is gone there is nothing to report.
+async fn access_report(
+    ctx: &Context,
+    name: &str,
+    scope: &AccountScope,
+    account: &OpenAIAccount,
+    outcome: &PassOutcome,
+) -> Option<crate::api::AccountAccess> {
+    use crate::report::gather;
+    let Some(listing) = &outcome.listing else {
+        return if outcome.read_error.is_some() {
+            account.status.as_ref().and_then(|s| s.access.clone())
+        } else {
+            ctx.metrics.set_access_origins(name, &BTreeMap::new());
+            None
+        };
+    };
+    let roles = gather::read_roles(ctx.azure.role_definitions.as_ref(), scope, listing).await;
+    let declarations = gather::declarations(
+        outcome
+            .accesses
+            .iter()
+            .map(|a| (a.key.to_string(), &a.status)),
+    );
+    let grants = gather::classify_listing(
+        scope,
+        &ctx.config.engine.instance,
+        listing,
+        &roles,
+        &declarations,
+    );
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for grant in &grants {
+        *counts.entry(grant.origin.as_str()).or_default() += 1;
+    }
+    ctx.metrics.set_access_origins(name, &counts);
+    Some(gather::account_access(&grants))
+}
+
 fn account_status(
     account: &OpenAIAccount,
     scope: &AccountScope,
     outcome: &PassOutcome,
+    access: Option<crate::api::AccountAccess>,
     now: Timestamp,
 ) -> OpenAIAccountStatus {
     let generation = account.metadata.generation;
@@ -830,6 +874,7 @@ fn account_status(
         local_auth_disabled: info.map(|i| i.local_auth_disabled),
         custom_sub_domain_name: info.and_then(|i| i.custom_sub_domain_name.clone()),
         summary: Some(format!("{granted}/{total} granted")),
+        access,
     }
 }
 

@@ -459,6 +459,21 @@ pub fn builtin_role_definitions() -> Vec<RoleDefinition> {
             &[],
             &[],
         ),
+        builtin(
+            "25fbc0a9-bd7c-42a3-aa1a-3b75d497ee68",
+            "Cognitive Services Contributor",
+            "Lets you create, read, update, delete and manage keys of Cognitive Services.",
+            &[
+                "Microsoft.Authorization/*/read",
+                "Microsoft.CognitiveServices/*",
+                "Microsoft.Insights/alertRules/*",
+                "Microsoft.Resources/deployments/*",
+                "Microsoft.Resources/subscriptions/resourceGroups/read",
+                "Microsoft.Support/*",
+            ],
+            &[],
+            &[],
+        ),
     ]
 }
 

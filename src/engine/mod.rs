@@ -149,6 +149,9 @@ pub struct PassOutcome {
     pub retry: Option<RetryDecision>,
     /// Set when the account's spec is invalid: wait for a change.
     pub invalid_spec: Option<String>,
+    /// Everything the pass's one `atScope()` LIST returned, inherited assignments included: what
+    /// the access report classifies. None when the LIST was not made or failed.
+    pub listing: Option<crate::azure::ScopeListing>,
     /// A read failure (account or LIST) that stopped the pass.
     pub read_error: Option<AzureError>,
     /// When this scope must be looked at again regardless of changes: a grant's propagation grace
@@ -186,6 +189,7 @@ pub async fn run_pass(
         retry: None,
         invalid_spec: None,
         read_error: None,
+        listing: None,
         requeue_at: None,
         held: None,
         fenced: None,
@@ -217,8 +221,12 @@ pub async fn run_pass(
                 cache.put_account(&scope, &info);
             }
             outcome.account = Some(info);
-            match azure.assignments.observe_scope(&scope).await {
-                Ok(list) => Observation::Complete(list),
+            match azure.assignments.observe_scope_listing(&scope).await {
+                Ok(listing) => {
+                    let list = listing.at_scope.clone();
+                    outcome.listing = Some(listing);
+                    Observation::Complete(list)
+                }
                 Err(error) if error.kind == AzureErrorKind::NotFound => {
                     cache.inspect(|c| c.forget_account(&scope));
                     outcome.account = None;

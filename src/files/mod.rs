@@ -291,6 +291,13 @@ impl RoleAssignments for Counting {
         self.inner.observe_scope(scope).await
     }
 
+    async fn observe_scope_listing(
+        &self,
+        scope: &AccountScope,
+    ) -> Result<crate::azure::ScopeListing, crate::azure::AzureError> {
+        self.inner.observe_scope_listing(scope).await
+    }
+
     async fn create_assignment(
         &self,
         assignment: &NewAssignment,

@@ -83,6 +83,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabels {
+    origin: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SubscriptionLabels {
     subscription: String,
 }
@@ -103,6 +108,8 @@ struct Inner {
     ratelimit_remaining: Family<RateLimitLabels, U64Gauge>,
     grants: Family<StateLabels, U64Gauge>,
     grants_by_account: Mutex<GrantCounts>,
+    access_grants: Family<OriginLabels, U64Gauge>,
+    access_by_account: Mutex<GrantCounts>,
     role_assignments: Family<SubscriptionLabels, U64Gauge>,
     leader: U64Gauge,
     held: Family<ReasonLabels, U64Gauge>,
@@ -178,6 +185,14 @@ impl Metrics {
             "Grants by state, summed over all accounts",
             grants.clone(),
         );
+        // Summed over accounts like `grants`: an account's name is not a label (unbounded, and
+        // its status has the per-account figures); alert on `origin="foreign"` above zero.
+        let access_grants = Family::<OriginLabels, U64Gauge>::default();
+        registry.register(
+            "access_grants",
+            "Role assignments that let a principal call an account or read its keys, by origin (managed, adopted, released, otherInstance, foreign, inherited), summed over all accounts",
+            access_grants.clone(),
+        );
         let role_assignments = Family::<SubscriptionLabels, U64Gauge>::default();
         registry.register(
             "role_assignments",
@@ -220,6 +235,8 @@ impl Metrics {
                 ratelimit_remaining,
                 grants,
                 grants_by_account: Mutex::new(GrantCounts::default()),
+                access_grants,
+                access_by_account: Mutex::new(GrantCounts::default()),
                 role_assignments,
                 leader,
                 held,
@@ -275,29 +292,31 @@ impl Metrics {
     /// account name stays inside this process; an empty map forgets the account (use it when the
     /// account's object is deleted).
     pub fn set_grants(&self, account: &str, counts: &BTreeMap<&'static str, u64>) {
-        let mut grants = self.lock_grants();
-        grants.states_seen.extend(counts.keys().copied());
-        if counts.values().all(|count| *count == 0) {
-            grants.by_account.remove(account);
-        } else {
-            grants.by_account.insert(account.to_owned(), counts.clone());
-        }
-        for state in &grants.states_seen {
-            let sum = grants
-                .by_account
-                .values()
-                .filter_map(|by_state| by_state.get(state))
-                .fold(0u64, |sum, count| sum.saturating_add(*count));
+        let mut grants = lock_counts(&self.inner.grants_by_account);
+        set_counts(&mut grants, account, counts, |state, sum| {
             self.inner
                 .grants
                 .get_or_create(&StateLabels { state })
                 .set(sum);
-        }
+        });
+    }
+
+    /// Replaces one account's access-report counts by origin and re-exports the sums over all
+    /// accounts; an empty map forgets the account.
+    pub fn set_access_origins(&self, account: &str, counts: &BTreeMap<&'static str, u64>) {
+        let mut origins = lock_counts(&self.inner.access_by_account);
+        set_counts(&mut origins, account, counts, |origin, sum| {
+            self.inner
+                .access_grants
+                .get_or_create(&OriginLabels { origin })
+                .set(sum);
+        });
     }
 
     /// Forgets an account's grants (its object was deleted), so the sums no longer include them.
     pub fn forget_account(&self, account: &str) {
         self.set_grants(account, &BTreeMap::new());
+        self.set_access_origins(account, &BTreeMap::new());
     }
 
     /// Sets the number of role assignments last counted in a subscription.
@@ -366,14 +385,37 @@ impl Metrics {
         }
         text
     }
+}
 
-    fn lock_grants(&self) -> MutexGuard<'_, GrantCounts> {
-        // A panic while holding the lock cannot leave the counts half-written in a way that matters
-        // (the next set_grants recomputes every sum), so a poisoned lock is still usable.
-        self.inner
-            .grants_by_account
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock_counts(counts: &Mutex<GrantCounts>) -> MutexGuard<'_, GrantCounts> {
+    // A panic while holding the lock cannot leave the counts half-written in a way that matters
+    // (the next update recomputes every sum), so a poisoned lock is still usable.
+    counts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+// Replaces one account's counts and exports every key's sum over all accounts; a key whose last
+// count went away is exported as 0 rather than keeping its old sum.
+fn set_counts(
+    counts: &mut GrantCounts,
+    account: &str,
+    new: &BTreeMap<&'static str, u64>,
+    mut export: impl FnMut(&'static str, u64),
+) {
+    counts.states_seen.extend(new.keys().copied());
+    if new.values().all(|count| *count == 0) {
+        counts.by_account.remove(account);
+    } else {
+        counts.by_account.insert(account.to_owned(), new.clone());
+    }
+    for key in &counts.states_seen {
+        let sum = counts
+            .by_account
+            .values()
+            .filter_map(|by_key| by_key.get(key))
+            .fold(0u64, |sum, count| sum.saturating_add(*count));
+        export(key, sum);
     }
 }
 
@@ -573,6 +615,7 @@ mod tests {
         metrics.azure_request("graph", "resolve_user", status_class(404));
         metrics.ratelimit_remaining("writes", SUBSCRIPTION, 1190);
         metrics.set_grants("team-a/chat", &counts(&[("Granted", 3), ("Denied", 1)]));
+        metrics.set_access_origins("oai-prod", &counts(&[("foreign", 2)]));
         metrics.role_assignments_per_subscription(SUBSCRIPTION, 3300);
         metrics.leader(true);
         metrics
@@ -738,6 +781,28 @@ mod tests {
     }
 
     #[test]
+    fn access_grants_by_origin_are_summed_over_accounts_and_forgotten_with_the_account() {
+        let metrics = Metrics::new();
+        metrics.set_access_origins("oai-a", &counts(&[("foreign", 2), ("managed", 3)]));
+        metrics.set_access_origins("oai-b", &counts(&[("foreign", 1)]));
+        let samples = parse(&metrics.encode()).unwrap();
+        assert_eq!(
+            value(&samples, "keyless_access_grants", &[("origin", "foreign")]),
+            Some(3.0)
+        );
+        metrics.forget_account("oai-a");
+        let samples = parse(&metrics.encode()).unwrap();
+        assert_eq!(
+            value(&samples, "keyless_access_grants", &[("origin", "foreign")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&samples, "keyless_access_grants", &[("origin", "managed")]),
+            Some(0.0)
+        );
+    }
+
+    #[test]
     fn labels_never_carry_account_or_object_names() {
         let metrics = metrics_with_everything_recorded();
         for i in 0..50 {
@@ -764,6 +829,7 @@ mod tests {
             "kind",
             "subscription",
             "state",
+            "origin",
         ];
         for sample in &samples {
             for (key, label_value) in &sample.labels {
