@@ -899,8 +899,10 @@ mod emulated {
     use super::*;
     use keyless::azure::credential::{CredentialChoice, CredentialKind, CredentialSettings};
     use keyless::azure::pacing::{BucketLimits, PacingConfig};
+    use keyless::emulator::state::FederatedCredential;
     use keyless::emulator::{
-        Emulator, EmulatorConfig, EmulatorHandle, NewGroup, NewUser, Seed, Throttling,
+        Emulator, EmulatorConfig, EmulatorHandle, NewGroup, NewServicePrincipal, NewUser, Seed,
+        Throttling,
     };
 
     pub const SUB: &str = "3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f";
@@ -1280,6 +1282,80 @@ mod emulated {
             "system:serviceaccount:team-chat:chat-backend"
         );
         assert_eq!(federated[0].audiences, ["api://AzureADTokenExchange"]);
+    }
+
+    #[tokio::test]
+    async fn an_app_registrations_federated_credentials_are_read_and_flexible_ones_left_out() {
+        let emulator = start(|config| config.replication_window = Duration::ZERO).await;
+        let directory = clients(&emulator).directory;
+        const APP: &str = "1f314dbd-f47f-4150-ba72-84dd3ee0450a";
+        assert_eq!(
+            directory
+                .application_federated_credentials(APP)
+                .await
+                .unwrap(),
+            Some(vec![]),
+            "an app registration of this tenant without credentials"
+        );
+        for (name, subject, expression) in [
+            ("scorer", "system:serviceaccount:batch:scorer", None),
+            (
+                "flexible",
+                "",
+                Some("claims['sub'] matches 'system:serviceaccount:*'"),
+            ),
+        ] {
+            emulator
+                .add_application_federated_credential(
+                    APP,
+                    FederatedCredential {
+                        name: name.into(),
+                        issuer: "https://oidc.keyless.example/cluster-1/".into(),
+                        subject: subject.into(),
+                        audiences: vec!["api://AzureADTokenExchange".into()],
+                        claims_matching_expression: expression.map(str::to_string),
+                    },
+                )
+                .unwrap();
+        }
+        let found = directory
+            .application_federated_credentials(APP)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|c| (c.name.as_str(), c.subject.as_str()))
+                .collect::<Vec<_>>(),
+            [("scorer", "system:serviceaccount:batch:scorer")]
+        );
+        // A managed identity has no application object; neither has another tenant's app.
+        assert_eq!(
+            directory
+                .application_federated_credentials("abfae246-2b2d-4cc2-b528-9067a57d93af")
+                .await
+                .unwrap(),
+            None
+        );
+        let foreign = emulator
+            .add_service_principal(NewServicePrincipal {
+                display_name: "someone-elses-app".into(),
+                app_owner_organization_id: Some("99999999-9999-9999-9999-999999999999".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            directory
+                .application_federated_credentials(&foreign.app_id)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            emulator.request_count("Graph_ListFederatedIdentityCredentials", 200),
+            2
+        );
     }
 
     #[tokio::test]

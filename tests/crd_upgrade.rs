@@ -68,7 +68,7 @@ async fn run_refuses_to_start_on_the_previous_crds_and_starts_once_they_are_upgr
     let message = error.to_string();
     for expected in [
         "the installed keyless CRDs are older than this keyless",
-        "openaiaccounts.keyless.dev lacks spec.allowedRoles[]: value FoundryUser",
+        "openaiaccounts.keyless.dev lacks spec.allowRetain, spec.allowedRoles[]: value FoundryUser",
         "openaiaccesses.keyless.dev lacks spec.role: value FoundryUser, status.roleDisplayName",
         "keyless crd | kubectl apply -f -",
         "Helm",

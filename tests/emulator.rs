@@ -2094,6 +2094,7 @@ async fn identities_added_at_run_time_are_service_principals_after_replication()
                 issuer: ISSUER.into(),
                 subject: "system:serviceaccount:new:new".into(),
                 audiences: vec!["api://AzureADTokenExchange".into()],
+                claims_matching_expression: None,
             }],
             ..Default::default()
         })

@@ -88,6 +88,13 @@ pub struct OpenAIAccountSpec {
     /// made on it; Retain leaves them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Whether an OpenAIAccess on this account may keep its role assignments after it is deleted
+    /// (its deletionPolicy: Retain). Default false: the account decides retention, so a tenant
+    /// cannot make a grant outlive the account's policy; Retain is then treated as Delete, with a
+    /// warning in the OpenAIAccess's status. Policy tightening and expiry always revoke.
+    #[serde(default)]
+    pub allow_retain: bool,
 }
 
 /// Namespaces allowed to request access. The two ways are OR-ed.

@@ -76,6 +76,17 @@ pub mod reasons {
     pub const CONFLICT: &str = "DuplicateResourceId";
     pub const RECONCILED: &str = "Reconciled";
     pub const PROGRESSING: &str = "Progressing";
+    /// The namespace's labels are not known yet and its name is not listed: nothing is created or
+    /// deleted for it until they are.
+    pub const NAMESPACE_UNKNOWN: &str = "NamespaceUnknown";
+    /// deletionPolicy Retain on an account that does not allow it (treated as Delete).
+    pub const RETAIN_NOT_ALLOWED: &str = "RetainNotAllowed";
+    /// The service account issuer is not known, so federation cannot be checked.
+    pub const ISSUER_UNKNOWN: &str = "ServiceAccountIssuerUnknown";
+    /// A released or adopted assignment that still grants access after keyless stopped managing it.
+    pub const STILL_GRANTED: &str = "StillGranted";
+    /// The replacement of a changed principal must propagate before the old grant goes.
+    pub const REPLACEMENT_PROPAGATING: &str = "ReplacementPropagating";
 }
 
 // kube-derive marks `Option` fields `nullable: true`. On a one-of field that would let `x: null`

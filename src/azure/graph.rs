@@ -47,6 +47,27 @@ struct GraphObject {
     display_name: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct CredentialList {
+    #[serde(default)]
+    value: Vec<GraphCredential>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GraphCredential {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    issuer: String,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    claims_matching_expression: Option<serde_json::Value>,
+}
+
 /// The Graph permission each lookup needs, for the 403 message (facts §B).
 #[derive(Clone, Copy)]
 enum Lookup {
@@ -305,6 +326,48 @@ impl Directory for GraphClient {
             principal_type: PrincipalType::ServicePrincipal,
             display_name: principal.display_name,
         })
+    }
+
+    async fn application_federated_credentials(
+        &self,
+        app_id: &str,
+    ) -> Result<Option<Vec<super::FederatedCredential>>, AzureError> {
+        let what = format!("read the federated credentials of application {app_id:?}");
+        let Ok(app_id) = uuid::Uuid::try_parse(app_id) else {
+            return Err(AzureError::new(
+                AzureErrorKind::BadRequest,
+                format!("{what}: an application (client) id is a GUID"),
+            ));
+        };
+        let url = self.url(
+            &format!(
+                "v1.0/applications(appId={})/federatedIdentityCredentials",
+                utf8_percent_encode(&odata_string(&app_id.to_string()), PATH_SEGMENT)
+            ),
+            &[],
+        )?;
+        let reply = self
+            .get(url, "list_application_federated_credentials")
+            .await?;
+        match reply.status {
+            StatusCode::OK => {
+                let list: CredentialList = reply.json(&what)?;
+                Ok(Some(
+                    list.value
+                        .into_iter()
+                        .filter(|c| c.claims_matching_expression.is_none())
+                        .map(|c| super::FederatedCredential {
+                            name: c.name,
+                            issuer: c.issuer,
+                            subject: c.subject.unwrap_or_default(),
+                            audiences: c.audiences,
+                        })
+                        .collect(),
+                ))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.failure(&reply, &what, Lookup::ServicePrincipal)),
+        }
     }
 
     async fn object_by_id(&self, object_id: &str) -> Result<DirectoryObject, AzureError> {

@@ -130,6 +130,15 @@ pub trait Directory: Send + Sync {
         app_id: &str,
     ) -> Result<DirectoryObject, AzureError>;
     async fn object_by_id(&self, object_id: &str) -> Result<DirectoryObject, AzureError>;
+    /// The federated credentials of the application object with this app id
+    /// (`GET /applications(appId='…')/federatedIdentityCredentials`, Application.Read.All).
+    /// `Ok(None)` when this tenant holds no such application object (a multi-tenant app from
+    /// another tenant). Credentials with a `claimsMatchingExpression` are left out: keyless cannot
+    /// evaluate them, so they fail closed.
+    async fn application_federated_credentials(
+        &self,
+        app_id: &str,
+    ) -> Result<Option<Vec<FederatedCredential>>, AzureError>;
 }
 
 /// Why the Azure clients could not be built. Each is a configuration problem, reported at start-up.

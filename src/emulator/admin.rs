@@ -11,6 +11,7 @@
 //! | `PATCH`, `DELETE /_emulator/directory-objects/{id}` | `DirectoryObjectPatch` | change (e.g. rename a group) or delete |
 //! | `DELETE /_emulator/identities` | `{"id"}` | delete an identity and its service principal |
 //! | `POST`, `DELETE /_emulator/federated-credentials` | `{"identityId", name, issuer, subject, audiences}` | add or remove |
+//! | `POST`, `DELETE /_emulator/application-federated-credentials` | `{"appId", name, issuer, subject, audiences, claimsMatchingExpression}` | add or remove on an app registration |
 //! | `POST`, `DELETE /_emulator/accounts` | `Account` / `{"id"}` | add or replace / delete |
 //! | `POST`, `DELETE /_emulator/role-assignments` | `AdminRoleAssignment` / `{"id"}` (name or id) | write or delete, unchecked |
 //! | `POST`, `DELETE /_emulator/app-roles` | `{"principalId","role"}` | grant or revoke a Graph app role |
@@ -92,6 +93,24 @@ impl Shared {
     ) -> Result<(), AdminError> {
         self.lock_world()
             .remove_federated_credential(identity_id, name)
+    }
+
+    pub fn add_application_federated_credential(
+        &self,
+        app_id: &str,
+        credential: FederatedCredential,
+    ) -> Result<(), AdminError> {
+        self.lock_world()
+            .add_application_federated_credential(app_id, credential)
+    }
+
+    pub fn remove_application_federated_credential(
+        &self,
+        app_id: &str,
+        name: &str,
+    ) -> Result<(), AdminError> {
+        self.lock_world()
+            .remove_application_federated_credential(app_id, name)
     }
 
     pub fn put_account(&self, account: Account) -> Result<Account, AdminError> {
@@ -233,6 +252,21 @@ struct CredentialRef {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct AppCredentialBody {
+    app_id: String,
+    #[serde(flatten)]
+    credential: FederatedCredential,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppCredentialRef {
+    app_id: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct AppRoleBody {
     principal_id: String,
     role: String,
@@ -297,6 +331,20 @@ pub fn handle(
                 done(
                     200,
                     shared.remove_federated_credential(&body.identity_id, &body.name),
+                )
+            }
+            (&Method::POST, ["application-federated-credentials"]) => {
+                let body: AppCredentialBody = parse(body)?;
+                done(
+                    201,
+                    shared.add_application_federated_credential(&body.app_id, body.credential),
+                )
+            }
+            (&Method::DELETE, ["application-federated-credentials"]) => {
+                let body: AppCredentialRef = parse(body)?;
+                done(
+                    200,
+                    shared.remove_application_federated_credential(&body.app_id, &body.name),
                 )
             }
             (&Method::POST, ["accounts"]) => done(201, shared.put_account(parse(body)?)),

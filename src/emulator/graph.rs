@@ -1,5 +1,6 @@
 //! Microsoft Graph v1.0, the lookups keyless makes (facts §B): users by id or UPN and by mail,
-//! groups by id and display name, service principals by id and appId, directory objects by id.
+//! groups by id and display name, service principals by id and appId, directory objects by id,
+//! and an application's federated identity credentials by appId.
 //! Access follows the application permissions in the caller's token (`roles`); objects still
 //! replicating are not found.
 
@@ -118,7 +119,34 @@ pub(crate) fn split(path: &str) -> Option<(Collection, Option<String>)> {
     }
 }
 
+/// `/v1.0/applications(appId='…')/federatedIdentityCredentials` (or `/applications/{id}/…` by
+/// object id, which keyless never sends): the application key, as written.
+fn application_credentials_key(path: &str) -> Option<String> {
+    let rest = path
+        .trim_start_matches('/')
+        .strip_prefix("v1.0/applications")?
+        .trim_end_matches('/');
+    let key = rest.strip_suffix("/federatedIdentityCredentials")?;
+    if key.starts_with('(') && !key.contains('/') {
+        return Some(key.to_string());
+    }
+    key.strip_prefix('/')
+        .filter(|k| !k.is_empty() && !k.contains('/'))
+        .map(str::to_string)
+}
+
+/// Listing an application's federated credentials (least privileged first; Graph's docs list
+/// Application.Read.All and the two write permissions).
+const APPLICATION_PERMISSIONS: &[&str] = &[
+    "Application.Read.All",
+    "Application.ReadWrite.OwnedBy",
+    "Application.ReadWrite.All",
+];
+
 pub fn operation(path: &str) -> &'static str {
+    if application_credentials_key(path).is_some() {
+        return "Graph_ListFederatedIdentityCredentials";
+    }
     match split(path) {
         Some((Collection::Users, None)) => "Graph_ListUsers",
         Some((Collection::Users, Some(_))) => "Graph_GetUser",
@@ -297,6 +325,9 @@ pub fn serve(
             &format!("The method '{method}' is not supported by the keyless emulator's Graph."),
         );
     }
+    if let Some(key) = application_credentials_key(path) {
+        return application_credentials(shared, &caller, &key, query);
+    }
     let Some((collection, key)) = split(path) else {
         return graph_error(
             400,
@@ -393,6 +424,97 @@ pub fn serve(
     }
 }
 
+/// `GET /applications(appId='…')/federatedIdentityCredentials`: the app registration's
+/// credentials, 404 `Request_ResourceNotFound` when this tenant holds no such application (a
+/// managed identity, another tenant's app, or one still replicating).
+fn application_credentials(
+    shared: &Shared,
+    caller: &Caller,
+    key: &str,
+    query: &[(String, String)],
+) -> Reply {
+    let allowed = APPLICATION_PERMISSIONS.iter().any(|p| {
+        caller
+            .claims
+            .roles
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(p))
+    });
+    if !allowed {
+        return denied();
+    }
+    let app_id = if key.starts_with('(') {
+        match parse_key(key) {
+            Some((Some(name), value)) if name == "appId" => value,
+            Some((Some(other), _)) => {
+                return graph_error(
+                    400,
+                    "BadRequest",
+                    &format!("'{other}' is not an alternate key of 'applications'."),
+                );
+            }
+            _ => {
+                return graph_error(
+                    400,
+                    "BadRequest",
+                    &format!("Bad Request - Error in query syntax: '{key}'."),
+                );
+            }
+        }
+    } else {
+        // By application object id: the emulator has no separate application object ids.
+        return not_found(key);
+    };
+    if uuid::Uuid::parse_str(&app_id).is_err() {
+        return graph_error(
+            400,
+            "Request_BadRequest",
+            &format!("Invalid object identifier '{app_id}'."),
+        );
+    }
+    let world = shared.lock_world();
+    let Some(app) = world.application(&app_id, Instant::now()) else {
+        return not_found(&app_id);
+    };
+    let selection = query_value(query, "$select");
+    let value: Vec<Value> = app
+        .federated_credentials
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            // A stable id per credential: the application's id with the index folded in.
+            let id = uuid::Uuid::new_v5(
+                &uuid::Uuid::NAMESPACE_OID,
+                format!("{}/{index}/{}", app.id, c.name).as_bytes(),
+            );
+            let mut credential = json!({
+                "id": id.to_string(),
+                "name": c.name,
+                "issuer": c.issuer,
+                "subject": if c.claims_matching_expression.is_some() { Value::Null } else { json!(c.subject) },
+                "description": null,
+                "audiences": c.audiences,
+            });
+            if let (Some(expression), Value::Object(map)) =
+                (&c.claims_matching_expression, &mut credential)
+            {
+                map.insert(
+                    "claimsMatchingExpression".into(),
+                    json!({"value": expression, "languageVersion": 1}),
+                );
+            }
+            select(credential, selection)
+        })
+        .collect();
+    Reply::json(
+        200,
+        &json!({
+            "@odata.context": format!("{CONTEXT}#applications('{app_id}')/federatedIdentityCredentials"),
+            "value": value,
+        }),
+    )
+}
+
 /// Finds the object a key segment names. Returns the object (if any) and the text to name in a 404.
 fn resolve_key<'w>(
     world: &'w crate::emulator::state::World,
@@ -451,5 +573,27 @@ mod tests {
         );
         assert_eq!(split("/v1.0/users/x/memberOf"), None);
         assert_eq!(split("/v1.0/applications"), None);
+    }
+
+    #[test]
+    fn application_credential_paths_name_the_application_key() {
+        assert_eq!(
+            application_credentials_key(
+                "/v1.0/applications(appId='x')/federatedIdentityCredentials"
+            ),
+            Some("(appId='x')".into())
+        );
+        assert_eq!(
+            application_credentials_key("/v1.0/applications/abc/federatedIdentityCredentials"),
+            Some("abc".into())
+        );
+        assert_eq!(
+            application_credentials_key("/v1.0/applications(appId='x')"),
+            None
+        );
+        assert_eq!(
+            operation("/v1.0/applications(appId='x')/federatedIdentityCredentials"),
+            "Graph_ListFederatedIdentityCredentials"
+        );
     }
 }

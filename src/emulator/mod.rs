@@ -397,6 +397,25 @@ impl EmulatorHandle {
         self.shared.remove_federated_credential(identity_id, name)
     }
 
+    /// Adds (or replaces, by name) a federated credential on the app registration `app_id`.
+    pub fn add_application_federated_credential(
+        &self,
+        app_id: &str,
+        credential: FederatedCredential,
+    ) -> Result<(), AdminError> {
+        self.shared
+            .add_application_federated_credential(app_id, credential)
+    }
+
+    pub fn remove_application_federated_credential(
+        &self,
+        app_id: &str,
+        name: &str,
+    ) -> Result<(), AdminError> {
+        self.shared
+            .remove_application_federated_credential(app_id, name)
+    }
+
     pub fn put_account(&self, account: Account) -> Result<Account, AdminError> {
         self.shared.put_account(account)
     }

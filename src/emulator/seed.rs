@@ -18,7 +18,8 @@
 //! groups:            [{ id, displayName, description: optional, members: [object ids] }]
 //! servicePrincipals:                   # applications' service principals
 //!   - { id, appId, displayName, graphAppRoles: [User.Read.All, ...],
-//!       federatedCredentials: [{ name, issuer, subject, audiences }] }
+//!       federatedCredentials: [{ name, issuer, subject, audiences, claimsMatchingExpression }],
+//!       appOwnerOrganizationId: optional (another tenant: no application object here) }
 //! identities:                          # user-assigned managed identities; each is also a service principal
 //!   - { subscriptionId, resourceGroup, name, location, principalId, clientId,
 //!       federatedCredentials: [...], graphAppRoles: [...], tags: {} }
@@ -146,6 +147,8 @@ pub struct SeedFederatedCredential {
     pub subject: String,
     #[serde(default = "default_audiences")]
     pub audiences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims_matching_expression: Option<String>,
 }
 
 pub(crate) fn default_audiences() -> Vec<String> {
@@ -162,6 +165,9 @@ pub struct SeedServicePrincipal {
     pub graph_app_roles: Vec<String>,
     #[serde(default)]
     pub federated_credentials: Vec<SeedFederatedCredential>,
+    /// Another tenant's id: a multi-tenant app with no application object in this tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_owner_organization_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -50,6 +50,10 @@ pub struct ServicePrincipal {
     pub federated_credentials: Vec<FederatedCredential>,
     /// The ARM id of the managed identity behind it, if any.
     pub identity_resource_id: Option<String>,
+    /// The tenant whose application object this service principal stands for; `None` means this
+    /// tenant. A multi-tenant app from another tenant has no application object here, so Graph's
+    /// `/applications(appId=…)` does not find it.
+    pub app_owner_organization_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -102,6 +106,10 @@ pub struct FederatedCredential {
     pub subject: String,
     #[serde(default = "default_audiences")]
     pub audiences: Vec<String>,
+    /// A flexible credential's expression (application credentials only); such a credential has
+    /// no `subject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims_matching_expression: Option<String>,
 }
 
 impl From<&SeedFederatedCredential> for FederatedCredential {
@@ -111,6 +119,7 @@ impl From<&SeedFederatedCredential> for FederatedCredential {
             issuer: seed.issuer.clone(),
             subject: seed.subject.clone(),
             audiences: seed.audiences.clone(),
+            claims_matching_expression: seed.claims_matching_expression.clone(),
         }
     }
 }
@@ -502,6 +511,9 @@ pub struct NewServicePrincipal {
     pub graph_app_roles: Vec<String>,
     #[serde(default)]
     pub federated_credentials: Vec<FederatedCredential>,
+    /// Another tenant's id for a multi-tenant app (no application object in this tenant).
+    #[serde(default)]
+    pub app_owner_organization_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -631,6 +643,11 @@ impl World {
                         .map(Into::into)
                         .collect(),
                     identity_resource_id: None,
+                    app_owner_organization_id: sp
+                        .app_owner_organization_id
+                        .as_deref()
+                        .map(|t| parse_guid("appOwnerOrganizationId", t))
+                        .transpose()?,
                 }),
                 None,
             )?;
@@ -815,6 +832,25 @@ impl World {
         self.service_principal_by_app_id(app_id)
             .map(|sp| sp.federated_credentials.clone())
             .unwrap_or_default()
+    }
+
+    /// The application object registered in this tenant under `app_id`, as Graph's
+    /// `/applications(appId=…)` sees it at `now`: the service principal of an app registration
+    /// whose home is this tenant. Managed identities and other tenants' apps have none here.
+    pub fn application(&self, app_id: &str, now: Instant) -> Option<&ServicePrincipal> {
+        self.visible_objects(now).find_map(|o| match o {
+            DirectoryObject::ServicePrincipal(sp)
+                if sp.app_id.eq_ignore_ascii_case(app_id)
+                    && sp.service_principal_type == "Application"
+                    && sp
+                        .app_owner_organization_id
+                        .as_deref()
+                        .is_none_or(|t| t.eq_ignore_ascii_case(&self.tenant_id)) =>
+            {
+                Some(sp)
+            }
+            _ => None,
+        })
     }
 
     /// The principal and the groups it belongs to, transitively: whose assignments apply to it.
@@ -1008,6 +1044,11 @@ impl World {
             graph_app_roles: sp.graph_app_roles,
             federated_credentials: sp.federated_credentials,
             identity_resource_id: None,
+            app_owner_organization_id: sp
+                .app_owner_organization_id
+                .as_deref()
+                .map(|t| admin_guid("appOwnerOrganizationId", Some(t)))
+                .transpose()?,
         };
         if self.service_principal_by_app_id(&sp.app_id).is_some() {
             return Err(AdminError::Conflict(format!(
@@ -1076,6 +1117,7 @@ impl World {
                 graph_app_roles: new.graph_app_roles,
                 federated_credentials: Vec::new(),
                 identity_resource_id: Some(identity.resource_id()),
+                app_owner_organization_id: None,
             }),
             visible_at,
         )?;
@@ -1235,6 +1277,49 @@ impl World {
             .federated_credentials
             .retain(|c| !c.name.eq_ignore_ascii_case(name));
         if identity.federated_credentials.len() == before {
+            return Err(AdminError::NotFound(format!("federated credential {name}")));
+        }
+        Ok(())
+    }
+
+    fn application_mut(&mut self, app_id: &str) -> Result<&mut ServicePrincipal, AdminError> {
+        self.directory
+            .iter_mut()
+            .find_map(|entry| match &mut entry.object {
+                DirectoryObject::ServicePrincipal(sp)
+                    if sp.app_id.eq_ignore_ascii_case(app_id)
+                        && sp.service_principal_type == "Application" =>
+                {
+                    Some(sp)
+                }
+                _ => None,
+            })
+            .ok_or_else(|| AdminError::NotFound(format!("application {app_id}")))
+    }
+
+    /// Adds (or replaces, by name) a federated credential on an app registration.
+    pub fn add_application_federated_credential(
+        &mut self,
+        app_id: &str,
+        credential: FederatedCredential,
+    ) -> Result<(), AdminError> {
+        let app = self.application_mut(app_id)?;
+        app.federated_credentials
+            .retain(|c| !c.name.eq_ignore_ascii_case(&credential.name));
+        app.federated_credentials.push(credential);
+        Ok(())
+    }
+
+    pub fn remove_application_federated_credential(
+        &mut self,
+        app_id: &str,
+        name: &str,
+    ) -> Result<(), AdminError> {
+        let app = self.application_mut(app_id)?;
+        let before = app.federated_credentials.len();
+        app.federated_credentials
+            .retain(|c| !c.name.eq_ignore_ascii_case(name));
+        if app.federated_credentials.len() == before {
             return Err(AdminError::NotFound(format!("federated credential {name}")));
         }
         Ok(())

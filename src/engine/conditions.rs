@@ -171,6 +171,12 @@ fn reason_of(status: &PrincipalStatus, fallback: &'static str) -> &'static str {
         reasons::RETAINED,
         reasons::STILL_DECLARED,
         reasons::INVALID_SPEC,
+        reasons::NAMESPACE_UNKNOWN,
+        reasons::RETAIN_NOT_ALLOWED,
+        reasons::ISSUER_UNKNOWN,
+        reasons::STILL_GRANTED,
+        reasons::REPLACEMENT_PROPAGATING,
+        crate::plan::status::CONDITIONAL_ASSIGNMENT_EXISTS,
     ];
     status
         .reason

@@ -2,6 +2,7 @@
 //! Azure traits. File mode and the controller both run it; they differ only in where the objects
 //! come from and where the outcome goes.
 
+pub mod brake;
 pub mod conditions;
 pub mod resolve;
 
@@ -21,6 +22,7 @@ use crate::plan::{
     AccessInput, AccountInput, AccountScope, Cleanup, InstanceId, NewAssignment, ObjectKey,
     Observation, Plan, PlanInput, Write, plan,
 };
+pub use crate::plan::{MalformedObject, ViewCompleteness};
 use jiff::Timestamp;
 pub use resolve::{CLIENT_ID_ANNOTATION, FederationCheck, ResolutionCache, ServiceAccountInfo};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -54,6 +56,17 @@ pub struct EngineConfig {
     /// hold a part of what an instance manages. Without it, only grants whose principal an input
     /// object still names (now denied or expired) are revoked: see [`spared_without_prune`].
     pub prune: bool,
+    /// The delete brake and its clocks (the controller's); None: only the pause switch, the
+    /// view's completeness and malformed objects hold deletes.
+    pub brake: Option<std::sync::Arc<brake::Brake>>,
+    /// Checked just before each ARM write: a replica that may no longer lead writes nothing.
+    pub fence: Option<std::sync::Arc<dyn Fence>>,
+}
+
+/// Whether this process may still write. The controller's is the leader lease: it answers Err
+/// when the lease has less time left than one ARM attempt may take.
+pub trait Fence: Send + Sync + std::fmt::Debug {
+    fn may_write(&self) -> Result<(), String>;
 }
 
 /// One OpenAIAccess as the front end found it.
@@ -76,6 +89,14 @@ pub struct ScopeSource {
     pub accesses: Vec<AccessSource>,
     pub service_accounts: BTreeMap<ObjectKey, ServiceAccountInfo>,
     pub namespaces: NamespaceLabels,
+    /// Whether `accesses` is every OpenAIAccess on this account (see [`ViewCompleteness`]).
+    pub view: ViewCompleteness,
+    /// Objects that may name this account but could not be decoded (see [`MalformedObject`]).
+    pub malformed: Vec<MalformedObject>,
+    /// `keyless.dev/paused: "true"` on the account: no writes at all.
+    pub paused: bool,
+    /// `keyless.dev/confirm-revocations` on the account, when it is a number.
+    pub confirmed_revocations: Option<usize>,
 }
 
 /// What happened to one write.
@@ -87,6 +108,9 @@ pub enum WriteResult {
     Created(crate::plan::ObservedAssignment),
     /// Created under another name already (409): adopted.
     Adopted(crate::plan::ObservedAssignment),
+    /// Created already (409) by this instance, under another name (a grant named the old way, or
+    /// one a lagging LIST did not show): ours, so Granted, not Adopted.
+    Confirmed(crate::plan::ObservedAssignment),
     Skipped(String),
     Failed(AzureError),
     /// Not attempted: a plan-only pass, or the pass stopped early (throttled).
@@ -130,6 +154,11 @@ pub struct PassOutcome {
     /// When this scope must be looked at again regardless of changes: a grant's propagation grace
     /// ends, or an OpenAIAccess expires.
     pub requeue_at: Option<Timestamp>,
+    /// Deletes the brake (or the view) held this pass: the first hold and how many it held.
+    pub held: Option<(brake::Hold, usize)>,
+    /// The fence refused a write: this replica may no longer lead, so the pass stopped and its
+    /// outcome must not be written anywhere.
+    pub fenced: Option<String>,
 }
 
 impl PassOutcome {
@@ -158,6 +187,8 @@ pub async fn run_pass(
         invalid_spec: None,
         read_error: None,
         requeue_at: None,
+        held: None,
+        fenced: None,
     };
     let scope = match AccountScope::parse(&source.account.resource_id) {
         Ok(scope) => scope,
@@ -209,37 +240,42 @@ pub async fn run_pass(
         }
     };
 
-    // Resolve (only when there is something to compare against).
+    // Eligibility, then resolution of the eligible principals only (and only when there is
+    // something to compare against): a namespace the account does not allow learns nothing about
+    // the directory, and costs no lookup.
     let mut resolver = resolve::Resolver::new(
         azure.directory,
         azure.identities,
         &source.service_accounts,
         FederationCheck {
-            required: source.account.require_federation,
             issuer: config.federation_issuer.clone(),
         },
         config.resolution_cache.as_deref(),
     );
+    let readable = !matches!(observation, Observation::Unavailable { .. });
     let mut accesses = Vec::with_capacity(source.accesses.len());
     for access in &source.accesses {
+        let eligibility = crate::plan::eligibility::eligibility(
+            &source.account_name,
+            &source.account,
+            &access.key,
+            &access.spec,
+            &source.namespaces,
+        );
         let mut resolutions = Vec::with_capacity(access.spec.principals.len());
-        for principal in &access.spec.principals {
-            let resolution = match principal.reference() {
-                Some(reference) if !matches!(observation, Observation::Unavailable { .. }) => {
+        for eligible in &eligibility.principals {
+            let resolution = match eligible.reference() {
+                Some(reference) if readable => {
                     resolver
                         .resolve(
                             &access.key,
-                            &reference,
+                            reference,
                             access.previous.as_ref(),
                             access.generation,
                         )
                         .await
                 }
-                _ => crate::plan::Resolution::Unresolved {
-                    reason: reasons::RESOLUTION_FAILED.into(),
-                    message: "not resolved: the account could not be read".into(),
-                    replicating: false,
-                },
+                _ => crate::plan::Resolution::NotLookedUp,
             };
             resolutions.push(resolution);
         }
@@ -277,13 +313,47 @@ pub async fn run_pass(
         now,
         max_deletes: config.max_deletes_per_pass,
         replication_deadline: config.replication_deadline,
+        propagation_grace: config.propagation_grace,
+        view: &source.view,
+        malformed: &source.malformed,
     });
+    for (object, note) in &plan.findings {
+        outcome.events.push(EngineEvent {
+            object: Some(object.clone()),
+            warning: true,
+            reason: "FederationFinding",
+            action: "Authorise",
+            note: note.clone(),
+        });
+    }
+
+    // The brake: which deletes wait, and why.
+    let holds = delete_holds(source, &plan, &observation, config, now);
+    let mut first_hold: Option<(brake::Hold, usize)> = None;
+    for hold in holds.values() {
+        match &mut first_hold {
+            Some((_, count)) => *count += 1,
+            None => first_hold = Some((hold.clone(), 1)),
+        }
+    }
 
     // Apply, one write at a time: writes on a scope are never concurrent.
     let mut failed_creates_of: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut stop: Option<RetryDecision> = None;
     let spared = |write: &Write| !config.prune && spared_without_prune(write, &plan, source);
-    for write in &plan.writes {
+    for (index, write) in plan.writes.iter().enumerate() {
+        if source.paused {
+            outcome.results.push(WriteResult::Skipped(
+                brake::Hold::Paused.message(&source.account_name),
+            ));
+            continue;
+        }
+        if let Some(hold) = holds.get(&index) {
+            outcome
+                .results
+                .push(WriteResult::Skipped(hold.message(&source.account_name)));
+            continue;
+        }
         if spared(write) {
             outcome
                 .results
@@ -294,10 +364,20 @@ pub async fn run_pass(
             outcome.results.push(WriteResult::NotAttempted);
             continue;
         }
-        if stop.is_some() {
+        if stop.is_some() || outcome.fenced.is_some() {
             outcome.results.push(WriteResult::NotAttempted);
             continue;
         }
+        // Just before the attempt: a replica whose lease may end during it writes nothing more.
+        if let Some(fence) = &config.fence
+            && let Err(why) = fence.may_write()
+        {
+            tracing::warn!(account = %source.account_name, %why, "fenced: stopping the pass");
+            outcome.fenced = Some(why);
+            outcome.results.push(WriteResult::NotAttempted);
+            continue;
+        }
+        audit(&source.account_name, write);
         let result = match write {
             Write::Create {
                 assignment,
@@ -315,6 +395,14 @@ pub async fn run_pass(
                         ),
                     });
                     WriteResult::Created(created)
+                }
+                Ok(Created::AlreadyExists(existing))
+                    if crate::plan::ownership::is_owned_by(
+                        existing.description.as_deref(),
+                        &config.instance,
+                    ) =>
+                {
+                    WriteResult::Confirmed(existing)
                 }
                 Ok(Created::AlreadyExists(existing)) => WriteResult::Adopted(existing),
                 Err(error) => {
@@ -361,6 +449,9 @@ pub async fn run_pass(
                 } else {
                     match azure.assignments.delete_assignment(&assignment.id).await {
                         Ok(_) => {
+                            if let Some(brake) = &config.brake {
+                                brake.deleted(&source.account_name, &assignment.id, now);
+                            }
                             outcome.events.push(EngineEvent {
                                 object: None,
                                 warning: false,
@@ -413,6 +504,19 @@ pub async fn run_pass(
             );
         }
     }
+    // Results of releases and deletes, by grant: cleanup waits on grants, not positions.
+    let removals: HashMap<crate::plan::GrantKey, &WriteResult> = plan
+        .writes
+        .iter()
+        .zip(&outcome.results)
+        .filter(|(write, _)| !matches!(write, Write::Create { .. }))
+        .filter_map(|(write, result)| write.grant().map(|g| (g, result)))
+        .collect();
+    let removed = |grants: &[crate::plan::GrantKey]| {
+        grants
+            .iter()
+            .all(|g| matches!(removals.get(g), Some(WriteResult::Done)))
+    };
     for (access_plan, source_access) in plan.accesses.iter().zip(&source.accesses) {
         let mut principals = access_plan.principals.clone();
         for status in principals.iter_mut() {
@@ -420,9 +524,7 @@ pub async fn run_pass(
         }
         let cleanup_complete = match &access_plan.cleanup {
             Cleanup::Complete => true,
-            Cleanup::AfterWrites(indexes) => indexes
-                .iter()
-                .all(|i| matches!(outcome.results.get(*i), Some(WriteResult::Done))),
+            Cleanup::AfterWrites(grants) => removed(grants),
             Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
         };
         let previous = source_access.previous.as_ref();
@@ -471,9 +573,7 @@ pub async fn run_pass(
     }
     outcome.account_cleanup_complete = match &plan.account_cleanup {
         Cleanup::Complete => true,
-        Cleanup::AfterWrites(indexes) => indexes
-            .iter()
-            .all(|i| matches!(outcome.results.get(*i), Some(WriteResult::Done))),
+        Cleanup::AfterWrites(grants) => removed(grants),
         Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
     };
     if outcome.retry.is_none()
@@ -483,13 +583,165 @@ pub async fn run_pass(
     {
         outcome.retry = Some(RetryDecision::Backoff);
     }
+    outcome.held = first_hold;
+    if source.paused && !plan.writes.is_empty() {
+        outcome.held = Some((brake::Hold::Paused, plan.writes.len()));
+    }
     if outcome.retry.is_none() && plan.deferred_deletes > 0 {
         // The rest of the deletes wait for the next pass; do not wait a whole resync for it.
         outcome.retry = Some(RetryDecision::Backoff);
     }
     outcome.requeue_at = next_deadline(source, &outcome.accesses, config, now);
+    if let Some(lifts) = holds.values().filter_map(brake::Hold::lifts_at).min() {
+        outcome.requeue_at = Some(outcome.requeue_at.map_or(lifts, |at| at.min(lifts)));
+    }
     outcome.plan = Some(plan);
     outcome
+}
+
+// The audit trail: every ARM write at info, naming the grant (events collapse per account).
+fn audit(account: &str, write: &Write) {
+    match write {
+        Write::Create {
+            assignment,
+            declared_by,
+        } => tracing::info!(
+            account,
+            object = %declared_by.first().map(ToString::to_string).unwrap_or_default(),
+            principal = %assignment.principal_id,
+            role = %assignment.role,
+            assignment = %assignment.name,
+            "arm write: create role assignment"
+        ),
+        Write::Release { assignment, .. } => tracing::info!(
+            account,
+            principal = %assignment.principal_id,
+            role = %assignment.role,
+            assignment = %assignment.name,
+            "arm write: release role assignment (retained)"
+        ),
+        Write::Delete {
+            assignment, reason, ..
+        } => tracing::info!(
+            account,
+            principal = %assignment.principal_id,
+            role = %assignment.role_definition_id,
+            assignment = %assignment.name,
+            reason,
+            "arm write: delete role assignment"
+        ),
+    }
+}
+
+/// The deletes of a plan the brake, the view or a malformed object holds back, by write index.
+fn delete_holds(
+    source: &ScopeSource,
+    plan: &Plan,
+    observation: &Observation,
+    config: &EngineConfig,
+    now: Timestamp,
+) -> HashMap<usize, brake::Hold> {
+    let deletes: Vec<(usize, &crate::plan::ObservedAssignment, &'static str)> = plan
+        .writes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Write::Delete {
+                assignment, reason, ..
+            } => Some((i, assignment, *reason)),
+            _ => None,
+        })
+        .collect();
+    let mut holds = HashMap::new();
+    if deletes.is_empty() {
+        return holds;
+    }
+    let view_incomplete = match &source.view {
+        ViewCompleteness::Complete => None,
+        ViewCompleteness::Incomplete { reason } => Some(reason.clone()),
+    };
+    // A malformed object protects the grants its raw status records and those whose marker says
+    // it declared them (the isolation issue's rule; the planner applies it too once it lands).
+    let protected_by_malformed = |assignment: &crate::plan::ObservedAssignment| {
+        source.malformed.iter().find(|m| {
+            let declared = format!("declared-by={}", m.key);
+            m.recorded_object_ids
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(&assignment.principal_id))
+                || assignment
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| d.split(' ').any(|w| w == declared))
+        })
+    };
+    let mut candidates = Vec::new();
+    let mut candidate_index = Vec::new();
+    for (index, assignment, reason) in &deletes {
+        if let Some(malformed) = protected_by_malformed(assignment) {
+            holds.insert(
+                *index,
+                brake::Hold::ViewIncomplete(format!(
+                    "OpenAIAccess {} names this principal but cannot be read",
+                    malformed.key
+                )),
+            );
+            continue;
+        }
+        let explained = source.account_being_deleted
+            || *reason != reasons::REVOKED
+            || source.accesses.iter().any(|a| {
+                a.previous.as_ref().is_some_and(|s| {
+                    s.principals.iter().any(|p| {
+                        p.object_id
+                            .as_deref()
+                            .is_some_and(|o| o.eq_ignore_ascii_case(&assignment.principal_id))
+                    })
+                })
+            });
+        candidates.push(brake::Candidate {
+            id: assignment.id.clone(),
+            explained,
+        });
+        candidate_index.push(*index);
+    }
+    let owned = match observation {
+        Observation::Complete(list) | Observation::Incomplete(list) => list
+            .iter()
+            .filter(|a| {
+                crate::plan::ownership::is_owned_by(a.description.as_deref(), &config.instance)
+            })
+            .count(),
+        _ => 0,
+    };
+    let facts = brake::PassFacts {
+        now,
+        paused: source.paused,
+        view_incomplete: view_incomplete.as_deref(),
+        confirmed: source.confirmed_revocations,
+        owned,
+        account_deleting: source.account_being_deleted,
+        candidates: &candidates,
+    };
+    let decisions = match &config.brake {
+        Some(brake) => brake.decide(&source.account_name, &facts),
+        // Without the brake's clocks and budget: only the pause switch and the view.
+        None => candidates
+            .iter()
+            .map(|_| {
+                if source.paused {
+                    Some(brake::Hold::Paused)
+                } else {
+                    view_incomplete.clone().map(brake::Hold::ViewIncomplete)
+                }
+            })
+            .collect(),
+    };
+    for (index, decision) in candidate_index.into_iter().zip(decisions) {
+        if let Some(hold) = decision {
+            holds.insert(index, hold);
+        }
+    }
+    holds
 }
 
 /// Why a delete was not made by a pass without `prune`.
@@ -507,6 +759,16 @@ pub fn spared_without_prune(write: &Write, plan: &Plan, source: &ScopeSource) ->
     else {
         return true;
     };
+    // An input object that declared it (its marker says so): a denied namespace is never looked
+    // up, so its principals carry no object id, but the request still names the grant.
+    let declarer = crate::plan::ownership::declared_by(assignment.description.as_deref());
+    if source
+        .accesses
+        .iter()
+        .any(|a| declarer == Some(a.key.to_string().as_str()) && a.spec.role == role)
+    {
+        return false;
+    }
     let named = plan.accesses.iter().any(|access| {
         source
             .accesses
@@ -563,6 +825,16 @@ fn apply_write_results(
                 // ARM's createdOn, so the time survives restarts and never churns status.
                 status.granted_at =
                     Some(crate::api::common::Time(created.created_on.unwrap_or(now)));
+            }
+            WriteResult::Confirmed(existing) => {
+                status.state = Some(GrantState::Granted);
+                status.reason = Some(reasons::GRANTED.into());
+                status.message = Some(format!(
+                    "role assignment {} (already this keyless's) grants this",
+                    existing.name
+                ));
+                status.role_assignment_id = Some(existing.id.clone());
+                status.granted_at = existing.created_on.map(crate::api::common::Time);
             }
             WriteResult::Adopted(existing) => {
                 status.state = Some(GrantState::Granted);

@@ -1,12 +1,18 @@
-//! Resolve: every principal of every OpenAIAccess on a scope to an Entra object id, each distinct
-//! principal once per pass. Failures become `Resolution::Unresolved` (which protects the grant the
-//! principal had) or `Resolution::Denied` (a federation finding), never an aborted pass.
+//! Resolve: every *eligible* principal of every OpenAIAccess on a scope to an Entra object id, each
+//! distinct principal once per pass. The resolver gathers facts only — an object id, a type, and
+//! for a ServiceAccount what its identity's federated credentials say about this cluster's issuer
+//! and this ServiceAccount's subject. It decides nothing: the planner's authorisation stage decides
+//! federation and policy every pass, for every account. Failures become `Resolution::Unresolved`
+//! with a lasting or temporary cause, never an aborted pass.
 
 use crate::api::{OpenAIAccessStatus, PrincipalRef, reasons};
 use crate::azure::{AzureError, AzureErrorKind, Directory, ManagedIdentities};
 use crate::plan::planner::pinned_object_id;
-use crate::plan::{ObjectKey, PrincipalType, Resolution};
+use crate::plan::{
+    CredentialMatch, Failure, FederationFacts, IdentityKind, ObjectKey, PrincipalType, Resolution,
+};
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash};
 
 /// The ServiceAccount annotation Azure workload identity reads.
 pub const CLIENT_ID_ANNOTATION: &str = "azure.workload.identity/client-id";
@@ -18,22 +24,32 @@ pub struct ServiceAccountInfo {
     pub client_id: Option<String>,
 }
 
-/// How to check workload identity federation.
+/// The token exchange audiences a federated credential must name (public, US Government, China).
+pub const TOKEN_EXCHANGE_AUDIENCES: [&str; 3] = [
+    "api://AzureADTokenExchange",
+    "api://AzureADTokenExchangeUSGov",
+    "api://AzureADTokenExchangeChina",
+];
+
+/// How to gather federation facts. Whether federation is required is not here: that is the
+/// account's decision, made by the planner.
 #[derive(Clone, Debug, Default)]
 pub struct FederationCheck {
-    /// Require a federated credential for exactly this ServiceAccount.
-    pub required: bool,
-    /// This cluster's service account issuer; when unknown only the subject is checked.
+    /// This cluster's service account issuer; when unknown a matching subject yields
+    /// `CredentialMatch::IssuerUnknown`, which fails closed where federation is required.
     pub issuer: Option<String>,
 }
 
-/// Successful resolutions (and account postures) kept across passes, so a resync of an unchanged account costs its one
-/// LIST and not a Graph or ARM read per principal. Not decision-critical: a miss (after a restart
-/// or past the TTL) only means looking the principal up again, which also notices an identity that
-/// was deleted and re-created with a new object id.
+/// Facts kept across passes — identities and directory objects for `ttl`, federated credentials
+/// (a ServiceAccount's resolution) for a shorter, jittered `federation_ttl` — so a resync of an
+/// unchanged account costs its one LIST and not a Graph or ARM read per principal. Facts, never
+/// decisions: every account decides federation and policy from them every pass, so a warm and a
+/// cold cache plan the same writes. A miss only means looking the principal up again.
 #[derive(Debug)]
 pub struct ResolutionCache {
     ttl: std::time::Duration,
+    federation_ttl: std::time::Duration,
+    jitter: std::collections::hash_map::RandomState,
     entries:
         std::sync::Mutex<std::collections::HashMap<CacheKey, (Resolution, std::time::Instant)>>,
     // The account's posture, re-read once per TTL: the LIST alone notices an account that is gone
@@ -50,12 +66,34 @@ pub struct ResolutionCache {
 type CacheKey = (String, PrincipalRef, Option<String>);
 
 impl ResolutionCache {
+    /// Federation facts are kept for a quarter of `ttl` (at most two minutes) unless
+    /// [`with_federation_ttl`](Self::with_federation_ttl) says otherwise.
     pub fn new(ttl: std::time::Duration) -> ResolutionCache {
         ResolutionCache {
             ttl,
+            federation_ttl: (ttl / 4).min(std::time::Duration::from_secs(120)),
+            jitter: std::collections::hash_map::RandomState::new(),
             entries: Default::default(),
             accounts: Default::default(),
         }
+    }
+
+    /// How long a ServiceAccount's federation facts are kept: each entry between 3/4 of this and
+    /// all of it (jittered, so entries do not expire together), so a removed federated credential
+    /// stops counting soon.
+    pub fn with_federation_ttl(mut self, federation_ttl: std::time::Duration) -> ResolutionCache {
+        self.federation_ttl = federation_ttl;
+        self
+    }
+
+    fn ttl_of(&self, key: &CacheKey) -> std::time::Duration {
+        if !matches!(key.1, PrincipalRef::ServiceAccount(_)) {
+            return self.ttl;
+        }
+        let mut hasher = self.jitter.build_hasher();
+        key.hash(&mut hasher);
+        let fraction = (std::hash::Hasher::finish(&hasher) % 1000) as u32;
+        self.federation_ttl * 3 / 4 + self.federation_ttl / 4 * fraction / 1000
     }
 
     pub(crate) fn account(
@@ -86,15 +124,26 @@ impl ResolutionCache {
     }
 
     fn get(&self, key: &CacheKey) -> Option<Resolution> {
+        let ttl = self.ttl_of(key);
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .filter(|(_, at)| at.elapsed() < ttl)
             .map(|(r, _)| r.clone())
     }
 
+    // Only facts are cached: a resolved object (with its federation facts); never a failure. A
+    // ServiceAccount whose credentials do not (yet) federate it is not cached either, so a
+    // credential someone adds counts at the next pass; one someone removes stops counting within
+    // the federation TTL.
     fn put(&self, key: CacheKey, resolution: &Resolution) {
-        if matches!(resolution, Resolution::Resolved { .. }) {
+        let cacheable = match resolution {
+            Resolution::Resolved { federation, .. } => federation
+                .as_ref()
+                .is_none_or(|f| f.credential == CredentialMatch::Federated),
+            Resolution::Unresolved { .. } | Resolution::NotLookedUp => false,
+        };
+        if cacheable {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
             entries.insert(key, (resolution.clone(), std::time::Instant::now()));
@@ -150,6 +199,7 @@ impl<'a> Resolver<'a> {
             return Resolution::Resolved {
                 object_id: object_id.to_string(),
                 principal_type,
+                federation: None,
             };
         }
         let cache_key = (
@@ -214,7 +264,7 @@ impl<'a> Resolver<'a> {
                     Ok(None) => Resolution::Unresolved {
                         reason: reasons::RESOLUTION_FAILED.into(),
                         message: format!("managed identity {resource_id} does not exist"),
-                        replicating: false,
+                        failure: Failure::Lasting,
                     },
                     Err(error) => unresolved(&format!("managed identity {resource_id}"), &error),
                 }
@@ -232,7 +282,7 @@ impl<'a> Resolver<'a> {
             return Resolution::Unresolved {
                 reason: "ServiceAccountNotFound".into(),
                 message: format!("ServiceAccount {sa_key} does not exist"),
-                replicating: false,
+                failure: Failure::Lasting,
             };
         };
         let Some(client_id) = info.client_id.as_deref() else {
@@ -241,7 +291,7 @@ impl<'a> Resolver<'a> {
                 message: format!(
                     "ServiceAccount {sa_key} has no {CLIENT_ID_ANNOTATION} annotation: set it to the client id of the identity it should use"
                 ),
-                replicating: false,
+                failure: Failure::Lasting,
             };
         };
         let identity = match self.identities.find_identity_by_client_id(client_id).await {
@@ -250,18 +300,52 @@ impl<'a> Resolver<'a> {
                 return unresolved(&format!("the identity with client id {client_id}"), &error);
             }
         };
+        let subject = format!("system:serviceaccount:{}:{}", sa_key.namespace, sa_key.name);
         let Some(identity) = identity else {
-            // Not a managed identity: an app registration's service principal, found through Graph.
-            // Federation of app registrations lives in Graph and is not checked here.
-            return match self.directory.service_principal_by_app_id(client_id).await {
-                Ok(object) => resolved(&object.id, PrincipalType::ServicePrincipal),
-                Err(error) => unresolved(
-                    &format!("the service principal with appId {client_id}"),
-                    &error,
-                ),
+            // Not a managed identity: an app registration. Its service principal is the object to
+            // grant; its *application* object's federated credentials say whether this
+            // ServiceAccount may use it. The planner decides what the facts allow.
+            let object = match self.directory.service_principal_by_app_id(client_id).await {
+                Ok(object) => object,
+                Err(error) => {
+                    return unresolved(
+                        &format!("the service principal with appId {client_id}"),
+                        &error,
+                    );
+                }
+            };
+            let credential = match self
+                .directory
+                .application_federated_credentials(client_id)
+                .await
+            {
+                Ok(Some(credentials)) => {
+                    self.credential_match(&credentials, &subject, &format!("app {client_id}"))
+                }
+                // The application object lives in another tenant: its credentials cannot be
+                // read here, so it fails closed.
+                Ok(None) => CredentialMatch::NotFederated {
+                    detail: format!(
+                        "the application object of app {client_id} is not in this tenant, so its federation cannot be checked"
+                    ),
+                },
+                Err(error) => {
+                    return unresolved(
+                        &format!("federated credentials of app {client_id}"),
+                        &error,
+                    );
+                }
+            };
+            return Resolution::Resolved {
+                object_id: object.id.to_ascii_lowercase(),
+                principal_type: PrincipalType::ServicePrincipal,
+                federation: Some(FederationFacts {
+                    via: IdentityKind::Application,
+                    identity: format!("app {client_id}"),
+                    credential,
+                }),
             };
         };
-        let subject = format!("system:serviceaccount:{}:{}", sa_key.namespace, sa_key.name);
         let credentials = match self
             .identities
             .federated_credentials(&identity.resource_id)
@@ -275,15 +359,6 @@ impl<'a> Resolver<'a> {
                 );
             }
         };
-        let issuer_matches = |issuer: &str| {
-            self.federation
-                .issuer
-                .as_deref()
-                .is_none_or(|ours| ours.trim_end_matches('/') == issuer.trim_end_matches('/'))
-        };
-        let federated = credentials
-            .iter()
-            .any(|c| c.subject == subject && issuer_matches(&c.issuer));
         let others: Vec<&str> = credentials
             .iter()
             .filter(|c| c.subject.starts_with("system:serviceaccount:") && c.subject != subject)
@@ -299,25 +374,56 @@ impl<'a> Resolver<'a> {
                 format!("identity {} is also federated with other namespaces' ServiceAccounts ({}): an identity shared across tenants", identity.resource_id, others.join(", ")),
             ));
         }
-        if !federated {
-            let message = format!(
-                "identity {} has no federated credential with subject {subject}{}: add one, or set requireFederation: false on the account",
-                identity.resource_id,
-                self.federation
-                    .issuer
-                    .as_deref()
-                    .map(|i| format!(" and issuer {i}"))
-                    .unwrap_or_default()
-            );
-            if self.federation.required {
-                return Resolution::Denied {
-                    reason: reasons::FEDERATION_MISSING.into(),
-                    message,
-                };
-            }
-            self.findings.push((key.clone(), message));
+        let credential = self.credential_match(&credentials, &subject, &identity.resource_id);
+        Resolution::Resolved {
+            object_id: identity.principal_id.to_ascii_lowercase(),
+            principal_type: PrincipalType::ServicePrincipal,
+            federation: Some(FederationFacts {
+                via: IdentityKind::ManagedIdentity,
+                identity: identity.resource_id.clone(),
+                credential,
+            }),
         }
-        resolved(&identity.principal_id, PrincipalType::ServicePrincipal)
+    }
+
+    /// Whether a credential trusts exactly `subject` from this cluster's issuer, for the token
+    /// exchange audience.
+    fn credential_match(
+        &self,
+        credentials: &[crate::azure::FederatedCredential],
+        subject: &str,
+        identity: &str,
+    ) -> CredentialMatch {
+        let audience_ok = |c: &crate::azure::FederatedCredential| {
+            c.audiences
+                .iter()
+                .any(|a| TOKEN_EXCHANGE_AUDIENCES.contains(&a.as_str()))
+        };
+        let candidates: Vec<&crate::azure::FederatedCredential> = credentials
+            .iter()
+            .filter(|c| c.subject == subject && audience_ok(c))
+            .collect();
+        match self.federation.issuer.as_deref() {
+            None if !candidates.is_empty() => CredentialMatch::IssuerUnknown,
+            None => CredentialMatch::NotFederated {
+                detail: format!(
+                    "{identity} has no federated credential with subject {subject} and audience api://AzureADTokenExchange"
+                ),
+            },
+            Some(ours) => {
+                let same =
+                    |issuer: &str| ours.trim_end_matches('/') == issuer.trim_end_matches('/');
+                if candidates.iter().any(|c| same(&c.issuer)) {
+                    CredentialMatch::Federated
+                } else {
+                    CredentialMatch::NotFederated {
+                        detail: format!(
+                            "{identity} has no federated credential with subject {subject}, issuer {ours} and audience api://AzureADTokenExchange"
+                        ),
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -325,22 +431,28 @@ fn resolved(object_id: &str, principal_type: PrincipalType) -> Resolution {
     Resolution::Resolved {
         object_id: object_id.to_ascii_lowercase(),
         principal_type,
+        federation: None,
     }
 }
 
 fn unresolved(what: &str, error: &AzureError) -> Resolution {
-    // Graph's 404 for a name may be an object still replicating through Entra.
-    let replicating = matches!(
-        error.kind,
-        AzureErrorKind::NotFound | AzureErrorKind::PrincipalNotFound
-    );
+    // Graph's 404 for a name may be an object still replicating through Entra; an ambiguous name
+    // or a malformed one will not fix itself; anything else (5xx, 429, timeouts, permissions being
+    // granted) may resolve next pass.
+    let failure = match error.kind {
+        AzureErrorKind::NotFound | AzureErrorKind::PrincipalNotFound => Failure::Replicating,
+        AzureErrorKind::Ambiguous
+        | AzureErrorKind::BadRequest
+        | AzureErrorKind::UnmatchedPrincipalType => Failure::Lasting,
+        _ => Failure::Temporary,
+    };
     Resolution::Unresolved {
-        reason: if replicating {
+        reason: if failure == Failure::Replicating {
             reasons::REPLICATING.into()
         } else {
             error.kind.as_str().to_string()
         },
         message: format!("could not resolve {what}: {error}"),
-        replicating,
+        failure,
     }
 }

@@ -19,6 +19,8 @@ struct FakeAzure {
     fail_creates_for: Mutex<Vec<String>>,
     account_missing: bool,
     identities: Vec<(ManagedIdentity, Vec<FederatedCredential>)>,
+    /// Application objects by app id, with their federated credentials.
+    applications: Vec<(String, Vec<FederatedCredential>)>,
 }
 
 impl FakeAzure {
@@ -197,6 +199,20 @@ impl Directory for FakeAzure {
             format!("{object_id} not found"),
         ))
     }
+    async fn application_federated_credentials(
+        &self,
+        app_id: &str,
+    ) -> Result<Option<Vec<FederatedCredential>>, AzureError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("application credentials {app_id}"));
+        Ok(self
+            .applications
+            .iter()
+            .find(|(id, _)| id == app_id)
+            .map(|(_, c)| c.clone()))
+    }
 }
 
 fn oid(n: u8) -> String {
@@ -213,6 +229,8 @@ fn config() -> EngineConfig {
         dry_run: false,
         resolution_cache: None,
         prune: true,
+        brake: None,
+        fence: None,
     }
 }
 
@@ -234,6 +252,7 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
             allowed_principal_kinds: PrincipalKind::ALL.to_vec(),
             require_federation: true,
             deletion_policy: DeletionPolicy::Delete,
+            allow_retain: false,
         },
         account_being_deleted: false,
         accesses,
@@ -247,6 +266,10 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
             },
         )]),
         namespaces: NamespaceLabels::new(),
+        view: ViewCompleteness::Complete,
+        malformed: Vec::new(),
+        paused: false,
+        confirmed_revocations: None,
     }
 }
 
@@ -381,10 +404,13 @@ async fn a_create_that_fails_keeps_the_old_grant_of_a_principal_change() {
         0,
         "the old grant stays until the new one exists"
     );
-    assert!(matches!(
-        outcome.results.last(),
-        Some(WriteResult::Skipped(_))
-    ));
+    assert!(
+        outcome
+            .results
+            .iter()
+            .all(|r| !matches!(r, WriteResult::Done)),
+        "the old grant's delete is not even attempted: the replacement must propagate first"
+    );
     assert_eq!(outcome.retry, Some(RetryDecision::Backoff));
     assert_eq!(
         outcome.accesses[0].status.principals[0].state,
@@ -392,15 +418,26 @@ async fn a_create_that_fails_keeps_the_old_grant_of_a_principal_change() {
     );
 
     azure.fail_creates_for.lock().unwrap().clear();
+    let held = || -> Vec<String> {
+        azure
+            .assignments
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.principal_id.clone())
+            .collect()
+    };
+    run_pass(
+        azure.azure(),
+        &source(vec![edited.clone()]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(held(), vec![oid(1), oid(2)], "made; the old one waits");
+    // The next pass sees the replacement past its propagation grace (created an hour earlier).
     run_pass(azure.azure(), &source(vec![edited]), &config(), now()).await;
-    let held: Vec<String> = azure
-        .assignments
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.principal_id.clone())
-        .collect();
-    assert_eq!(held, vec![oid(2)], "made, then broken");
+    assert_eq!(held(), vec![oid(2)], "made, then broken");
 }
 
 #[tokio::test]
@@ -429,6 +466,83 @@ async fn a_409_adopts_the_existing_assignment() {
     let status = &outcome.accesses[0].status.principals[0];
     assert_eq!(status.state, Some(GrantState::Granted));
     assert_eq!(status.reason.as_deref(), Some(reasons::ADOPTED));
+}
+
+#[tokio::test]
+async fn a_409_on_an_assignment_carrying_our_marker_is_granted_not_adopted() {
+    let azure = FakeAzure::default();
+    let ours = crate::plan::ownership::ownership_marker(&config().instance, "team-a/chat");
+    {
+        let name = "9d3e5b1a-7c2f-4e8d-b6a0-1f2e3d4c5b6a";
+        let description = Some(ours);
+        azure.assignments.lock().unwrap().push(ObservedAssignment {
+            id: format!("{SCOPE}/providers/Microsoft.Authorization/roleAssignments/{name}"),
+            name: name.into(),
+            // Hidden from this pass's LIST (see the test above); the PUT's 409 finds it.
+            scope: "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-other/providers/Microsoft.CognitiveServices/accounts/oai-prod".into(),
+            principal_id: oid(1),
+            principal_type: Some("ServicePrincipal".into()),
+            role_definition_id: RoleName::OpenAIUser.definition_id("x"),
+            description,
+            condition: None,
+            created_on: Some("2026-01-01T00:00:00Z".parse().unwrap()),
+        });
+    }
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(status.state, Some(GrantState::Granted));
+    assert_eq!(status.reason.as_deref(), Some(reasons::GRANTED));
+    assert!(
+        status
+            .role_assignment_id
+            .as_deref()
+            .is_some_and(|id| id.ends_with("9d3e5b1a-7c2f-4e8d-b6a0-1f2e3d4c5b6a")),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_credential_added_counts_at_the_next_pass_even_with_a_warm_cache() {
+    let identity = ManagedIdentity { resource_id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-chat".into(), principal_id: oid(9), client_id: "client-chat".into(), tenant_id: "t".into() };
+    let ours = FederatedCredential {
+        name: "chat".into(),
+        issuer: "https://oidc.example".into(),
+        subject: "system:serviceaccount:team-a:chat".into(),
+        audiences: vec!["api://AzureADTokenExchange".into()],
+    };
+    let cache = std::sync::Arc::new(ResolutionCache::new(Duration::from_secs(3600)));
+    let config = EngineConfig {
+        resolution_cache: Some(cache),
+        ..config()
+    };
+    let sa = Principal {
+        service_account: Some("chat".into()),
+        ..Default::default()
+    };
+    let pass = async |credentials: Vec<FederatedCredential>| {
+        let azure = FakeAzure {
+            identities: vec![(identity.clone(), credentials)],
+            ..Default::default()
+        };
+        let outcome = run_pass(
+            azure.azure(),
+            &source(vec![access("team-a", "chat", vec![sa.clone()])]),
+            &config,
+            now(),
+        )
+        .await;
+        outcome.accesses[0].status.principals[0].state
+    };
+    assert_eq!(pass(vec![]).await, Some(GrantState::Denied));
+    assert_eq!(pass(vec![ours.clone()]).await, Some(GrantState::Granted));
+    // Federated facts are cached (for the federation TTL): the next pass does not look again.
+    assert_eq!(pass(vec![]).await, Some(GrantState::Granted));
 }
 
 #[tokio::test]
@@ -473,7 +587,7 @@ async fn a_service_account_without_a_federated_credential_is_denied() {
         name: "chat".into(),
         issuer: "https://oidc.example".into(),
         subject: "system:serviceaccount:team-a:chat".into(),
-        audiences: vec![],
+        audiences: vec!["api://AzureADTokenExchange".into()],
     };
     let azure = FakeAzure {
         identities: vec![(identity, vec![other, ours])],
@@ -597,11 +711,44 @@ async fn a_failed_create_is_reported_on_the_object_whose_role_it_was() {
 }
 
 #[tokio::test]
-async fn a_workload_identity_that_is_no_managed_identity_resolves_as_the_apps_service_principal() {
-    // No managed identity has the ServiceAccount's client id: it is an app registration's.
-    let azure = FakeAzure::default();
+async fn an_app_registration_is_a_workload_identity_only_with_its_own_federated_credential() {
+    // No managed identity has the ServiceAccount's client id: it is an app registration's. Without
+    // a federated credential on the application for this ServiceAccount it is a plain service
+    // principal, which an account requiring federation refuses (the app-registration escape).
     let sa = Principal {
         service_account: Some("chat".into()),
+        ..Default::default()
+    };
+    let azure = FakeAzure {
+        applications: vec![("client-chat".into(), vec![])],
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![sa.clone()])]),
+        &config(),
+        now(),
+    )
+    .await;
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(
+        (status.state, status.reason.as_deref()),
+        (Some(GrantState::Denied), Some(reasons::FEDERATION_MISSING))
+    );
+    assert_eq!(azure.calls("put"), 0);
+    assert_eq!(azure.calls("application credentials client-chat"), 1);
+
+    // With the application's credential for exactly this ServiceAccount, issuer and audience.
+    let azure = FakeAzure {
+        applications: vec![(
+            "client-chat".into(),
+            vec![FederatedCredential {
+                name: "chat".into(),
+                issuer: "https://oidc.example".into(),
+                subject: "system:serviceaccount:team-a:chat".into(),
+                audiences: vec!["api://AzureADTokenExchange".into()],
+            }],
+        )],
         ..Default::default()
     };
     let outcome = run_pass(
@@ -614,6 +761,218 @@ async fn a_workload_identity_that_is_no_managed_identity_resolves_as_the_apps_se
     let status = &outcome.accesses[0].status.principals[0];
     assert_eq!(status.state, Some(GrantState::Granted));
     assert_eq!(status.object_id.as_deref(), Some(oid(7).as_str()));
-    assert_eq!(azure.calls("find identity client-chat"), 1);
     assert_eq!(azure.calls("service principal client-chat"), 1);
+}
+
+#[tokio::test]
+async fn a_denied_namespace_costs_no_lookup() {
+    let azure = FakeAzure::default();
+    let user = Principal {
+        user: Some("alice@contoso.com".into()),
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-z", "probe", vec![user])]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("user"), 0, "no directory oracle");
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(
+        status.reason.as_deref(),
+        Some(reasons::NAMESPACE_NOT_ALLOWED)
+    );
+    assert_eq!(status.object_id, None);
+}
+
+// Grants for objects 1..=n made by a first pass; returns the fake with them in place.
+async fn granted(n: u8) -> FakeAzure {
+    let azure = FakeAzure::default();
+    let principals = (1..=n).map(object).collect();
+    run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", principals)]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("put"), usize::from(n));
+    azure
+}
+
+#[tokio::test]
+async fn an_incomplete_view_creates_but_revokes_nothing_and_says_why() {
+    let azure = granted(1).await;
+    // The object is gone from the view, and a new one appears: the view is not whole.
+    let mut incomplete = source(vec![access("team-b", "new", vec![object(2)])]);
+    incomplete.view = ViewCompleteness::Incomplete {
+        reason: "the Namespace watch answers 403".into(),
+    };
+    let outcome = run_pass(azure.azure(), &incomplete, &config(), now()).await;
+    assert_eq!(azure.calls("delete"), 0);
+    assert_eq!(azure.calls("put"), 2, "the new grant is made");
+    let (hold, count) = outcome.held.expect("a hold is reported");
+    assert_eq!((hold.reason(), count), ("ViewIncomplete", 1));
+    assert!(hold.message("prod").contains("403"));
+    // Once whole, the undeclared grant goes.
+    run_pass(
+        azure.azure(),
+        &source(vec![access("team-b", "new", vec![object(2)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("delete"), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_object_keeps_the_grants_its_status_names() {
+    let azure = granted(2).await;
+    let mut view = source(vec![]);
+    view.malformed = vec![MalformedObject {
+        key: ObjectKey {
+            namespace: "team-b".into(),
+            name: "broken".into(),
+        },
+        account_ref: Some("prod".into()),
+        recorded_object_ids: vec![oid(1).to_ascii_uppercase()],
+        error: "status.principals[0].grantedAt: out of range".into(),
+    }];
+    run_pass(azure.azure(), &view, &config(), now()).await;
+    let deleted: Vec<String> = azure
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.starts_with("delete"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        deleted.len(),
+        1,
+        "only the grant it does not name: {deleted:?}"
+    );
+    assert!(
+        azure
+            .assignments
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a.principal_id == oid(1)),
+        "the named grant stays"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_object_whose_status_names_nothing_keeps_the_grants_it_declared() {
+    let azure = granted(2).await;
+    let mut view = source(vec![]);
+    view.malformed = vec![MalformedObject {
+        key: ObjectKey {
+            namespace: "team-a".into(),
+            name: "chat".into(),
+        },
+        account_ref: None,
+        recorded_object_ids: vec![],
+        error: "spec.role: unknown variant".into(),
+    }];
+    let outcome = run_pass(azure.azure(), &view, &config(), now()).await;
+    assert_eq!(
+        azure.calls("delete"),
+        0,
+        "both markers say declared-by=team-a/chat"
+    );
+    assert_eq!(
+        outcome.held.map(|(h, n)| (h.reason(), n)),
+        Some(("ViewIncomplete", 2))
+    );
+}
+
+#[tokio::test]
+async fn a_paused_account_writes_nothing() {
+    let azure = granted(1).await;
+    let mut paused = source(vec![access("team-b", "new", vec![object(2)])]);
+    paused.paused = true;
+    let outcome = run_pass(azure.azure(), &paused, &config(), now()).await;
+    assert_eq!((azure.calls("put"), azure.calls("delete")), (1, 0));
+    assert_eq!(
+        outcome.held.map(|(h, n)| (h.reason(), n)),
+        Some(("Paused", 2))
+    );
+}
+
+#[derive(Debug)]
+struct LeaseEnds(Mutex<usize>);
+
+impl Fence for LeaseEnds {
+    // Allows this many writes, then refuses.
+    fn may_write(&self) -> Result<(), String> {
+        let mut left = self.0.lock().unwrap();
+        if *left == 0 {
+            return Err("lease ends in 1s, an attempt may take 5s".into());
+        }
+        *left -= 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_fenced_pass_stops_before_the_next_arm_write() {
+    let azure = FakeAzure::default();
+    let mut config = config();
+    config.fence = Some(std::sync::Arc::new(LeaseEnds(Mutex::new(1))));
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access(
+            "team-a",
+            "chat",
+            vec![object(1), object(2), object(3)],
+        )]),
+        &config,
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("put"), 1, "one write, then the fence closed");
+    assert!(
+        outcome
+            .fenced
+            .as_deref()
+            .is_some_and(|w| w.contains("lease"))
+    );
+    assert_eq!(
+        outcome
+            .results
+            .iter()
+            .filter(|r| matches!(r, WriteResult::NotAttempted))
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn the_brake_holds_a_mass_revocation_until_confirmed() {
+    let azure = granted(12).await;
+    let mut config = config();
+    config.brake = Some(std::sync::Arc::new(brake::Brake::new(brake::BrakeConfig {
+        budget: 100,
+        window: Duration::from_secs(600),
+        mass_share: 0.2,
+        mass_minimum: 10,
+        prune_grace: Duration::ZERO,
+    })));
+    // The object still names one principal: 11 of 12 owned grants would go.
+    let mut shrunk = access("team-a", "chat", vec![object(1)]);
+    shrunk.previous = None;
+    let held = run_pass(azure.azure(), &source(vec![shrunk.clone()]), &config, now()).await;
+    assert_eq!(azure.calls("delete"), 0);
+    assert_eq!(
+        held.held.map(|(h, n)| (h.reason(), n)),
+        Some(("RevocationsBlocked", 11))
+    );
+    let mut confirmed = source(vec![shrunk]);
+    confirmed.confirmed_revocations = Some(11);
+    run_pass(azure.azure(), &confirmed, &config, now()).await;
+    assert_eq!(azure.calls("delete"), 11);
 }

@@ -128,6 +128,7 @@ pub fn workload(
                 display_name: format!("app-{g}"),
                 graph_app_roles: Vec::new(),
                 federated_credentials: Vec::new(),
+                app_owner_organization_id: None,
             });
         }
     }
@@ -144,6 +145,7 @@ pub fn workload(
             issuer: "https://oidc.bench.example/".into(),
             subject: "system:serviceaccount:keyless-system:keyless".into(),
             audiences: vec!["api://AzureADTokenExchange".into()],
+            claims_matching_expression: None,
         }],
         graph_app_roles: Vec::new(),
         tags: BTreeMap::new(),

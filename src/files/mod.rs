@@ -19,7 +19,7 @@ pub use render::{Action, GrantRow, Report};
 
 use crate::api::reasons;
 use crate::azure::{AzureClients, AzureSetupError, RoleAssignments};
-use crate::engine::{AccessSource, Azure, EngineConfig, ScopeSource, run_pass};
+use crate::engine::{AccessSource, Azure, EngineConfig, ScopeSource, ViewCompleteness, run_pass};
 use crate::plan::{AccountScope, InstanceId, NewAssignment, ObservedAssignment};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -150,6 +150,8 @@ pub async fn converge(
         prune: settings.prune,
         // One run resolves each principal once anyway.
         resolution_cache: None,
+        brake: None,
+        fence: None,
     };
 
     // An OpenAIAccess naming an account the files do not register cannot be planned.
@@ -197,6 +199,11 @@ pub async fn converge(
                 .collect(),
             service_accounts: manifests.service_accounts.clone(),
             namespaces: manifests.namespaces.clone(),
+            // Manifests are read whole or rejected: the view is complete, nothing is malformed.
+            view: ViewCompleteness::Complete,
+            malformed: Vec::new(),
+            paused: false,
+            confirmed_revocations: None,
         })
         .collect();
 

@@ -260,7 +260,7 @@ fn write_action(write: &Write, result: Option<&WriteResult>, mode: Mode) -> Acti
         (_, Some(WriteResult::Skipped(_))) => Action::Skipped,
         (_, Some(WriteResult::Failed(_))) => Action::Failed,
         (_, Some(WriteResult::Adopted(_))) => Action::Adopted,
-        (_, Some(WriteResult::Created(_))) => Action::Created,
+        (_, Some(WriteResult::Created(_) | WriteResult::Confirmed(_))) => Action::Created,
         (Write::Delete { .. }, Some(WriteResult::Done)) => Action::Deleted,
         (Write::Release { .. }, Some(WriteResult::Done)) => Action::Released,
         (Write::Create { .. }, Some(WriteResult::Done)) => Action::Created,
@@ -349,7 +349,8 @@ pub fn account_report(source: &ScopeSource, outcome: &PassOutcome, mode: Mode) -
                         Some(GrantState::Denied) => Action::Denied,
                         Some(GrantState::Failed) => Action::Failed,
                         Some(GrantState::Pending) => Action::Pending,
-                        Some(GrantState::Granted | GrantState::Revoked) | None => Action::NoChange,
+                        Some(GrantState::Granted | GrantState::Revoked | GrantState::Unknown)
+                        | None => Action::NoChange,
                     };
                     (action, principal.message.clone().unwrap_or_default())
                 }

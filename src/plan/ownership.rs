@@ -60,7 +60,9 @@ impl std::fmt::Display for InstanceId {
 }
 
 /// The description keyless writes: `keyless:v1 instance=<id> declared-by=<ns>/<name>`. The
-/// declaring object is for humans reading the portal only; it is never used to decide anything.
+/// declaring object is for humans reading the portal, and it scopes protection: an object whose
+/// principals failed to resolve (or that could not be read) keeps the grants it declared. It only
+/// ever keeps a grant, never deletes one.
 pub fn ownership_marker(instance: &InstanceId, declared_by: &str) -> String {
     let mut marker = format!("{MARKER_PREFIX} instance={instance} declared-by={declared_by}");
     if marker.len() > MAX_DESCRIPTION_LEN {
@@ -79,6 +81,17 @@ pub fn released_marker(declared_by: &str) -> String {
     let mut marker = format!("keyless:released declared-by={declared_by}");
     marker.truncate(MAX_DESCRIPTION_LEN.min(marker.len()));
     marker
+}
+
+/// The `declared-by=` of a marker (ours, another instance's, or a released one).
+pub fn declared_by(description: Option<&str>) -> Option<&str> {
+    let description = description?;
+    if !description.starts_with("keyless:") {
+        return None;
+    }
+    description
+        .split(' ')
+        .find_map(|w| w.strip_prefix("declared-by="))
 }
 
 /// True when the description is this instance's marker.

@@ -116,6 +116,7 @@ mod tests {
             allowed_principal_kinds: vec![PrincipalKind::WorkloadIdentity],
             require_federation: true,
             deletion_policy: Default::default(),
+            allow_retain: false,
         }
     }
 

@@ -48,6 +48,7 @@ fn mk_account(namespaces: &[&str]) -> AccountInput {
             allowed_principal_kinds: PrincipalKind::ALL.to_vec(),
             require_federation: true,
             deletion_policy: DeletionPolicy::Delete,
+            allow_retain: false,
         },
         being_deleted: false,
     }
@@ -88,15 +89,59 @@ fn resolved(n: u8) -> Resolution {
     Resolution::Resolved {
         object_id: oid(n),
         principal_type: PrincipalType::User,
+        federation: None,
     }
 }
 
+/// A temporary failure (or a replicating principal).
 fn unresolved(replicating: bool) -> Resolution {
     Resolution::Unresolved {
         reason: reasons::RESOLUTION_FAILED.into(),
         message: "not found".into(),
-        replicating,
+        failure: if replicating {
+            Failure::Replicating
+        } else {
+            Failure::Temporary
+        },
     }
+}
+
+fn lasting() -> Resolution {
+    Resolution::Unresolved {
+        reason: "ServiceAccountNotFound".into(),
+        message: "gone".into(),
+        failure: Failure::Lasting,
+    }
+}
+
+fn key(namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey {
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+fn grant(n: u8) -> GrantKey {
+    GrantKey::new(&oid(n), RoleName::OpenAIUser)
+}
+
+fn ours_by(n: u8, declared_by: &str) -> ObservedAssignment {
+    let name = assignment_name(&scope(), &oid(n), RoleName::OpenAIUser).to_string();
+    mk_observed(n, &name, Some(ownership_marker(&us(), declared_by)))
+}
+
+fn recorded(access: &mut AccessInput, ids: &[u8]) {
+    access.previous = Some(OpenAIAccessStatus {
+        principals: ids
+            .iter()
+            .map(|n| crate::api::PrincipalStatus {
+                principal: mk_principal(*n).reference().unwrap().to_string(),
+                object_id: Some(oid(*n)),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
 }
 
 fn mk_observed(n: u8, name: &str, description: Option<String>) -> ObservedAssignment {
@@ -117,8 +162,7 @@ fn mk_observed(n: u8, name: &str, description: Option<String>) -> ObservedAssign
 }
 
 fn ours(n: u8) -> ObservedAssignment {
-    let name = assignment_name(&scope(), &oid(n), RoleName::OpenAIUser).to_string();
-    mk_observed(n, &name, Some(ownership_marker(&us(), "team-a/chat")))
+    ours_by(n, "team-a/earlier")
 }
 
 fn theirs(n: u8) -> ObservedAssignment {
@@ -136,6 +180,8 @@ struct World {
     observation: Observation,
     max_deletes: usize,
     namespaces: NamespaceLabels,
+    view: ViewCompleteness,
+    malformed: Vec<MalformedObject>,
 }
 
 impl World {
@@ -146,6 +192,8 @@ impl World {
             observation: Observation::Complete(observed),
             max_deletes: 100,
             namespaces: NamespaceLabels::new(),
+            view: ViewCompleteness::Complete,
+            malformed: Vec::new(),
         }
     }
 
@@ -162,6 +210,9 @@ impl World {
             now: now(),
             max_deletes: self.max_deletes,
             replication_deadline: Duration::from_secs(600),
+            propagation_grace: Duration::from_secs(300),
+            view: &self.view,
+            malformed: &self.malformed,
         })
     }
 }
@@ -310,7 +361,10 @@ fn deleting_the_last_declaring_object_deletes_its_grant_then_releases_the_finali
     leaving.being_deleted = true;
     let plan = World::new(vec![leaving], vec![ours(1)]).plan();
     assert_eq!(deletes(&plan), vec![&ours(1)]);
-    assert_eq!(plan.accesses[0].cleanup, Cleanup::AfterWrites(vec![0]));
+    assert_eq!(
+        plan.accesses[0].cleanup,
+        Cleanup::AfterWrites(vec![grant(1)])
+    );
 }
 
 #[test]
@@ -395,12 +449,117 @@ fn a_principal_that_fails_to_resolve_protects_the_grant_it_had() {
 }
 
 #[test]
-fn a_principal_that_never_resolved_blocks_every_delete_in_the_pass() {
+fn a_temporary_failure_protects_only_what_its_object_declared() {
     let mut access = mk_access("team-a", "chat", &[1]);
     access.resolutions = vec![unresolved(false)];
-    let plan = World::new(vec![access], vec![ours(2)]).plan();
+    let plan = World::new(
+        vec![access],
+        vec![ours_by(2, "team-a/chat"), ours_by(3, "team-b/other")],
+    )
+    .plan();
+    assert_eq!(
+        deletes(&plan),
+        vec![&ours_by(3, "team-b/other")],
+        "its own marker protects; nothing else is held"
+    );
+    assert_eq!(plan.deletions_blocked, None);
+}
+
+#[test]
+fn a_lasting_failure_holds_nothing_and_does_not_block_deletion() {
+    let mut leaving = mk_access("team-a", "chat", &[1, 2]);
+    leaving.resolutions = vec![resolved(1), lasting()];
+    recorded(&mut leaving, &[1, 2]);
+    leaving.being_deleted = true;
+    let plan = World::new(vec![leaving], vec![ours(1), ours(2)]).plan();
+    assert_eq!(deletes(&plan).len(), 2);
+    assert!(matches!(plan.accesses[0].cleanup, Cleanup::AfterWrites(_)));
+    assert_eq!(plan.accesses[0].principals[1].object_id, None);
+}
+
+#[test]
+fn a_denied_namespace_cannot_block_revocations() {
+    // An object in a namespace the account does not allow, naming something that cannot resolve,
+    // and recording (forged) object ids: it changes nothing for anybody.
+    let mut intruder = mk_access("team-z", "freeze", &[1, 2]);
+    intruder.resolutions = vec![unresolved(false), unresolved(false)];
+    recorded(&mut intruder, &[1, 2]);
+    intruder.being_deleted = true;
+    let plan = World::new(vec![intruder], vec![ours(1), ours(2)]).plan();
+    assert_eq!(deletes(&plan).len(), 2);
+    assert_eq!(plan.deletions_blocked, None);
+    assert!(
+        plan.accesses[0]
+            .principals
+            .iter()
+            .all(|p| p.object_id.is_none()),
+        "a denied namespace learns no object id"
+    );
+}
+
+#[test]
+fn an_unknown_namespace_gets_no_create_and_no_delete_and_a_note() {
+    let mut world = World::new(
+        vec![mk_access("team-u", "chat", &[1])],
+        vec![ours_by(2, "team-u/chat"), ours_by(3, "team-b/gone")],
+    );
+    world.account.spec.allowed_namespaces = Some(AllowedNamespaces {
+        names: vec![],
+        selector: Some(crate::api::common::LabelSelector {
+            match_labels: Some([("tier".to_string(), "ai".to_string())].into()),
+            match_expressions: None,
+        }),
+    });
+    let plan = world.plan();
+    assert!(creates(&plan).is_empty());
+    assert_eq!(deletes(&plan), vec![&ours_by(3, "team-b/gone")]);
+    assert_eq!(
+        state_of(&plan, 0, 0),
+        (
+            Some(GrantState::Pending),
+            Some(reasons::NAMESPACE_UNKNOWN.into())
+        )
+    );
+}
+
+#[test]
+fn an_incomplete_view_may_create_but_deletes_nothing_and_says_why() {
+    let mut world = World::new(vec![mk_access("team-a", "chat", &[1])], vec![ours(2)]);
+    world.view = ViewCompleteness::Incomplete {
+        reason: "the OpenAIAccess watch has not synced".into(),
+    };
+    let plan = world.plan();
+    assert_eq!(creates(&plan).len(), 1);
     assert!(deletes(&plan).is_empty());
-    assert!(plan.deletions_blocked.is_some());
+    assert!(
+        plan.deletions_blocked
+            .as_deref()
+            .unwrap_or_default()
+            .contains("has not synced")
+    );
+}
+
+#[test]
+fn a_malformed_object_protects_exactly_its_own_grants() {
+    let mut world = World::new(vec![], vec![ours_by(1, "team-a/broken"), ours(2), ours(3)]);
+    world.malformed = vec![MalformedObject {
+        key: key("team-a", "broken"),
+        account_ref: Some("prod".into()),
+        recorded_object_ids: vec![oid(2).to_uppercase()],
+        error: "spec.principals: invalid type".into(),
+    }];
+    let plan = world.plan();
+    assert_eq!(deletes(&plan), vec![&ours(3)]);
+}
+
+#[test]
+fn retain_is_honoured_only_where_the_account_allows_it() {
+    let mut leaving = mk_access("team-a", "chat", &[1]);
+    leaving.being_deleted = true;
+    leaving.spec.deletion_policy = DeletionPolicy::Retain;
+    let plan = World::new(vec![leaving], vec![ours(1)]).plan();
+    assert_eq!(deletes(&plan), vec![&ours(1)], "treated as Delete");
+    assert!(releases(&plan).is_empty());
 }
 
 #[test]
@@ -451,40 +610,33 @@ fn the_delete_limit_defers_the_rest_and_says_so() {
 }
 
 #[test]
-fn a_principal_change_creates_the_new_grant_before_deleting_the_old() {
+fn a_principal_change_keeps_the_old_grant_until_the_new_one_is_past_its_grace() {
     let mut access = mk_access("team-a", "chat", &[2]);
-    access.previous = Some(OpenAIAccessStatus {
-        principals: vec![crate::api::PrincipalStatus {
-            principal: mk_principal(1).reference().unwrap().to_string(),
-            object_id: Some(oid(1)),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
+    recorded(&mut access, &[1]);
     // Same label, other object id: the principal entry was edited in place.
     access.spec.principals = vec![mk_principal(1)];
     access.resolutions = vec![resolved(2)];
-    let plan = World::new(vec![access], vec![ours(1)]).plan();
+    let plan = World::new(vec![access.clone()], vec![ours(1)]).plan();
     assert!(
-        matches!(&plan.writes[0], Write::Create { assignment, .. } if assignment.principal_id == oid(2))
+        matches!(&plan.writes[..], [Write::Create { assignment, .. }] if assignment.principal_id == oid(2)),
+        "only the create: {:?}",
+        plan.writes
     );
-    match &plan.writes[1] {
-        Write::Delete {
-            assignment,
-            after_creates_of,
-            ..
-        } => {
-            assert_eq!(assignment, &ours(1));
-            assert_eq!(
-                after_creates_of,
-                &vec![ObjectKey {
-                    namespace: "team-a".into(),
-                    name: "chat".into()
-                }]
-            );
-        }
-        other => panic!("expected the old grant's delete second, got {other:?}"),
-    }
+
+    let mut fresh = ours(2);
+    fresh.created_on = Some("2026-11-28T11:58:00Z".parse().unwrap());
+    let plan = World::new(vec![access.clone()], vec![ours(1), fresh]).plan();
+    assert!(plan.is_noop(), "the replacement is still propagating");
+
+    let mut settled = ours(2);
+    settled.created_on = Some("2026-11-28T11:50:00Z".parse().unwrap());
+    let plan = World::new(vec![access.clone()], vec![ours(1), settled.clone()]).plan();
+    assert_eq!(deletes(&plan), vec![&ours(1)]);
+
+    // The wait ends when the replacement is refused.
+    let mut world = World::new(vec![access], vec![ours(1)]);
+    world.account.spec.allowed_principal_kinds = vec![PrincipalKind::Group];
+    assert_eq!(deletes(&world.plan()), vec![&ours(1)]);
 }
 
 #[test]
@@ -531,7 +683,9 @@ fn retain_on_deletion_releases_the_grant_instead_of_deleting_it() {
     let mut leaving = mk_access("team-a", "chat", &[1]);
     leaving.being_deleted = true;
     leaving.spec.deletion_policy = DeletionPolicy::Retain;
-    let plan = World::new(vec![leaving], vec![ours(1)]).plan();
+    let mut world = World::new(vec![leaving], vec![ours(1)]);
+    world.account.spec.allow_retain = true;
+    let plan = world.plan();
     assert!(deletes(&plan).is_empty());
     let released = releases(&plan);
     assert_eq!(released.len(), 1);
@@ -540,7 +694,10 @@ fn retain_on_deletion_releases_the_grant_instead_of_deleting_it() {
         Some(&released[0].description),
         &us()
     ));
-    assert_eq!(plan.accesses[0].cleanup, Cleanup::AfterWrites(vec![0]));
+    assert_eq!(
+        plan.accesses[0].cleanup,
+        Cleanup::AfterWrites(vec![grant(1)])
+    );
 }
 
 #[test]
@@ -557,7 +714,10 @@ fn unregistering_an_account_follows_its_deletion_policy() {
         "every owned grant, declared or not"
     );
     assert!(creates(&plan).is_empty());
-    assert_eq!(plan.account_cleanup, Cleanup::AfterWrites(vec![0, 1]));
+    assert_eq!(
+        plan.account_cleanup,
+        Cleanup::AfterWrites(vec![grant(1), grant(2)])
+    );
 
     world.account.spec.deletion_policy = DeletionPolicy::Retain;
     let plan = world.plan();
@@ -627,7 +787,7 @@ struct ArbAccess {
 
 fn arb_access() -> impl Strategy<Value = ArbAccess> {
     (
-        0..3usize,
+        0..4usize,
         prop::collection::vec((0..6u8, 0..8u8), 1..4),
         any::<bool>(),
         any::<bool>(),
@@ -661,7 +821,9 @@ fn build(
     account_deleting: bool,
     max_deletes: usize,
 ) -> World {
-    const NAMESPACES: [&str; 3] = ["team-a", "team-b", "team-z"];
+    // team-a and team-b are allowed by name, team-z is denied (its labels are known and do not
+    // match), team-u is unknown (no labels known, not listed).
+    const NAMESPACES: [&str; 4] = ["team-a", "team-b", "team-z", "team-u"];
     let accesses = accesses
         .iter()
         .enumerate()
@@ -713,6 +875,14 @@ fn build(
         })
         .collect();
     let mut world = World::new(accesses, observed);
+    world.account.spec.allowed_namespaces = Some(AllowedNamespaces {
+        names: vec!["team-a".into(), "team-b".into()],
+        selector: Some(crate::api::common::LabelSelector {
+            match_labels: Some([("tier".to_string(), "ai".to_string())].into()),
+            match_expressions: None,
+        }),
+    });
+    world.namespaces = [("team-z".to_string(), Default::default())].into();
     world.account.being_deleted = account_deleting;
     world.max_deletes = max_deletes;
     world
@@ -729,7 +899,7 @@ fn live_declared(world: &World) -> std::collections::BTreeSet<String> {
             .expires_at
             .as_ref()
             .is_some_and(|t| t.0 <= now());
-        if access.being_deleted || expired || access.key.namespace == "team-z" {
+        if access.being_deleted || expired || !allowed(&access.key.namespace) {
             continue;
         }
         for r in &access.resolutions {
@@ -739,6 +909,28 @@ fn live_declared(world: &World) -> std::collections::BTreeSet<String> {
         }
     }
     declared
+}
+
+fn allowed(namespace: &str) -> bool {
+    namespace == "team-a" || namespace == "team-b"
+}
+
+// Object ids a temporary failure protects: everything its object (allowed namespace, not
+// expired) recorded in status.
+fn protected_by_failures(world: &World) -> std::collections::BTreeSet<String> {
+    world
+        .accesses
+        .iter()
+        .filter(|a| allowed(&a.key.namespace))
+        .filter(|a| a.spec.expires_at.as_ref().is_none_or(|t| t.0 > now()))
+        .filter(|a| {
+            a.resolutions
+                .iter()
+                .any(|r| matches!(r, Resolution::Unresolved { .. }))
+        })
+        .flat_map(|a| a.previous.iter().flat_map(|s| s.principals.iter()))
+        .filter_map(|p| p.object_id.clone())
+        .collect()
 }
 
 // Applies a plan's writes to the observed list, as ARM would.
@@ -801,19 +993,13 @@ proptest! {
     }
 
     #[test]
-    fn a_plan_deletes_nothing_for_an_object_whose_resolution_failed((accesses, observed, deleting, limit) in arb_world()) {
+    fn a_temporary_failure_keeps_what_its_object_recorded((accesses, observed, deleting, limit) in arb_world()) {
         let world = build(&accesses, &observed, deleting, limit);
         let plan = world.plan();
-        for (access, arb) in world.accesses.iter().zip(&accesses) {
-            for (resolution, (n, _)) in access.resolutions.iter().zip(&arb.principals) {
-                if matches!(resolution, Resolution::Unresolved { .. }) {
-                    if arb.knows_previous {
-                        prop_assert!(!deletes(&plan).iter().any(|d| d.principal_id == oid(*n)));
-                    } else {
-                        prop_assert!(deletes(&plan).is_empty());
-                    }
-                }
-            }
+        let protected = protected_by_failures(&world);
+        prop_assume!(!world.account.being_deleted);
+        for deleted in deletes(&plan) {
+            prop_assert!(!protected.contains(&deleted.principal_id), "deleted protected {}", deleted.principal_id);
         }
     }
 
@@ -824,12 +1010,39 @@ proptest! {
         prop_assume!(plan.deletions_blocked.is_none());
         let after = apply(&world, &plan);
         let declared = live_declared(&world);
-        let protected: std::collections::BTreeSet<String> = world.accesses.iter().zip(&accesses).flat_map(|(access, arb)| {
-            access.resolutions.iter().zip(&arb.principals).filter(|(r, _)| matches!(r, Resolution::Unresolved { .. })).map(|(_, (n, _))| oid(*n)).collect::<Vec<_>>()
-        }).collect();
+        let protected = protected_by_failures(&world);
         for a in after.iter().filter(|a| super::ownership::is_owned_by(a.description.as_deref(), &us())) {
             prop_assert!(declared.contains(&a.principal_id) || protected.contains(&a.principal_id), "{} is still held", a.principal_id);
         }
+        // And nothing is created for a namespace that is not allowed.
+        for created in creates(&plan) {
+            prop_assert!(declared.contains(&created.principal_id), "{} created without an allowed declaration", created.principal_id);
+        }
+    }
+
+    #[test]
+    fn nothing_declared_in_a_denied_or_unknown_namespace_changes_any_write(
+        (accesses, observed, deleting, limit) in arb_world(),
+        intruders in prop::collection::vec(arb_access(), 1..4),
+    ) {
+        // What happens, not why: the reason label of a delete may name the intruder's denial.
+        let effect = |plan: &Plan| -> Vec<(String, Option<GrantKey>, Vec<ObjectKey>)> {
+            plan.writes.iter().map(|w| match w {
+                Write::Create { declared_by, .. } => ("create".to_string(), w.grant(), declared_by.clone()),
+                Write::Release { id, .. } => (format!("release {id}"), w.grant(), vec![]),
+                Write::Delete { assignment, after_creates_of, .. } => (format!("delete {}", assignment.id), w.grant(), after_creates_of.clone()),
+            }).collect()
+        };
+        let world = build(&accesses, &observed, deleting, limit);
+        let baseline = effect(&world.plan());
+        let mut all = accesses.clone();
+        for mut intruder in intruders {
+            intruder.namespace = 2 + intruder.namespace % 2; // team-z (denied) or team-u (unknown)
+            intruder.knows_previous = true;
+            all.push(intruder);
+        }
+        let invaded = build(&all, &observed, deleting, limit);
+        prop_assert_eq!(effect(&invaded.plan()), baseline);
     }
 
     #[test]
