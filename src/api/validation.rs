@@ -19,70 +19,141 @@ impl std::fmt::Display for FieldError {
 }
 
 /// Validates `object` (create) or the update from `old` to `object`, and returns it with schema
-/// defaults applied and nulls of non-nullable fields pruned, or every problem found.
+/// defaults applied and nulls of non-nullable fields pruned, or every problem found. Compiles the
+/// CRD's schema for this one call: to validate many objects, build a [`CrdValidator`] once.
 pub fn validate_object(
     crd: &CustomResourceDefinition,
     object: &Value,
     old: Option<&Value>,
 ) -> Result<Value, Vec<FieldError>> {
-    let Some(schema) = schema_for(crd, object) else {
-        return Err(vec![FieldError {
-            field: "apiVersion".into(),
-            message: format!(
-                "must be {}/{}",
-                crd.spec.group,
-                crd.spec
-                    .versions
-                    .first()
-                    .map(|v| v.name.as_str())
-                    .unwrap_or("?")
-            ),
-        }]);
-    };
-    let mut errors = Vec::new();
-    let mut pruned = object.clone();
-    prune(&schema, &mut pruned, "", &mut errors);
-    let defaulted = kube::core::cel::apply_defaults(&schema, &pruned);
+    CrdValidator::new(crd).validate(object, old)
+}
 
-    // Formats too (date-time): the apiserver checks them, so a bad expiresAt must fail here, with
-    // the field's name, not later in deserialisation without one.
-    match jsonschema::options()
-        .should_validate_formats(true)
-        .build(&schema)
-    {
-        Ok(validator) => {
-            for error in validator.iter_errors(&defaulted) {
+/// A CRD with the schema of each served version compiled once (JSON Schema, formats and CEL
+/// rules): compiling is what costs, so a directory of manifests (or a fuzz target) validates each
+/// object against a validator built once, not against the CRD.
+pub struct CrdValidator {
+    group: String,
+    first_version: String,
+    versions: Vec<CompiledVersion>,
+    cel: kube::core::cel::Validator,
+}
+
+struct CompiledVersion {
+    name: String,
+    schema: Value,
+    // The error is kept as text and reported per object, as when it was compiled per object.
+    json: Result<jsonschema::Validator, String>,
+    cel: kube::core::cel::CompiledSchema,
+}
+
+impl std::fmt::Debug for CrdValidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrdValidator")
+            .field("group", &self.group)
+            .field(
+                "versions",
+                &self.versions.iter().map(|v| &v.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl CrdValidator {
+    pub fn new(crd: &CustomResourceDefinition) -> CrdValidator {
+        let versions = crd
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .filter_map(|v| {
+                let schema =
+                    serde_json::to_value(v.schema.as_ref()?.open_api_v3_schema.as_ref()?).ok()?;
+                // Formats too (date-time): the apiserver checks them, so a bad expiresAt must fail
+                // here, with the field's name, not later in deserialisation without one.
+                let json = jsonschema::options()
+                    .should_validate_formats(true)
+                    .build(&schema)
+                    .map_err(|error| error.to_string());
+                let cel = kube::core::cel::compile_schema(&schema);
+                Some(CompiledVersion {
+                    name: v.name.clone(),
+                    schema,
+                    json,
+                    cel,
+                })
+            })
+            .collect();
+        CrdValidator {
+            group: crd.spec.group.clone(),
+            first_version: crd
+                .spec
+                .versions
+                .first()
+                .map(|v| v.name.clone())
+                .unwrap_or_else(|| "?".into()),
+            versions,
+            cel: kube::core::cel::Validator::new(),
+        }
+    }
+
+    /// See [`validate_object`].
+    pub fn validate(&self, object: &Value, old: Option<&Value>) -> Result<Value, Vec<FieldError>> {
+        let Some(version) = self.version_for(object) else {
+            return Err(vec![FieldError {
+                field: "apiVersion".into(),
+                message: format!("must be {}/{}", self.group, self.first_version),
+            }]);
+        };
+        let schema = &version.schema;
+        let mut errors = Vec::new();
+        let mut pruned = object.clone();
+        prune(schema, &mut pruned, "", &mut errors);
+        let defaulted = kube::core::cel::apply_defaults(schema, &pruned);
+
+        match &version.json {
+            Ok(validator) => {
+                for error in validator.iter_errors(&defaulted) {
+                    errors.push(FieldError {
+                        field: pointer_to_path(error.instance_path.as_str()),
+                        message: schema_message(schema, &error),
+                    });
+                }
+            }
+            Err(error) => errors.push(FieldError {
+                field: "(schema)".into(),
+                message: format!("the CRD schema does not compile: {error}"),
+            }),
+        }
+        // CEL rules assume a schema-valid object (the apiserver runs them only then).
+        if errors.is_empty()
+            && let Err(cel_errors) = self.cel.validate_compiled(&version.cel, &defaulted, old)
+        {
+            for error in cel_errors.into_vec() {
                 errors.push(FieldError {
-                    field: pointer_to_path(error.instance_path.as_str()),
-                    message: schema_message(&schema, &error),
+                    field: if error.field_path.is_empty() {
+                        "(object)".into()
+                    } else {
+                        error.field_path.clone()
+                    },
+                    message: bounded(&error.message, MAX_MESSAGE),
                 });
             }
         }
-        Err(error) => errors.push(FieldError {
-            field: "(schema)".into(),
-            message: format!("the CRD schema does not compile: {error}"),
-        }),
-    }
-    // CEL rules assume a schema-valid object (the apiserver runs them only then).
-    if errors.is_empty()
-        && let Err(cel_errors) =
-            kube::core::cel::Validator::new().validate(&schema, &defaulted, old)
-    {
-        for error in cel_errors.into_vec() {
-            errors.push(FieldError {
-                field: if error.field_path.is_empty() {
-                    "(object)".into()
-                } else {
-                    error.field_path.clone()
-                },
-                message: bounded(&error.message, MAX_MESSAGE),
-            });
+        if errors.is_empty() {
+            Ok(defaulted)
+        } else {
+            Err(errors)
         }
     }
-    if errors.is_empty() {
-        Ok(defaulted)
-    } else {
-        Err(errors)
+
+    fn version_for(&self, object: &Value) -> Option<&CompiledVersion> {
+        let api_version = object.get("apiVersion")?.as_str()?;
+        let (group, version) = api_version.split_once('/')?;
+        if group != self.group {
+            return None;
+        }
+        self.versions.iter().find(|v| v.name == version)
     }
 }
 
@@ -237,20 +308,6 @@ fn describe_pattern(pattern: &str) -> String {
             || format!("matching {}", bounded(pattern, MAX_ECHOED)),
             |(_, words)| (*words).to_string(),
         )
-}
-
-fn schema_for(crd: &CustomResourceDefinition, object: &Value) -> Option<Value> {
-    let api_version = object.get("apiVersion")?.as_str()?;
-    let (group, version) = api_version.split_once('/')?;
-    if group != crd.spec.group {
-        return None;
-    }
-    let version = crd
-        .spec
-        .versions
-        .iter()
-        .find(|v| v.name == version && v.served)?;
-    serde_json::to_value(version.schema.as_ref()?.open_api_v3_schema.as_ref()?).ok()
 }
 
 // Drops what the apiserver would drop: unknown fields (reported, since the apiserver's strict field

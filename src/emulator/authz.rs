@@ -235,9 +235,14 @@ fn compare(
     }
 }
 
+/// The deepest condition tree accepted. The parser, the evaluator and dropping the tree all
+/// recurse once per level, so an unbounded depth (`((((…` or `a AND b AND …` in a request body)
+/// would overflow the stack and abort the emulator; real conditions are a few levels deep.
+pub const MAX_CONDITION_DEPTH: usize = 64;
+
 pub fn parse_condition(text: &str) -> Result<Condition, ConditionParse> {
     let mut parser = Parser { text, pos: 0 };
-    let condition = parser.or()?;
+    let (condition, _) = parser.or(0)?;
     parser.skip_ws();
     if parser.pos != text.len() {
         return Err(parser.error("unexpected text after the condition"));
@@ -293,32 +298,47 @@ impl Parser<'_> {
         false
     }
 
-    fn or(&mut self) -> Result<Condition, ConditionParse> {
-        let mut left = self.and()?;
+    // Each returns the tree and its height; `depth` is how deep the caller already is.
+    fn deeper(&self, depth: usize) -> Result<usize, ConditionParse> {
+        if depth >= MAX_CONDITION_DEPTH {
+            return Err(self.error("the condition is nested too deeply"));
+        }
+        Ok(depth + 1)
+    }
+
+    fn or(&mut self, depth: usize) -> Result<(Condition, usize), ConditionParse> {
+        let (mut left, mut height) = self.and(depth)?;
         while self.eat_keyword("OR") || self.eat("||") {
-            left = Condition::Or(Box::new(left), Box::new(self.and()?));
+            let (right, right_height) = self.and(depth)?;
+            height = self.deeper(depth + height.max(right_height))? - depth;
+            left = Condition::Or(Box::new(left), Box::new(right));
         }
-        Ok(left)
+        Ok((left, height))
     }
 
-    fn and(&mut self) -> Result<Condition, ConditionParse> {
-        let mut left = self.unary()?;
+    fn and(&mut self, depth: usize) -> Result<(Condition, usize), ConditionParse> {
+        let (mut left, mut height) = self.unary(depth)?;
         while self.eat_keyword("AND") || self.eat("&&") {
-            left = Condition::And(Box::new(left), Box::new(self.unary()?));
+            let (right, right_height) = self.unary(depth)?;
+            height = self.deeper(depth + height.max(right_height))? - depth;
+            left = Condition::And(Box::new(left), Box::new(right));
         }
-        Ok(left)
+        Ok((left, height))
     }
 
-    fn unary(&mut self) -> Result<Condition, ConditionParse> {
+    fn unary(&mut self, depth: usize) -> Result<(Condition, usize), ConditionParse> {
         if self.eat("!") || self.eat_keyword("NOT") {
-            return Ok(Condition::Not(Box::new(self.unary()?)));
+            let inner_depth = self.deeper(depth)?;
+            let (inner, height) = self.unary(inner_depth)?;
+            return Ok((Condition::Not(Box::new(inner)), height + 1));
         }
         if self.eat("(") {
-            let inner = self.or()?;
+            // Parentheses add no node, but recurse: they count as a level.
+            let (inner, height) = self.or(self.deeper(depth)?)?;
             if !self.eat(")") {
                 return Err(self.error("expected ')'"));
             }
-            return Ok(inner);
+            return Ok((inner, height));
         }
         if self.eat_keyword("ActionMatches") || self.eat_keyword("SubOperationMatches") {
             if !self.eat("{") {
@@ -328,10 +348,10 @@ impl Parser<'_> {
             if !self.eat("}") {
                 return Err(self.error("expected '}'"));
             }
-            return Ok(Condition::ActionMatches(pattern));
+            return Ok((Condition::ActionMatches(pattern), 1));
         }
         if self.eat("@") {
-            return self.comparison();
+            return Ok((self.comparison()?, 1));
         }
         Err(self.error("expected an expression"))
     }
@@ -517,5 +537,28 @@ mod tests {
             "Microsoft.Authorization/*",
             "Microsoft.Authorization/roleAssignments/write"
         ));
+    }
+
+    #[test]
+    fn a_condition_nested_beyond_the_limit_is_refused_not_a_stack_overflow() {
+        let leaf = "ActionMatches{'a'}";
+        let deep = [
+            format!("{}{leaf}{}", "(".repeat(100_000), ")".repeat(100_000)),
+            format!("{}{leaf}", "!".repeat(100_000)),
+            format!("{}{leaf}", "NOT ".repeat(100_000)),
+            vec![leaf; 100_000].join(" AND "),
+            vec![leaf; 100_000].join(" || "),
+        ];
+        for text in deep {
+            let error = parse_condition(&text).unwrap_err();
+            assert_eq!(error.reason, "the condition is nested too deeply");
+        }
+        // At the limit it still parses (and evaluates).
+        let at_limit = format!("{}{leaf}", "!".repeat(MAX_CONDITION_DEPTH - 1));
+        assert!(parse_condition(&at_limit).is_ok());
+        let chain = vec![leaf; MAX_CONDITION_DEPTH].join(" AND ");
+        assert!(parse_condition(&chain).is_ok());
+        let too_long = vec![leaf; MAX_CONDITION_DEPTH + 2].join(" AND ");
+        assert!(parse_condition(&too_long).is_err());
     }
 }

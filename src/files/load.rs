@@ -4,12 +4,11 @@
 //! one the cluster accepts. ServiceAccounts and Namespaces are kept for what the engine needs from
 //! them (the workload identity annotation, namespace labels); every other kind is skipped with a note.
 
-use crate::api::validation::{FieldError, MAX_ECHOED, MAX_MESSAGE, bounded, validate_object};
+use crate::api::validation::{CrdValidator, FieldError, MAX_ECHOED, MAX_MESSAGE, bounded};
 use crate::api::{OpenAIAccess, OpenAIAccount};
 use crate::engine::{CLIENT_ID_ANNOTATION, ServiceAccountInfo};
 use crate::plan::ObjectKey;
 use crate::plan::policy::NamespaceLabels;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -230,8 +229,23 @@ fn collect(path: &Path, recursive: bool, files: &mut Vec<PathBuf>) -> Result<(),
 
 /// Sorts documents into a [`Manifests`], validating keyless's objects; every problem is reported.
 pub fn from_documents(documents: Vec<(Origin, Value)>) -> Result<Manifests, LoadError> {
-    let account_crd = OpenAIAccount::crd();
-    let access_crd = OpenAIAccess::crd();
+    VALIDATORS.with(|(account, access)| from_documents_with(documents, account, access))
+}
+
+thread_local! {
+    // Compiled once per thread, not per call: compiling the schemas costs far more than
+    // validating an object (it dominated a fuzz run that validates one file per input).
+    static VALIDATORS: (CrdValidator, CrdValidator) = (
+        CrdValidator::new(&OpenAIAccount::crd()),
+        CrdValidator::new(&OpenAIAccess::crd()),
+    );
+}
+
+fn from_documents_with(
+    documents: Vec<(Origin, Value)>,
+    account_crd: &CrdValidator,
+    access_crd: &CrdValidator,
+) -> Result<Manifests, LoadError> {
     let mut manifests = Manifests::default();
     let mut problems = Vec::new();
     let mut flat = Vec::new();
@@ -283,7 +297,7 @@ pub fn from_documents(documents: Vec<(Origin, Value)>) -> Result<Manifests, Load
         }
         match (kind, group, keyless) {
             ("OpenAIAccount", _, true) => {
-                match validated::<OpenAIAccount>(&account_crd, &value) {
+                match validated::<OpenAIAccount>(account_crd, &value) {
                     Ok(object) => {
                         if let Some(first) = manifests.accounts.get(&name) {
                             problems.push(problem(
@@ -311,7 +325,7 @@ pub fn from_documents(documents: Vec<(Origin, Value)>) -> Result<Manifests, Load
                 "metadata.namespace",
                 "required: set the namespace the OpenAIAccess belongs to (file mode has no current namespace)".into(),
             )),
-            ("OpenAIAccess", _, true) => match validated::<OpenAIAccess>(&access_crd, &value) {
+            ("OpenAIAccess", _, true) => match validated::<OpenAIAccess>(access_crd, &value) {
                 Ok(object) => {
                     let key = ObjectKey { namespace, name };
                     if let Some(first) = manifests.accesses.iter().find(|a| a.key == key) {
@@ -393,10 +407,10 @@ fn flatten(origin: Origin, value: Value, out: &mut Vec<(Origin, Value)>) {
 }
 
 fn validated<T: serde::de::DeserializeOwned>(
-    crd: &CustomResourceDefinition,
+    crd: &CrdValidator,
     value: &Value,
 ) -> Result<T, Vec<FieldError>> {
-    let defaulted = validate_object(crd, value, None)?;
+    let defaulted = crd.validate(value, None)?;
     serde_json::from_value(defaulted).map_err(|error| {
         vec![FieldError {
             field: "(object)".into(),
