@@ -336,13 +336,28 @@ async fn from_cluster(
             kind: "OpenAIAccounts",
             source,
         })?;
-    let access_objects = kube::Api::<OpenAIAccess>::all(client)
+    // Leniently: one object the types reject must not hide the whole report. It is named in the
+    // notes, and the declarations it may hold are not shown.
+    let lenient = kube::Api::<crate::controller::lenient::LenientAccess>::all(client)
         .list(&list)
         .await
         .map_err(|source| ReportError::List {
             kind: "OpenAIAccesses",
             source,
         })?;
+    let mut access_objects: Vec<OpenAIAccess> = Vec::with_capacity(lenient.items.len());
+    for object in lenient.items {
+        let key = object.key();
+        match object.parsed {
+            Ok(access) => access_objects.push(access),
+            Err(unparsed) => report.notes.push(format!(
+                "OpenAIAccess {}: not read ({}: {}); what it declares is not shown",
+                key,
+                unparsed.field.as_str(),
+                unparsed.error
+            )),
+        }
+    }
     let mut accounts = Vec::new();
     for object in &account_objects.items {
         let name = object.metadata.name.clone().unwrap_or_default();
@@ -379,7 +394,6 @@ async fn from_cluster(
         };
         let declarations = gather::declarations(
             access_objects
-                .items
                 .iter()
                 .filter(|a| a.spec.account_ref.name == name)
                 .filter_map(|a| {
