@@ -1527,3 +1527,518 @@ async fn no_token_or_assertion_appears_in_statuses_events_or_logs() {
     assert!(seen.len() >= 2, "the emulator saw {} secrets", seen.len());
     outputs.assert_no_secret(&seen);
 }
+
+// ---- Issue 17: a complete view, fenced leadership, the delete brake, honest status ----
+
+fn numbered(i: usize) -> String {
+    format!("00000000-0000-0000-0000-{i:012}")
+}
+
+fn brake(prune_grace: Duration) -> std::sync::Arc<keyless::engine::brake::Brake> {
+    std::sync::Arc::new(keyless::engine::brake::Brake::new(
+        keyless::engine::brake::BrakeConfig {
+            budget: 1000,
+            window: Duration::from_secs(60),
+            mass_share: 0.2,
+            mass_minimum: 10,
+            prune_grace,
+        },
+    ))
+}
+
+impl Harness {
+    /// `n` OpenAIAccess objects in team-chat, each granting one numbered service principal.
+    async fn numbered_accesses(&self, range: std::ops::Range<usize>) {
+        for i in range {
+            self.access_with(
+                "team-chat",
+                &format!("app-{i}"),
+                json!([{"objectId": numbered(i), "principalType": "ServicePrincipal"}]),
+                json!({}),
+            )
+            .await;
+        }
+    }
+
+    fn numbered_grants(&self) -> usize {
+        self.emulator
+            .role_assignments()
+            .iter()
+            .filter(|a| {
+                a.scope.eq_ignore_ascii_case(OAI_PROD) && a.principal_id.starts_with("00000000-")
+            })
+            .count()
+    }
+
+    async fn ready_reason(&self, account: &str) -> Option<(String, String)> {
+        self.get_account(account)
+            .await
+            .and_then(|a| a.status)
+            .and_then(|s| {
+                s.conditions
+                    .into_iter()
+                    .find(|c| c.type_ == condition_types::READY)
+            })
+            .map(|c| (c.reason, c.message))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_with_a_slow_access_list_revoke_nothing_and_an_undeclared_grant_goes_after_the_grace()
+ {
+    let Some(mut h) = Harness::new().await else {
+        return;
+    };
+    // 100 objects rather than the issue's 500: the machine's two cores also build and serve the
+    // other tests; the rule does not depend on the count (the old code deleted within the first
+    // pass, before the OpenAIAccess list arrived).
+    const OBJECTS: usize = 100;
+    let mut config = controller_config("cluster-1");
+    config.engine.brake = Some(brake(Duration::from_secs(2)));
+    h.start_controller_with(config.clone());
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.numbered_accesses(0..OBJECTS).await;
+    eventually("every object is granted", async || {
+        h.numbered_grants() == OBJECTS
+    })
+    .await;
+    h.stop_controller().await;
+
+    h.faults.inject(
+        Fault::on(Verb::List)
+            .resource("openaiaccesses")
+            .delay(Duration::from_secs(2)),
+    );
+    for restart in 0..3 {
+        h.emulator.reset_request_counts();
+        let mut config = config.clone();
+        config.engine.brake = Some(brake(Duration::from_secs(2)));
+        h.start_controller_with(config);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        h.stop_controller().await;
+        assert_eq!(
+            h.emulator.requests_of("RoleAssignments_Delete"),
+            0,
+            "restart {restart}: no DELETE"
+        );
+        assert_eq!(h.numbered_grants(), OBJECTS);
+    }
+
+    // Positive control: while keyless is down, app-0 is deleted and its finalizer removed by hand.
+    // Nothing present explains its grant any more: it goes once the view is complete and the
+    // prune grace has passed.
+    h.delete_access("team-chat", "app-0").await;
+    h.modify_access("team-chat", "app-0", |a| a.metadata.finalizers = None)
+        .await;
+    eventually("app-0 is gone", async || {
+        h.get_access("team-chat", "app-0").await.is_none()
+    })
+    .await;
+    h.emulator.reset_request_counts();
+    let mut config = config.clone();
+    config.engine.brake = Some(brake(Duration::from_secs(2)));
+    h.start_controller_with(config);
+    eventually("the undeclared grant is revoked", async || {
+        h.numbered_grants() == OBJECTS - 1
+    })
+    .await;
+    assert_eq!(h.emulator.requests_of("RoleAssignments_Delete"), 1);
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_namespace_watch_revokes_nothing_and_the_account_says_why() {
+    let Some(mut h) = Harness::new().await else {
+        return;
+    };
+    h.faults
+        .inject(Fault::on(Verb::Watch).resource("namespaces").respond(403));
+    h.start_controller("cluster-1");
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.access_with(
+        "team-chat",
+        "two",
+        json!([
+            {"objectId": numbered(1), "principalType": "ServicePrincipal"},
+            {"objectId": numbered(2), "principalType": "ServicePrincipal"}
+        ]),
+        json!({}),
+    )
+    .await;
+    eventually("both are granted: creates go on", async || {
+        h.numbered_grants() == 2
+    })
+    .await;
+    h.modify_access("team-chat", "two", |a| {
+        a.spec.principals.pop();
+    })
+    .await;
+    eventually(
+        "the account says revocations wait for the view",
+        async || {
+            h.ready_reason("prod")
+                .await
+                .is_some_and(|(reason, message)| {
+                    reason == "ViewIncomplete" && message.contains("403")
+                })
+        },
+    )
+    .await;
+    assert_eq!(h.numbered_grants(), 2, "nothing revoked");
+    assert_eq!(h.emulator.requests_of("RoleAssignments_Delete"), 0);
+    assert!(h.has_event("OpenAIAccount", "prod", "ViewIncomplete").await);
+
+    // The watch works again (and a namespace change shows it): the revocation goes.
+    h.faults.clear_faults();
+    h.env.namespace("team-new").await;
+    eventually("the removed principal is revoked", async || {
+        h.numbered_grants() == 1
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_whose_finalizer_cannot_be_added_gets_no_grant_and_the_others_converge() {
+    let Some(mut h) = Harness::new().await else {
+        return;
+    };
+    h.faults.inject(
+        Fault::on(Verb::Patch)
+            .resource("openaiaccesses")
+            .name("app-1")
+            .respond(500),
+    );
+    h.start_controller("cluster-1");
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.numbered_accesses(0..4).await;
+    eventually("the other three are Ready", async || {
+        h.access_ready("team-chat", "app-0").await
+            && h.access_ready("team-chat", "app-2").await
+            && h.access_ready("team-chat", "app-3").await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let holders = h.holders_numbered();
+    assert!(!holders.contains(&numbered(1)), "{holders:?}");
+    assert_eq!(holders.len(), 3);
+    let app1 = h.get_access("team-chat", "app-1").await.unwrap();
+    assert!(app1.metadata.finalizers.is_none());
+    h.stop_controller().await;
+}
+
+impl Harness {
+    fn holders_numbered(&self) -> Vec<String> {
+        self.emulator
+            .role_assignments()
+            .into_iter()
+            .filter(|a| {
+                a.scope.eq_ignore_ascii_case(OAI_PROD) && a.principal_id.starts_with("00000000-")
+            })
+            .map(|a| a.principal_id)
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_most_objects_at_once_holds_every_revocation_until_a_person_confirms() {
+    let Some(mut h) = Harness::new().await else {
+        return;
+    };
+    let mut config = controller_config("cluster-1");
+    config.engine.brake = Some(brake(Duration::ZERO));
+    h.start_controller_with(config);
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.numbered_accesses(0..20).await;
+    eventually("twenty grants", async || h.numbered_grants() == 20).await;
+    // 60 %: twelve objects deleted at once.
+    for i in 0..12 {
+        h.delete_access("team-chat", &format!("app-{i}")).await;
+    }
+    eventually("the account says the revocations are held", async || {
+        h.ready_reason("prod")
+            .await
+            .is_some_and(|(reason, message)| {
+                reason == "RevocationsBlocked"
+                    && message.contains("keyless.dev/confirm-revocations")
+            })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.numbered_grants(), 20, "nothing revoked");
+    assert_eq!(h.emulator.requests_of("RoleAssignments_Delete"), 0);
+    assert!(
+        h.has_event("OpenAIAccount", "prod", "RevocationsBlocked")
+            .await
+    );
+    eventually(
+        "a deleted object says what its finalizer waits for",
+        async || {
+            h.get_access("team-chat", "app-0")
+                .await
+                .and_then(|a| a.status)
+                .is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == condition_types::READY
+                            && c.reason == "Terminating"
+                            && c.message.contains("keyless.dev/confirm-revocations")
+                    })
+                })
+        },
+    )
+    .await;
+
+    h.modify_account("prod", |a| {
+        a.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("keyless.dev/confirm-revocations".into(), "12".into());
+    })
+    .await;
+    eventually("the confirmed revocations are made", async || {
+        h.numbered_grants() == 8
+    })
+    .await;
+    eventually("the objects are gone", async || {
+        h.get_access("team-chat", "app-0").await.is_none()
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_account_gets_no_writes() {
+    let Some(mut h) = Harness::start().await else {
+        return;
+    };
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.modify_account("prod", |a| {
+        a.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("keyless.dev/paused".into(), "true".into());
+    })
+    .await;
+    h.numbered_accesses(0..2).await;
+    eventually("the account says it is paused", async || {
+        h.ready_reason("prod")
+            .await
+            .is_some_and(|(reason, _)| reason == "Paused")
+    })
+    .await;
+    assert_eq!(h.numbered_grants(), 0);
+    assert_eq!(h.emulator.requests_of("RoleAssignments_Create"), 0);
+    h.modify_account("prod", |a| {
+        a.metadata
+            .annotations
+            .get_or_insert_default()
+            .remove("keyless.dev/paused");
+    })
+    .await;
+    eventually("unpaused, the grants are made", async || {
+        h.numbered_grants() == 2
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_steady_state_sends_no_patch_and_one_list_per_resync() {
+    let Some(mut h) = Harness::start().await else {
+        return;
+    };
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.numbered_accesses(0..5).await;
+    eventually("all Ready", async || {
+        let mut all = true;
+        for i in 0..5 {
+            all &= h.access_ready("team-chat", &format!("app-{i}")).await;
+        }
+        all && h
+            .account_condition("prod", |c| {
+                c.type_ == condition_types::READY && c.status == "True"
+            })
+            .await
+    })
+    .await;
+    // Let the last writes' watch events come back before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.faults.reset_counts();
+    h.emulator.reset_request_counts();
+    // Resync is 700 ms: about four resyncs.
+    tokio::time::sleep(Duration::from_millis(2900)).await;
+    assert_eq!(
+        h.faults.count_verb(Verb::Patch),
+        0,
+        "no PATCH on quiet passes: {:?}",
+        h.faults.counts()
+    );
+    let lists = h.emulator.requests_of("RoleAssignments_ListForScope");
+    assert!((2..=6).contains(&lists), "one LIST per resync: {lists}");
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_the_type_rejects_keeps_its_grants_and_principals_with_one_status_write() {
+    let Some(mut h) = Harness::start().await else {
+        return;
+    };
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.numbered_accesses(0..3).await;
+    eventually("all three granted and Ready", async || {
+        h.numbered_grants() == 3 && h.access_ready("team-chat", "app-1").await
+    })
+    .await;
+    // A time the API server accepts (RFC 3339) but the type cannot hold: 9999-12-31T23:59:59 at
+    // -23:59 is in the year 10000 in UTC.
+    let out_of_range = "9999-12-31T23:59:59-23:59";
+    let before = h.get_access("team-chat", "app-1").await.unwrap();
+    let principals_before = before.status.as_ref().unwrap().principals.len();
+    let dynamic = Api::<kube::api::DynamicObject>::namespaced_with(
+        h.env.client.clone(),
+        &h.n("team-chat"),
+        &kube::api::ApiResource::erase::<OpenAIAccess>(&()),
+    );
+    dynamic
+        .patch_status(
+            "app-1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"principals": [{
+                "principal": format!("objectId:{}", numbered(1)),
+                "objectId": numbered(1),
+                "state": "Granted",
+                "grantedAt": out_of_range,
+            }]}})),
+        )
+        .await
+        .unwrap();
+    h.faults.reset_counts();
+    h.emulator.reset_request_counts();
+    let raw = || async { dynamic.get("app-1").await.unwrap().data["status"].clone() };
+    eventually("the object is Stalled naming its status", async || {
+        raw().await["conditions"].as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["type"] == "Stalled"
+                    && c["status"] == "True"
+                    && c["reason"] == "InvalidStatus"
+                    && c["message"].as_str().is_some_and(|m| m.contains("status"))
+            })
+        })
+    })
+    .await;
+    // Four resyncs later: one status write for it, its principals kept, nothing revoked.
+    tokio::time::sleep(Duration::from_millis(2800)).await;
+    let status = raw().await;
+    assert_eq!(
+        status["principals"][0]["grantedAt"], out_of_range,
+        "principals[] kept as they were"
+    );
+    assert_eq!(
+        status["principals"].as_array().unwrap().len(),
+        principals_before
+    );
+    assert_eq!(
+        h.faults.count(Verb::Patch, "openaiaccesses/status"),
+        1,
+        "written once: {:?}",
+        h.faults.counts()
+    );
+    assert_eq!(h.emulator.requests_of("RoleAssignments_Delete"), 0);
+    assert_eq!(h.numbered_grants(), 3);
+    // The others still converge: a new object on the account gets its grant.
+    h.numbered_accesses(3..4).await;
+    eventually("the new object is granted", async || {
+        h.numbered_grants() == 4
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_taken_over_mid_convergence_without_duplicates_or_gaps() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    const OBJECTS: usize = 30;
+    let lease_namespace = h.env.namespace("keyless-system").await;
+    // Slow ARM, so the leader is killed mid-convergence.
+    h.emulator.set_faults(Faults {
+        latency: Duration::from_millis(150),
+        ..Faults::default()
+    });
+    let mut replicas: Vec<Option<RunningController>> = Vec::new();
+    for replica in 0..2 {
+        let mut config = controller_config("cluster-1");
+        config.leader = Some(keyless::ops::leader::LeaseConfig {
+            name: "keyless".into(),
+            namespace: lease_namespace.clone(),
+            holder_id: format!("replica-{replica}"),
+            lease_duration: Duration::from_secs(3),
+            renew_interval: Duration::from_millis(500),
+            retry_interval: Duration::from_millis(200),
+        });
+        replicas.push(Some(h.spawn_controller(config)));
+    }
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.numbered_accesses(0..OBJECTS).await;
+    eventually("convergence has started", async || h.numbered_grants() >= 3).await;
+    let holder = Api::<Lease>::namespaced(h.env.client.clone(), &lease_namespace)
+        .get("keyless")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    let leader: usize = holder.trim_start_matches("replica-").parse().unwrap();
+    replicas[leader].take().unwrap().kill();
+    let killed_at = jiff::Timestamp::now();
+    let before: std::collections::BTreeSet<String> = h
+        .emulator
+        .role_assignments()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert!(
+        before.len() < OBJECTS + 10,
+        "killed mid-convergence ({} assignments)",
+        before.len()
+    );
+    eventually("the new leader completes the grants", async || {
+        h.numbered_grants() == OBJECTS
+    })
+    .await;
+    let assignments: Vec<_> = h
+        .emulator
+        .role_assignments()
+        .into_iter()
+        .filter(|a| a.principal_id.starts_with("00000000-"))
+        .collect();
+    let principals: std::collections::BTreeSet<&str> = assignments
+        .iter()
+        .map(|a| a.principal_id.as_str())
+        .collect();
+    assert_eq!(principals.len(), OBJECTS, "no missing assignment");
+    assert_eq!(assignments.len(), OBJECTS, "no duplicate");
+    // Takeover: from the kill to the new leader's first write (ARM's createdOn of the first
+    // assignment made after the kill). Reported, not asserted: wall-clock limits belong in
+    // benchmarks. With a 3 s lease it is the lease's expiry plus one retry and one pass.
+    let first_write = assignments
+        .iter()
+        .filter(|a| !before.contains(&a.name))
+        .map(|a| a.created_on)
+        .min()
+        .unwrap();
+    let takeover = first_write.duration_since(killed_at);
+    eprintln!(
+        "takeover: {:.1} s from kill to the new leader's first ARM write (lease 3 s, renew 0.5 s, retry 0.2 s)",
+        takeover.as_secs_f64()
+    );
+    assert!(
+        takeover.is_positive(),
+        "the first write came after the kill"
+    );
+    for replica in replicas.into_iter().flatten() {
+        replica.stop().await.unwrap();
+    }
+}

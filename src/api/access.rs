@@ -255,6 +255,11 @@ pub enum GrantState {
     Denied,
     /// The grant was removed (expired, or no longer allowed).
     Revoked,
+    // A state this version does not know (written by a newer keyless, before a rollback): read
+    // as Unknown so the object stays readable; never written, and not part of the schema.
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
 }
 
 impl GrantState {
@@ -265,6 +270,7 @@ impl GrantState {
             GrantState::Failed => "Failed",
             GrantState::Denied => "Denied",
             GrantState::Revoked => "Revoked",
+            GrantState::Unknown => "Unknown",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::ControllerConfig;
 use crate::azure::config::{AzureArgs, parse_duration};
+use crate::engine::brake::{Brake, BrakeConfig};
 use crate::engine::{EngineConfig, ResolutionCache};
 use crate::ops::leader::LeaseConfig;
 use crate::plan::InstanceId;
@@ -75,6 +76,33 @@ pub struct RunArgs {
     /// Turn the per-subscription count off.
     #[arg(long, env = "KEYLESS_NO_ASSIGNMENT_COUNT")]
     pub no_assignment_count: bool,
+    /// The most role assignments keyless deletes on one account per --delete-budget-window,
+    /// whatever the number of passes.
+    #[arg(long, env = "KEYLESS_DELETE_BUDGET", default_value_t = 50)]
+    pub delete_budget: usize,
+    #[arg(long, env = "KEYLESS_DELETE_BUDGET_WINDOW", value_parser = parse_duration, default_value = "10m")]
+    pub delete_budget_window: Duration,
+    /// A pass that would revoke more than this percentage of an account's owned grants (and at
+    /// least --mass-revocation-minimum) holds all its deletes until a person confirms with the
+    /// keyless.dev/confirm-revocations annotation on the OpenAIAccount.
+    #[arg(long, env = "KEYLESS_MASS_REVOCATION_PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub mass_revocation_percent: u8,
+    #[arg(long, env = "KEYLESS_MASS_REVOCATION_MINIMUM", default_value_t = 10)]
+    pub mass_revocation_minimum: usize,
+    /// How long a delete no present OpenAIAccess explains waits (default: twice --resync-interval).
+    #[arg(long, env = "KEYLESS_PRUNE_GRACE", value_parser = parse_duration)]
+    pub prune_grace: Option<Duration>,
+    /// Consecutive watch errors after which a store counts as failing (a 403 counts at once):
+    /// while one does, keyless revokes nothing.
+    #[arg(long, env = "KEYLESS_WATCH_FAILURE_THRESHOLD", default_value_t = 3)]
+    pub watch_failure_threshold: u32,
+    /// How long a watch error keeps the view incomplete when no newer event shows the watch works
+    /// again; longer than the watcher's longest backoff (30 s).
+    #[arg(long, env = "KEYLESS_WATCH_FAILURE_TTL", value_parser = parse_duration, default_value = "60s")]
+    pub watch_failure_ttl: Duration,
+    /// How often a pass waiting for the first lists looks again.
+    #[arg(long, env = "KEYLESS_VIEW_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
+    pub view_poll_interval: Duration,
     #[command(flatten)]
     pub azure: AzureArgs,
 }
@@ -97,7 +125,22 @@ impl RunArgs {
                     self.resolution_cache_ttl,
                 ))),
                 prune: true,
+                brake: Some(std::sync::Arc::new(Brake::new(BrakeConfig {
+                    budget: self.delete_budget,
+                    window: self.delete_budget_window,
+                    mass_share: f64::from(self.mass_revocation_percent) / 100.0,
+                    mass_minimum: self.mass_revocation_minimum,
+                    prune_grace: self
+                        .prune_grace
+                        .unwrap_or(self.resync_interval.saturating_mul(2)),
+                }))),
+                // Set by `run` from the leader election, when there is one.
+                fence: None,
             },
+            view_failure_threshold: self.watch_failure_threshold,
+            view_failure_ttl: self.watch_failure_ttl,
+            view_poll_interval: self.view_poll_interval,
+            arm_attempt_timeout: self.azure.to_config().timeout,
             resync_interval: self.resync_interval,
             concurrency: self.concurrency,
             retry_initial: self.retry_initial,

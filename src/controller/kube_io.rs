@@ -113,7 +113,13 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: serde::Serialize + PartialEq,
 {
-    if current == Some(status) {
+    // Compared as written: Kubernetes times serialize to whole seconds, so a status computed with
+    // sub-second times (ARM's createdOn, the clock) equals the stored one once serialized, and an
+    // unchanged status sends no PATCH.
+    if current == Some(status)
+        || current
+            .is_some_and(|c| serde_json::to_value(c).ok() == serde_json::to_value(status).ok())
+    {
         return Ok(false);
     }
     let body = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
@@ -149,6 +155,40 @@ pub async fn apply_account_status(
     status: &OpenAIAccountStatus,
 ) -> Result<bool, KubeWriteError> {
     apply_status(api, name, current, status).await
+}
+
+/// The field manager of the conditions keyless writes on an object it cannot read.
+pub const STALLED_FIELD_MANAGER: &str = "keyless-stalled";
+
+/// Writes only `status.conditions` (and `observedGeneration`) by JSON merge patch under a second
+/// field manager: the rest of the status — above all `principals[]`, which tells which grants the
+/// object holds — stays as it is. (A server-side apply of the conditions alone under `keyless`
+/// would remove every other status field that manager owns.)
+pub async fn patch_conditions_only(
+    api: &Api<crate::controller::lenient::LenientAccess>,
+    name: &str,
+    generation: Option<i64>,
+    conditions: &[crate::api::common::Condition],
+) -> Result<(), KubeWriteError> {
+    let mut status = json!({ "conditions": conditions });
+    if let Some(generation) = generation {
+        status["observedGeneration"] = json!(generation);
+    }
+    api.patch_status(
+        name,
+        &PatchParams {
+            field_manager: Some(STALLED_FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| KubeWriteError::Status {
+        kind: "OpenAIAccess",
+        name: name.to_string(),
+        source,
+    })
 }
 
 /// Publishes an Event; failures are logged, never fatal (events are best effort).
@@ -364,6 +404,36 @@ mod tests {
                 .unwrap()
         );
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_status_differing_only_below_the_second_is_not_written() {
+        let (client, handle) = mock();
+        let api: Api<OpenAIAccess> = Api::namespaced(client, "team-a");
+        let at = |t: &str| crate::api::common::Time(t.parse().unwrap());
+        let principal = |t: &str| crate::api::PrincipalStatus {
+            principal: "user:alice@contoso.com".into(),
+            granted_at: Some(at(t)),
+            ..Default::default()
+        };
+        let stored = OpenAIAccessStatus {
+            principals: vec![principal("2026-11-28T11:00:00Z")],
+            ..Default::default()
+        };
+        let computed = OpenAIAccessStatus {
+            principals: vec![principal("2026-11-28T11:00:00.734Z")],
+            ..Default::default()
+        };
+        assert_ne!(stored, computed, "they differ in memory");
+        let written = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            apply_access_status(&api, "chat", Some(&stored), &computed),
+        )
+        .await
+        .expect("no request");
+        assert!(!written.unwrap());
+        drop(api);
+        drop(handle);
     }
 
     #[tokio::test]

@@ -6,15 +6,18 @@
 pub mod args;
 pub mod export;
 pub mod kube_io;
+pub mod lenient;
 pub mod limits;
 pub mod reconcile;
+pub mod view;
 
+use crate::api::OpenAIAccount;
 use crate::api::crd_compat::missing_in_installed;
-use crate::api::{OpenAIAccess, OpenAIAccount};
 use crate::azure::AzureClients;
 use crate::engine::EngineConfig;
 use crate::ops::health::{self, Readiness};
 use crate::ops::leader::LeaderElection;
+use crate::ops::leader::LeaseFence;
 use crate::ops::metrics::{Metrics, status_class};
 use futures::FutureExt;
 use futures::StreamExt;
@@ -27,8 +30,10 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
+use lenient::LenientAccess;
 use std::sync::Arc;
 use std::time::Duration;
+use view::ViewHealth;
 
 /// Settings of the controller; every interval is a parameter.
 #[derive(Clone, Debug)]
@@ -49,6 +54,15 @@ pub struct ControllerConfig {
     /// How often role assignments per subscription are counted against ARM's limit of 4,000
     /// (one unfiltered LIST per subscription); None turns the count off.
     pub assignment_count_interval: Option<Duration>,
+    /// Consecutive watch errors after which a store counts as failing (a 403 at once).
+    pub view_failure_threshold: u32,
+    /// How long a watch error counts; longer than the watcher's longest backoff (30 s).
+    pub view_failure_ttl: Duration,
+    /// How often a pass waiting for the stores' first lists looks again.
+    pub view_poll_interval: Duration,
+    /// The longest one ARM write attempt may take: the lease must have this much left before each
+    /// write (the fence), and it must be shorter than the lease duration minus the renew interval.
+    pub arm_attempt_timeout: Duration,
 }
 
 /// What every reconcile shares.
@@ -57,12 +71,16 @@ pub struct Context {
     pub azure: AzureClients,
     pub config: ControllerConfig,
     pub accounts: Store<DeserializeGuard<OpenAIAccount>>,
-    pub accesses: Store<DeserializeGuard<OpenAIAccess>>,
+    pub accesses: Store<LenientAccess>,
     pub service_accounts: Store<ServiceAccount>,
     pub namespaces: Store<Namespace>,
     pub recorder: Recorder,
     pub backoff: reconcile::Backoffs,
     pub metrics: Metrics,
+    /// Whether each store has listed and is watching.
+    pub view: ViewHealth,
+    /// The leader lease's fence; None without leader election.
+    pub fence: Option<LeaseFence>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,11 +177,26 @@ pub async fn run(
         None => None,
     };
     match config.leader.clone() {
-        None => run_controllers(client, azure, config, metrics, readiness, shutdown.clone()).await,
+        None => {
+            run_controllers(
+                client,
+                azure,
+                config,
+                None,
+                metrics,
+                readiness,
+                shutdown.clone(),
+            )
+            .await
+        }
         Some(lease) => {
+            lease
+                .validate_fencing(config.arm_attempt_timeout)
+                .map_err(RunError::Leader)?;
             let election = LeaderElection::new(client.clone(), lease)
                 .map_err(RunError::Leader)?
                 .with_metrics(metrics.clone());
+            let fence = election.fence(config.arm_attempt_timeout);
             let mut leading = election.watch();
             let election_task = tokio::spawn(election.run(shutdown.clone()));
             // A standby is ready too, so rolling updates complete.
@@ -186,6 +219,7 @@ pub async fn run(
                     client.clone(),
                     azure.clone(),
                     config.clone(),
+                    Some(fence.clone()),
                     metrics.clone(),
                     readiness.clone(),
                     term,
@@ -208,40 +242,60 @@ pub async fn run(
     Ok(())
 }
 
-/// Both controllers, until `term` resolves.
+/// Both controllers, until `term` resolves. Passes in flight when it does are dropped at once
+/// (not drained): after a lost lease, nothing this replica started may go on writing.
 async fn run_controllers(
     client: Client,
     azure: AzureClients,
-    config: ControllerConfig,
+    mut config: ControllerConfig,
+    fence: Option<LeaseFence>,
     metrics: Metrics,
     readiness: Readiness,
     term: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let watcher_config = watcher::Config::default().any_semantic();
+    if let Some(fence) = &fence {
+        config.engine.fence = Some(Arc::new(fence.clone()));
+    }
+    let view = ViewHealth::new(
+        &[ACCESS_STORE, SERVICE_ACCOUNT_STORE, NAMESPACE_STORE],
+        view::FailureLimits {
+            threshold: config.view_failure_threshold,
+            ttl: config.view_failure_ttl,
+        },
+    );
 
+    // Each store reports its health after the reflector applied the event, so "listed" is never
+    // seen before the list is in the store.
     let (access_store, access_writer) = reflector::store();
+    let access_view = view.clone();
     let access_stream = watcher(
-        Api::<DeserializeGuard<OpenAIAccess>>::all(client.clone()),
+        Api::<LenientAccess>::all(client.clone()),
         watcher_config.clone(),
     )
     .default_backoff()
     .reflect(access_writer)
+    .inspect(move |event| access_view.observe(ACCESS_STORE, event))
     .touched_objects();
     let (sa_store, sa_writer) = reflector::store();
+    let sa_view = view.clone();
     let sa_stream = watcher(
         Api::<ServiceAccount>::all(client.clone()),
         watcher_config.clone(),
     )
     .default_backoff()
     .reflect(sa_writer)
+    .inspect(move |event| sa_view.observe(SERVICE_ACCOUNT_STORE, event))
     .touched_objects();
     let (ns_store, ns_writer) = reflector::store();
+    let ns_view = view.clone();
     let ns_stream = watcher(
         Api::<Namespace>::all(client.clone()),
         watcher_config.clone(),
     )
     .default_backoff()
     .reflect(ns_writer)
+    .inspect(move |event| ns_view.observe(NAMESPACE_STORE, event))
     .touched_objects();
 
     let accounts_api = Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone());
@@ -272,14 +326,25 @@ async fn run_controllers(
         ),
         backoff: reconcile::Backoffs::default(),
         metrics,
+        view,
+        fence,
     });
 
-    // OpenAIAccess → its account.
-    let access_to_account = |access: DeserializeGuard<OpenAIAccess>| {
-        access
-            .0
-            .ok()
-            .map(|a| ObjectRef::<DeserializeGuard<OpenAIAccount>>::new(&a.spec.account_ref.name))
+    // OpenAIAccess → its account (a malformed one: the account its raw reference names, or all).
+    let accounts_for_access = account_store.clone();
+    let access_to_account = move |access: LenientAccess| {
+        let name = match &access.parsed {
+            Ok(a) => Some(a.spec.account_ref.name.clone()),
+            Err(unparsed) => unparsed.account_ref.clone(),
+        };
+        match name {
+            Some(name) => vec![ObjectRef::<DeserializeGuard<OpenAIAccount>>::new(&name)],
+            None => accounts_for_access
+                .state()
+                .iter()
+                .map(|a| ObjectRef::new(&a.name_any()))
+                .collect(),
+        }
     };
     // ServiceAccount → the accounts of the OpenAIAccess objects in its namespace that name it.
     let accesses_for_sa = access_store.clone();
@@ -289,7 +354,7 @@ async fn run_controllers(
         accesses_for_sa
             .state()
             .into_iter()
-            .filter_map(|a| a.0.as_ref().ok().cloned())
+            .filter_map(|a| a.parsed.as_ref().ok().cloned())
             .filter(|a| a.namespace().as_deref() == Some(namespace.as_str()))
             .filter(|a| {
                 a.spec
@@ -343,44 +408,48 @@ async fn run_controllers(
         });
 
     // The light controller over OpenAIAccess: malformed objects and missing accounts.
-    let access_controller = Controller::new(
-        Api::<DeserializeGuard<OpenAIAccess>>::all(client.clone()),
-        watcher_config,
-    )
-    .watches(
-        Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
-        watcher::Config::default(),
-        move |account| {
-            let name = account.name_any();
-            accesses_referencing(&access_store, &name)
-        },
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(
-        reconcile::reconcile_access,
-        reconcile::access_error_policy,
-        context,
-    )
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(%error, "access reconcile");
-        }
-    });
+    let access_controller =
+        Controller::new(Api::<LenientAccess>::all(client.clone()), watcher_config)
+            .watches(
+                Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
+                watcher::Config::default(),
+                move |account| {
+                    let name = account.name_any();
+                    accesses_referencing(&access_store, &name)
+                },
+            )
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                reconcile::reconcile_access,
+                reconcile::access_error_policy,
+                context,
+            )
+            .for_each(|result| async move {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "access reconcile");
+                }
+            });
 
-    futures::join!(account_controller, access_controller);
+    let both = Box::pin(async move {
+        futures::join!(account_controller, access_controller);
+    });
+    // Dropping the controllers drops their passes in flight.
+    futures::future::select(both, shutdown).await;
 }
 
+/// The store names of the view (in conditions and logs).
+pub const ACCESS_STORE: &str = "OpenAIAccess";
+pub const SERVICE_ACCOUNT_STORE: &str = "ServiceAccount";
+pub const NAMESPACE_STORE: &str = "Namespace";
+
 fn accesses_referencing(
-    store: &Store<DeserializeGuard<OpenAIAccess>>,
+    store: &Store<LenientAccess>,
     account: &str,
-) -> Vec<ObjectRef<DeserializeGuard<OpenAIAccess>>> {
+) -> Vec<ObjectRef<LenientAccess>> {
     store
         .state()
         .into_iter()
-        .filter(|a| {
-            a.0.as_ref()
-                .is_ok_and(|a| a.spec.account_ref.name == account)
-        })
+        .filter(|a| a.may_name(account))
         .map(|a| ObjectRef::from(a.as_ref()))
         .collect()
 }

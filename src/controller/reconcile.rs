@@ -6,6 +6,7 @@ use super::Context;
 use super::kube_io::{
     KubeWriteError, apply_access_status, apply_account_status, publish, set_finalizer,
 };
+use super::lenient::{Field, LenientAccess, Unparsed};
 use crate::api::{
     CLEANUP_FINALIZER, OpenAIAccess, OpenAIAccessStatus, OpenAIAccount, OpenAIAccountStatus,
     condition_types, reasons,
@@ -26,6 +27,9 @@ use std::time::Duration;
 pub enum ReconcileError {
     #[error("write to the Kubernetes API")]
     Kube(#[from] KubeWriteError),
+    /// The lease has less than one write attempt's time left: this replica writes nothing more.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl ReconcileError {
@@ -34,6 +38,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Kube(e) if e.is_conflict() => "KubeConflict",
             ReconcileError::Kube(_) => "KubeWrite",
+            ReconcileError::Fenced(_) => "Fenced",
         }
     }
 }
@@ -59,6 +64,21 @@ impl Backoffs {
     fn reset(&self, key: &str) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
+}
+
+/// Just before a status or finalizer write: the lease must still have one attempt's time left.
+fn fence(ctx: &Context) -> Result<(), ReconcileError> {
+    match &ctx.fence {
+        Some(fence) => fence.check().map_err(ReconcileError::Fenced),
+        None => Ok(()),
+    }
+}
+
+/// Now, to the whole second: status times are whole seconds (RFC 3339 as the API server stores
+/// them), so a status computed again compares equal to the one it wrote and sends no PATCH.
+pub fn whole_second_now() -> Timestamp {
+    let now = Timestamp::now();
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
 }
 
 fn has_finalizer<K: Resource>(object: &K) -> bool {
@@ -118,6 +138,14 @@ async fn reconcile_account_pass(
     if being_deleted && !has_finalizer(account) {
         return Ok(Action::await_change());
     }
+    // No pass before every store has its first complete list: a partial list would look like
+    // deleted objects.
+    if !ctx.view.listed() {
+        tracing::debug!("waiting for the first lists of every store");
+        *timer = "waiting";
+        return Ok(Action::requeue(ctx.config.view_poll_interval));
+    }
+    fence(&ctx)?;
     if !being_deleted && !has_finalizer(account) {
         set_finalizer(&api, account, true).await?;
         // The patch is seen as a watch event and reconciled again with the finalizer in place.
@@ -159,7 +187,7 @@ async fn reconcile_account_pass(
                 .as_ref()
                 .map(|s| s.conditions.as_slice())
                 .unwrap_or_default(),
-            Timestamp::now(),
+            whole_second_now(),
         ));
         if apply_account_status(&api, &name, account.status.as_ref(), &status).await? {
             publish(
@@ -179,15 +207,32 @@ async fn reconcile_account_pass(
         return Ok(Action::requeue(ctx.config.resync_interval));
     }
 
-    // Every live OpenAIAccess on this account carries the finalizer before it gets a grant, so
-    // its deletion cannot skip the cleanup.
-    let access_objects: Vec<OpenAIAccess> = ctx
-        .accesses
+    // Every live OpenAIAccess on this account that could get a grant carries the finalizer
+    // before it gets one, so its deletion cannot skip the cleanup. One object's failed finalizer
+    // write stays its own: that object gets no create this pass (its recorded grants are kept,
+    // as for a malformed object) and the others go on.
+    let mut access_objects: Vec<OpenAIAccess> = Vec::new();
+    let mut malformed: Vec<engine::MalformedObject> = Vec::new();
+    for lenient in ctx.accesses.state().iter() {
+        match &lenient.parsed {
+            Ok(access) if access.spec.account_ref.name == name => {
+                access_objects.push(access.clone());
+            }
+            Ok(_) => {}
+            Err(_) => {
+                if lenient.may_name(&name)
+                    && let Some(object) = lenient.malformed()
+                {
+                    malformed.push(object);
+                }
+            }
+        }
+    }
+    let namespace_labels: crate::plan::policy::NamespaceLabels = ctx
+        .namespaces
         .state()
         .iter()
-        .filter_map(|a| a.0.as_ref().ok())
-        .filter(|a| a.spec.account_ref.name == name)
-        .cloned()
+        .map(|ns| (ns.name_any(), ns.labels().clone().into_iter().collect()))
         .collect();
     let mut accesses = Vec::with_capacity(access_objects.len());
     for access in &access_objects {
@@ -195,16 +240,37 @@ async fn reconcile_account_pass(
         if deleting && !has_finalizer(access) {
             continue;
         }
-        if !deleting && !has_finalizer(access) {
-            let namespaced: Api<OpenAIAccess> =
-                Api::namespaced(ctx.client.clone(), &access.namespace().unwrap_or_default());
-            set_finalizer(&namespaced, access, true).await?;
+        let key = ObjectKey {
+            namespace: access.namespace().unwrap_or_default(),
+            name: access.name_any(),
+        };
+        let grant_possible = crate::plan::policy::namespace_allowed(
+            &account.spec,
+            &key.namespace,
+            &namespace_labels,
+        ) && account.spec.allowed_roles.contains(&access.spec.role);
+        if !deleting && !has_finalizer(access) && grant_possible {
+            fence(&ctx)?;
+            let namespaced: Api<OpenAIAccess> = Api::namespaced(ctx.client.clone(), &key.namespace);
+            if let Err(error) = set_finalizer(&namespaced, access, true).await {
+                tracing::warn!(object = %key, %error, "could not add the finalizer: no grant for it this pass");
+                ctx.metrics.object_write_failed("finalizer");
+                malformed.push(engine::MalformedObject {
+                    key: key.clone(),
+                    account_ref: Some(name.clone()),
+                    recorded_object_ids: access
+                        .status
+                        .iter()
+                        .flat_map(|s| &s.principals)
+                        .filter_map(|p| p.object_id.clone())
+                        .collect(),
+                    error: format!("its finalizer could not be added: {error}"),
+                });
+                continue;
+            }
         }
         accesses.push(AccessSource {
-            key: ObjectKey {
-                namespace: access.namespace().unwrap_or_default(),
-                name: access.name_any(),
-            },
+            key,
             generation: access.metadata.generation,
             spec: access.spec.clone(),
             being_deleted: deleting,
@@ -218,16 +284,18 @@ async fn reconcile_account_pass(
         account: account.spec.clone(),
         account_being_deleted: being_deleted,
         service_accounts: service_accounts(&ctx, &accesses),
-        namespaces: ctx
-            .namespaces
-            .state()
-            .iter()
-            .map(|ns| (ns.name_any(), ns.labels().clone().into_iter().collect()))
-            .collect(),
+        namespaces: namespace_labels,
         accesses,
-        // Issue 17 fills these from the informers' completeness and the undecodable objects.
-        view: engine::ViewCompleteness::Complete,
-        malformed: Vec::new(),
+        view: ctx.view.completeness(),
+        malformed,
+        paused: account
+            .annotations()
+            .get(engine::brake::PAUSED_ANNOTATION)
+            .is_some_and(|v| v == "true"),
+        confirmed_revocations: account
+            .annotations()
+            .get(engine::brake::CONFIRM_ANNOTATION)
+            .and_then(|v| v.trim().parse().ok()),
     };
     let azure = Azure {
         assignments: ctx.azure.role_assignments.as_ref(),
@@ -235,8 +303,12 @@ async fn reconcile_account_pass(
         identities: ctx.azure.identities.as_ref(),
         directory: ctx.azure.directory.as_ref(),
     };
-    let now = Timestamp::now();
+    let now = whole_second_now();
     let outcome = engine::run_pass(azure, &source, &ctx.config.engine, now).await;
+    if let Some(why) = outcome.fenced {
+        // Another replica may lead by now: write nothing about this pass.
+        return Err(ReconcileError::Fenced(why));
+    }
     *timer = match outcome.retry {
         None | Some(RetryDecision::WaitForChange) => "ok",
         Some(RetryDecision::After(_)) => "throttled",
@@ -245,6 +317,7 @@ async fn reconcile_account_pass(
     record_pass_metrics(&ctx, &name, &scope, &outcome);
 
     // Status and finalizers of every OpenAIAccess.
+    let mut waiting_finalizers = Vec::new();
     for result in &outcome.accesses {
         let Some(object) = access_objects.iter().find(|a| {
             a.namespace().as_deref() == Some(result.key.namespace.as_str())
@@ -255,13 +328,20 @@ async fn reconcile_account_pass(
         let namespaced: Api<OpenAIAccess> =
             Api::namespaced(ctx.client.clone(), &result.key.namespace);
         if object.metadata.deletion_timestamp.is_none() {
-            apply_access_status(
+            fence(&ctx)?;
+            if let Err(error) = apply_access_status(
                 &namespaced,
                 &result.key.name,
                 object.status.as_ref(),
                 &result.status,
             )
-            .await?;
+            .await
+            {
+                // This object's failure stays its own: the others still get their status.
+                tracing::warn!(object = %result.key, %error, "could not write the status");
+                ctx.metrics.object_write_failed("status");
+                continue;
+            }
             if ctx.config.enable_configmap_export
                 && let Some(export_to) = &object.spec.export_to
             {
@@ -296,7 +376,13 @@ async fn reconcile_account_pass(
                 }
             }
         } else if result.cleanup_complete {
-            set_finalizer(&namespaced, object, false).await?;
+            fence(&ctx)?;
+            if let Err(error) = set_finalizer(&namespaced, object, false).await {
+                tracing::warn!(object = %result.key, %error, "could not remove the finalizer");
+                ctx.metrics.object_write_failed("finalizer");
+            }
+        } else {
+            waiting_finalizers.push((object, result));
         }
     }
     for event in &outcome.events {
@@ -322,7 +408,86 @@ async fn reconcile_account_pass(
         .await;
     }
 
+    // An object being deleted says what its finalizer waits for (written only when that changes).
+    for (object, result) in &waiting_finalizers {
+        let blocked = outcome.plan.as_ref().and_then(|plan| {
+            plan.accesses
+                .iter()
+                .find(|a| a.key == result.key)
+                .and_then(|a| match &a.cleanup {
+                    crate::plan::Cleanup::Blocked(why) => Some(why.clone()),
+                    _ => None,
+                })
+        });
+        let waits_for = match (&outcome.held, blocked, &outcome.read_error) {
+            (Some((hold, _)), _, _) => hold.message(&name),
+            (None, Some(why), _) => why,
+            (None, None, Some(error)) => format!("the account could not be read: {error}"),
+            (None, None, None) => "its revocations, retried at the next pass".to_string(),
+        };
+        let mut status = result.status.clone();
+        let message = format!(
+            "being deleted: the finalizer {CLEANUP_FINALIZER} stays until keyless has revoked its grants; waiting for {waits_for}"
+        );
+        let previous = object
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        status
+            .conditions
+            .retain(|c| c.type_ != condition_types::READY);
+        status.conditions.insert(
+            0,
+            condition(
+                condition_types::READY,
+                (false, "Terminating", message),
+                object.metadata.generation,
+                previous,
+                now,
+            ),
+        );
+        let namespaced: Api<OpenAIAccess> =
+            Api::namespaced(ctx.client.clone(), &result.key.namespace);
+        fence(&ctx)?;
+        if let Err(error) = apply_access_status(
+            &namespaced,
+            &result.key.name,
+            object.status.as_ref(),
+            &status,
+        )
+        .await
+        {
+            tracing::warn!(object = %result.key, %error, "could not write the status");
+            ctx.metrics.object_write_failed("status");
+        }
+    }
     let status = account_status(account, &scope, &outcome, now);
+    ctx.metrics
+        .set_revocations_held(&name, outcome.held.as_ref().map(|(h, _)| h.reason()));
+    if let Some((hold, count)) = &outcome.held {
+        let before = account
+            .status
+            .as_ref()
+            .and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == condition_types::READY)
+            })
+            .map(|c| c.reason.clone());
+        if before.as_deref() != Some(hold.reason()) {
+            publish(
+                &ctx.recorder,
+                &account.object_ref(&()),
+                true,
+                hold.reason(),
+                "Revoke",
+                format!("{count} revocations held: {}", hold.message(&name)),
+            )
+            .await;
+        }
+    }
+    fence(&ctx)?;
     let keys_enabled_news = status_turned(
         account.status.as_ref(),
         &status,
@@ -334,6 +499,7 @@ async fn reconcile_account_pass(
         publish(&ctx.recorder, &account.object_ref(&()), true, "LocalAuthEnabled", "Reconcile", format!("the Azure account {scope} still accepts API keys: set disableLocalAuth to true so only Entra ID tokens work")).await;
     }
     if being_deleted && outcome.account_cleanup_complete {
+        fence(&ctx)?;
         set_finalizer(&api, account, false).await?;
         return Ok(Action::await_change());
     }
@@ -505,7 +671,7 @@ fn stalled_conditions(
     reason: &'static str,
     message: String,
 ) -> Vec<crate::api::common::Condition> {
-    let now = Timestamp::now();
+    let now = whole_second_now();
     let previous = previous.unwrap_or_default();
     vec![
         condition(
@@ -579,7 +745,23 @@ fn account_status(
                 .filter(|r| matches!(r, engine::WriteResult::Failed(_)))
                 .count();
             let summary = format!("{granted}/{total} grants in place");
-            if failed > 0 {
+            if let Some((hold, count)) = &outcome.held {
+                // Held revocations keep the account not Ready: a person may have to act
+                // (Stalled for a mass revocation or a pause), or it lifts by itself (Reconciling).
+                let message = format!(
+                    "{count} revocations held: {}; {summary}",
+                    hold.message(&account.name_any())
+                );
+                let needs_a_person = matches!(
+                    hold,
+                    engine::brake::Hold::MassRevocation { .. } | engine::brake::Hold::Paused
+                );
+                (
+                    (false, hold.reason(), message.clone()),
+                    (!needs_a_person, hold.reason(), message.clone()),
+                    (needs_a_person, hold.reason(), message),
+                )
+            } else if failed > 0 {
                 let message = format!("{failed} role assignment writes failed; {summary}");
                 (
                     (false, reasons::ARM_ERROR, message.clone()),
@@ -668,38 +850,15 @@ fn account_status(
 /// The light reconcile of an OpenAIAccess: reports what the account controller cannot.
 #[tracing::instrument(skip_all, fields(access = %guard.name_any(), trace_id = %uuid::Uuid::new_v4().simple()))]
 pub async fn reconcile_access(
-    guard: Arc<DeserializeGuard<OpenAIAccess>>,
+    guard: Arc<LenientAccess>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let namespace = guard.namespace().unwrap_or_default();
     let api: Api<OpenAIAccess> = Api::namespaced(ctx.client.clone(), &namespace);
-    let access = match &guard.0 {
+    let access = match &guard.parsed {
         Ok(access) => access,
-        Err(invalid) => {
-            let name = invalid.metadata.name.clone().unwrap_or_default();
-            let message = format!(
-                "the object does not match the OpenAIAccess schema: {} — fix the spec",
-                invalid.error
-            );
-            let status = stalled_access_status(
-                invalid.metadata.generation,
-                None,
-                reasons::INVALID_SPEC,
-                message.clone(),
-            );
-            if apply_access_status(&api, &name, None, &status).await? {
-                let mut reference = guard.object_ref(&());
-                reference.name = Some(name);
-                publish(
-                    &ctx.recorder,
-                    &reference,
-                    true,
-                    reasons::INVALID_SPEC,
-                    "Validate",
-                    message,
-                )
-                .await;
-            }
+        Err(unparsed) => {
+            report_malformed(&ctx, &guard, unparsed).await?;
             return Ok(Action::await_change());
         }
     };
@@ -719,6 +878,7 @@ pub async fn reconcile_access(
     if access.metadata.deletion_timestamp.is_some() {
         // No account, so keyless manages no grant for it (the account's own finalizer revoked or
         // retained them when it was unregistered).
+        fence(&ctx)?;
         set_finalizer(&api, access, false).await?;
         return Ok(Action::await_change());
     }
@@ -732,6 +892,7 @@ pub async fn reconcile_access(
         reasons::ACCOUNT_NOT_FOUND,
         message.clone(),
     );
+    fence(&ctx)?;
     if apply_access_status(&api, &access.name_any(), access.status.as_ref(), &status).await? {
         publish(
             &ctx.recorder,
@@ -746,8 +907,52 @@ pub async fn reconcile_access(
     Ok(Action::await_change())
 }
 
+/// A malformed OpenAIAccess gets Stalled conditions naming the field at fault, written once (only
+/// when they differ from those it carries) and without touching the rest of its status. Its
+/// finalizer stays: the account pass keeps the grants it records until it is fixed or deleted.
+async fn report_malformed(
+    ctx: &Context,
+    object: &LenientAccess,
+    unparsed: &Unparsed,
+) -> Result<(), ReconcileError> {
+    let field = unparsed.field.as_str();
+    let message = format!(
+        "the {field} does not match the OpenAIAccess schema: {} — fix the {field}; its grants are kept meanwhile",
+        unparsed.error
+    );
+    let reason = match unparsed.field {
+        Field::Spec => reasons::INVALID_SPEC,
+        Field::Status => "InvalidStatus",
+    };
+    let previous: Vec<crate::api::common::Condition> = unparsed
+        .raw_status
+        .as_ref()
+        .and_then(|s| s.get("conditions"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let generation = object.metadata.generation;
+    let conditions = stalled_conditions(generation, Some(&previous), reason, message.clone());
+    if conditions == previous {
+        return Ok(());
+    }
+    let name = object.metadata.name.clone().unwrap_or_default();
+    let api: Api<LenientAccess> = Api::namespaced(ctx.client.clone(), &object.key().namespace);
+    fence(ctx)?;
+    super::kube_io::patch_conditions_only(&api, &name, generation, &conditions).await?;
+    publish(
+        &ctx.recorder,
+        &object.object_ref(&()),
+        true,
+        reason,
+        "Validate",
+        message,
+    )
+    .await;
+    Ok(())
+}
+
 pub fn access_error_policy(
-    guard: Arc<DeserializeGuard<OpenAIAccess>>,
+    guard: Arc<LenientAccess>,
     error: &ReconcileError,
     ctx: Arc<Context>,
 ) -> Action {

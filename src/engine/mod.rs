@@ -2,6 +2,7 @@
 //! Azure traits. File mode and the controller both run it; they differ only in where the objects
 //! come from and where the outcome goes.
 
+pub mod brake;
 pub mod conditions;
 pub mod resolve;
 
@@ -55,6 +56,17 @@ pub struct EngineConfig {
     /// hold a part of what an instance manages. Without it, only grants whose principal an input
     /// object still names (now denied or expired) are revoked: see [`spared_without_prune`].
     pub prune: bool,
+    /// The delete brake and its clocks (the controller's); None: only the pause switch, the
+    /// view's completeness and malformed objects hold deletes.
+    pub brake: Option<std::sync::Arc<brake::Brake>>,
+    /// Checked just before each ARM write: a replica that may no longer lead writes nothing.
+    pub fence: Option<std::sync::Arc<dyn Fence>>,
+}
+
+/// Whether this process may still write. The controller's is the leader lease: it answers Err
+/// when the lease has less time left than one ARM attempt may take.
+pub trait Fence: Send + Sync + std::fmt::Debug {
+    fn may_write(&self) -> Result<(), String>;
 }
 
 /// One OpenAIAccess as the front end found it.
@@ -81,6 +93,10 @@ pub struct ScopeSource {
     pub view: ViewCompleteness,
     /// Objects that may name this account but could not be decoded (see [`MalformedObject`]).
     pub malformed: Vec<MalformedObject>,
+    /// `keyless.dev/paused: "true"` on the account: no writes at all.
+    pub paused: bool,
+    /// `keyless.dev/confirm-revocations` on the account, when it is a number.
+    pub confirmed_revocations: Option<usize>,
 }
 
 /// What happened to one write.
@@ -138,6 +154,11 @@ pub struct PassOutcome {
     /// When this scope must be looked at again regardless of changes: a grant's propagation grace
     /// ends, or an OpenAIAccess expires.
     pub requeue_at: Option<Timestamp>,
+    /// Deletes the brake (or the view) held this pass: the first hold and how many it held.
+    pub held: Option<(brake::Hold, usize)>,
+    /// The fence refused a write: this replica may no longer lead, so the pass stopped and its
+    /// outcome must not be written anywhere.
+    pub fenced: Option<String>,
 }
 
 impl PassOutcome {
@@ -166,6 +187,8 @@ pub async fn run_pass(
         invalid_spec: None,
         read_error: None,
         requeue_at: None,
+        held: None,
+        fenced: None,
     };
     let scope = match AccountScope::parse(&source.account.resource_id) {
         Ok(scope) => scope,
@@ -304,11 +327,57 @@ pub async fn run_pass(
         });
     }
 
+    // The brake: which deletes wait, and why.
+    let holds = delete_holds(source, &plan, &observation, config, now);
+    let mut first_hold: Option<(brake::Hold, usize)> = None;
+    for hold in holds.values() {
+        match &mut first_hold {
+            Some((_, count)) => *count += 1,
+            None => first_hold = Some((hold.clone(), 1)),
+        }
+    }
+    // The planner itself deletes nothing from an incomplete view and nothing a malformed object
+    // protects; it cannot say how many deletes that held. Planning the same pass as if the view
+    // were whole (pure, no IO) counts them, so a held revocation is visible in status and metrics.
+    if first_hold.is_none() {
+        let view_held = deletes_held_by_the_view(&plan, source, |view, malformed| {
+            crate::plan::plan(&PlanInput {
+                scope: &scope,
+                account: &account,
+                accesses: &accesses,
+                namespaces: &source.namespaces,
+                observation: &observation,
+                instance: &config.instance,
+                now,
+                max_deletes: config.max_deletes_per_pass,
+                replication_deadline: config.replication_deadline,
+                propagation_grace: config.propagation_grace,
+                view,
+                malformed,
+            })
+        });
+        if let Some(held) = view_held {
+            first_hold = Some(held);
+        }
+    }
+
     // Apply, one write at a time: writes on a scope are never concurrent.
     let mut failed_creates_of: BTreeSet<ObjectKey> = BTreeSet::new();
     let mut stop: Option<RetryDecision> = None;
     let spared = |write: &Write| !config.prune && spared_without_prune(write, &plan, source);
-    for write in &plan.writes {
+    for (index, write) in plan.writes.iter().enumerate() {
+        if source.paused {
+            outcome.results.push(WriteResult::Skipped(
+                brake::Hold::Paused.message(&source.account_name),
+            ));
+            continue;
+        }
+        if let Some(hold) = holds.get(&index) {
+            outcome
+                .results
+                .push(WriteResult::Skipped(hold.message(&source.account_name)));
+            continue;
+        }
         if spared(write) {
             outcome
                 .results
@@ -319,10 +388,20 @@ pub async fn run_pass(
             outcome.results.push(WriteResult::NotAttempted);
             continue;
         }
-        if stop.is_some() {
+        if stop.is_some() || outcome.fenced.is_some() {
             outcome.results.push(WriteResult::NotAttempted);
             continue;
         }
+        // Just before the attempt: a replica whose lease may end during it writes nothing more.
+        if let Some(fence) = &config.fence
+            && let Err(why) = fence.may_write()
+        {
+            tracing::warn!(account = %source.account_name, %why, "fenced: stopping the pass");
+            outcome.fenced = Some(why);
+            outcome.results.push(WriteResult::NotAttempted);
+            continue;
+        }
+        audit(&source.account_name, write);
         let result = match write {
             Write::Create {
                 assignment,
@@ -394,6 +473,9 @@ pub async fn run_pass(
                 } else {
                     match azure.assignments.delete_assignment(&assignment.id).await {
                         Ok(_) => {
+                            if let Some(brake) = &config.brake {
+                                brake.deleted(&source.account_name, &assignment.id, now);
+                            }
                             outcome.events.push(EngineEvent {
                                 object: None,
                                 warning: false,
@@ -525,13 +607,199 @@ pub async fn run_pass(
     {
         outcome.retry = Some(RetryDecision::Backoff);
     }
+    outcome.held = first_hold;
+    if source.paused && !plan.writes.is_empty() {
+        outcome.held = Some((brake::Hold::Paused, plan.writes.len()));
+    }
     if outcome.retry.is_none() && plan.deferred_deletes > 0 {
         // The rest of the deletes wait for the next pass; do not wait a whole resync for it.
         outcome.retry = Some(RetryDecision::Backoff);
     }
     outcome.requeue_at = next_deadline(source, &outcome.accesses, config, now);
+    if let Some(lifts) = holds.values().filter_map(brake::Hold::lifts_at).min() {
+        outcome.requeue_at = Some(outcome.requeue_at.map_or(lifts, |at| at.min(lifts)));
+    }
     outcome.plan = Some(plan);
     outcome
+}
+
+// The audit trail: every ARM write at info, naming the grant (events collapse per account).
+fn audit(account: &str, write: &Write) {
+    match write {
+        Write::Create {
+            assignment,
+            declared_by,
+        } => tracing::info!(
+            account,
+            object = %declared_by.first().map(ToString::to_string).unwrap_or_default(),
+            principal = %assignment.principal_id,
+            role = %assignment.role,
+            assignment = %assignment.name,
+            "arm write: create role assignment"
+        ),
+        Write::Release { assignment, .. } => tracing::info!(
+            account,
+            principal = %assignment.principal_id,
+            role = %assignment.role,
+            assignment = %assignment.name,
+            "arm write: release role assignment (retained)"
+        ),
+        Write::Delete {
+            assignment, reason, ..
+        } => tracing::info!(
+            account,
+            principal = %assignment.principal_id,
+            role = %assignment.role_definition_id,
+            assignment = %assignment.name,
+            reason,
+            "arm write: delete role assignment"
+        ),
+    }
+}
+
+/// The deletes of a plan the brake, the view or a malformed object holds back, by write index.
+/// How many deletes the view (incomplete, or a malformed object's protection) held this pass,
+/// found by planning again as if the view were whole; `None` when it held none.
+fn deletes_held_by_the_view(
+    plan: &Plan,
+    source: &ScopeSource,
+    replan: impl Fn(&ViewCompleteness, &[MalformedObject]) -> Plan,
+) -> Option<(brake::Hold, usize)> {
+    if matches!(source.view, ViewCompleteness::Complete) && source.malformed.is_empty() {
+        return None;
+    }
+    let deletes = |p: &Plan| {
+        p.writes
+            .iter()
+            .filter(|w| matches!(w, Write::Delete { .. }))
+            .count()
+    };
+    let whole = replan(&ViewCompleteness::Complete, &[]);
+    let held = deletes(&whole).saturating_sub(deletes(plan));
+    if held == 0 {
+        return None;
+    }
+    let why = match &source.view {
+        ViewCompleteness::Incomplete { reason } => reason.clone(),
+        ViewCompleteness::Complete => {
+            let names: Vec<String> = source.malformed.iter().map(|m| m.key.to_string()).collect();
+            format!(
+                "OpenAIAccess {} cannot be read and may name these principals",
+                names.join(", ")
+            )
+        }
+    };
+    Some((brake::Hold::ViewIncomplete(why), held))
+}
+
+fn delete_holds(
+    source: &ScopeSource,
+    plan: &Plan,
+    observation: &Observation,
+    config: &EngineConfig,
+    now: Timestamp,
+) -> HashMap<usize, brake::Hold> {
+    let deletes: Vec<(usize, &crate::plan::ObservedAssignment, &'static str)> = plan
+        .writes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Write::Delete {
+                assignment, reason, ..
+            } => Some((i, assignment, *reason)),
+            _ => None,
+        })
+        .collect();
+    let mut holds = HashMap::new();
+    if deletes.is_empty() {
+        return holds;
+    }
+    let view_incomplete = match &source.view {
+        ViewCompleteness::Complete => None,
+        ViewCompleteness::Incomplete { reason } => Some(reason.clone()),
+    };
+    // A malformed object protects the grants its raw status records and those whose marker says
+    // it declared them (the isolation issue's rule; the planner applies it too once it lands).
+    let protected_by_malformed = |assignment: &crate::plan::ObservedAssignment| {
+        source.malformed.iter().find(|m| {
+            let declared = format!("declared-by={}", m.key);
+            m.recorded_object_ids
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(&assignment.principal_id))
+                || assignment
+                    .description
+                    .as_deref()
+                    .is_some_and(|d| d.split(' ').any(|w| w == declared))
+        })
+    };
+    let mut candidates = Vec::new();
+    let mut candidate_index = Vec::new();
+    for (index, assignment, reason) in &deletes {
+        if let Some(malformed) = protected_by_malformed(assignment) {
+            holds.insert(
+                *index,
+                brake::Hold::ViewIncomplete(format!(
+                    "OpenAIAccess {} names this principal but cannot be read",
+                    malformed.key
+                )),
+            );
+            continue;
+        }
+        let explained = source.account_being_deleted
+            || *reason != reasons::REVOKED
+            || source.accesses.iter().any(|a| {
+                a.previous.as_ref().is_some_and(|s| {
+                    s.principals.iter().any(|p| {
+                        p.object_id
+                            .as_deref()
+                            .is_some_and(|o| o.eq_ignore_ascii_case(&assignment.principal_id))
+                    })
+                })
+            });
+        candidates.push(brake::Candidate {
+            id: assignment.id.clone(),
+            explained,
+        });
+        candidate_index.push(*index);
+    }
+    let owned = match observation {
+        Observation::Complete(list) | Observation::Incomplete(list) => list
+            .iter()
+            .filter(|a| {
+                crate::plan::ownership::is_owned_by(a.description.as_deref(), &config.instance)
+            })
+            .count(),
+        _ => 0,
+    };
+    let facts = brake::PassFacts {
+        now,
+        paused: source.paused,
+        view_incomplete: view_incomplete.as_deref(),
+        confirmed: source.confirmed_revocations,
+        owned,
+        account_deleting: source.account_being_deleted,
+        candidates: &candidates,
+    };
+    let decisions = match &config.brake {
+        Some(brake) => brake.decide(&source.account_name, &facts),
+        // Without the brake's clocks and budget: only the pause switch and the view.
+        None => candidates
+            .iter()
+            .map(|_| {
+                if source.paused {
+                    Some(brake::Hold::Paused)
+                } else {
+                    view_incomplete.clone().map(brake::Hold::ViewIncomplete)
+                }
+            })
+            .collect(),
+    };
+    for (index, decision) in candidate_index.into_iter().zip(decisions) {
+        if let Some(hold) = decision {
+            holds.insert(index, hold);
+        }
+    }
+    holds
 }
 
 /// Why a delete was not made by a pass without `prune`.

@@ -229,6 +229,8 @@ fn config() -> EngineConfig {
         dry_run: false,
         resolution_cache: None,
         prune: true,
+        brake: None,
+        fence: None,
     }
 }
 
@@ -266,6 +268,8 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
         namespaces: NamespaceLabels::new(),
         view: ViewCompleteness::Complete,
         malformed: Vec::new(),
+        paused: false,
+        confirmed_revocations: None,
     }
 }
 
@@ -781,4 +785,194 @@ async fn a_denied_namespace_costs_no_lookup() {
         Some(reasons::NAMESPACE_NOT_ALLOWED)
     );
     assert_eq!(status.object_id, None);
+}
+
+// Grants for objects 1..=n made by a first pass; returns the fake with them in place.
+async fn granted(n: u8) -> FakeAzure {
+    let azure = FakeAzure::default();
+    let principals = (1..=n).map(object).collect();
+    run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", principals)]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("put"), usize::from(n));
+    azure
+}
+
+#[tokio::test]
+async fn an_incomplete_view_creates_but_revokes_nothing_and_says_why() {
+    let azure = granted(1).await;
+    // The object is gone from the view, and a new one appears: the view is not whole.
+    let mut incomplete = source(vec![access("team-b", "new", vec![object(2)])]);
+    incomplete.view = ViewCompleteness::Incomplete {
+        reason: "the Namespace watch answers 403".into(),
+    };
+    let outcome = run_pass(azure.azure(), &incomplete, &config(), now()).await;
+    assert_eq!(azure.calls("delete"), 0);
+    assert_eq!(azure.calls("put"), 2, "the new grant is made");
+    let (hold, count) = outcome.held.expect("a hold is reported");
+    assert_eq!((hold.reason(), count), ("ViewIncomplete", 1));
+    assert!(hold.message("prod").contains("403"));
+    // Once whole, the undeclared grant goes.
+    run_pass(
+        azure.azure(),
+        &source(vec![access("team-b", "new", vec![object(2)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("delete"), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_object_keeps_the_grants_its_status_names() {
+    let azure = granted(2).await;
+    let mut view = source(vec![]);
+    view.malformed = vec![MalformedObject {
+        key: ObjectKey {
+            namespace: "team-b".into(),
+            name: "broken".into(),
+        },
+        account_ref: Some("prod".into()),
+        recorded_object_ids: vec![oid(1).to_ascii_uppercase()],
+        error: "status.principals[0].grantedAt: out of range".into(),
+    }];
+    run_pass(azure.azure(), &view, &config(), now()).await;
+    let deleted: Vec<String> = azure
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.starts_with("delete"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        deleted.len(),
+        1,
+        "only the grant it does not name: {deleted:?}"
+    );
+    assert!(
+        azure
+            .assignments
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a.principal_id == oid(1)),
+        "the named grant stays"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_object_whose_status_names_nothing_keeps_the_grants_it_declared() {
+    let azure = granted(2).await;
+    let mut view = source(vec![]);
+    view.malformed = vec![MalformedObject {
+        key: ObjectKey {
+            namespace: "team-a".into(),
+            name: "chat".into(),
+        },
+        account_ref: None,
+        recorded_object_ids: vec![],
+        error: "spec.role: unknown variant".into(),
+    }];
+    let outcome = run_pass(azure.azure(), &view, &config(), now()).await;
+    assert_eq!(
+        azure.calls("delete"),
+        0,
+        "both markers say declared-by=team-a/chat"
+    );
+    assert_eq!(
+        outcome.held.map(|(h, n)| (h.reason(), n)),
+        Some(("ViewIncomplete", 2))
+    );
+}
+
+#[tokio::test]
+async fn a_paused_account_writes_nothing() {
+    let azure = granted(1).await;
+    let mut paused = source(vec![access("team-b", "new", vec![object(2)])]);
+    paused.paused = true;
+    let outcome = run_pass(azure.azure(), &paused, &config(), now()).await;
+    assert_eq!((azure.calls("put"), azure.calls("delete")), (1, 0));
+    assert_eq!(
+        outcome.held.map(|(h, n)| (h.reason(), n)),
+        Some(("Paused", 2))
+    );
+}
+
+#[derive(Debug)]
+struct LeaseEnds(Mutex<usize>);
+
+impl Fence for LeaseEnds {
+    // Allows this many writes, then refuses.
+    fn may_write(&self) -> Result<(), String> {
+        let mut left = self.0.lock().unwrap();
+        if *left == 0 {
+            return Err("lease ends in 1s, an attempt may take 5s".into());
+        }
+        *left -= 1;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_fenced_pass_stops_before_the_next_arm_write() {
+    let azure = FakeAzure::default();
+    let mut config = config();
+    config.fence = Some(std::sync::Arc::new(LeaseEnds(Mutex::new(1))));
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access(
+            "team-a",
+            "chat",
+            vec![object(1), object(2), object(3)],
+        )]),
+        &config,
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("put"), 1, "one write, then the fence closed");
+    assert!(
+        outcome
+            .fenced
+            .as_deref()
+            .is_some_and(|w| w.contains("lease"))
+    );
+    assert_eq!(
+        outcome
+            .results
+            .iter()
+            .filter(|r| matches!(r, WriteResult::NotAttempted))
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn the_brake_holds_a_mass_revocation_until_confirmed() {
+    let azure = granted(12).await;
+    let mut config = config();
+    config.brake = Some(std::sync::Arc::new(brake::Brake::new(brake::BrakeConfig {
+        budget: 100,
+        window: Duration::from_secs(600),
+        mass_share: 0.2,
+        mass_minimum: 10,
+        prune_grace: Duration::ZERO,
+    })));
+    // The object still names one principal: 11 of 12 owned grants would go.
+    let mut shrunk = access("team-a", "chat", vec![object(1)]);
+    shrunk.previous = None;
+    let held = run_pass(azure.azure(), &source(vec![shrunk.clone()]), &config, now()).await;
+    assert_eq!(azure.calls("delete"), 0);
+    assert_eq!(
+        held.held.map(|(h, n)| (h.reason(), n)),
+        Some(("RevocationsBlocked", 11))
+    );
+    let mut confirmed = source(vec![shrunk]);
+    confirmed.confirmed_revocations = Some(11);
+    run_pass(azure.azure(), &confirmed, &config, now()).await;
+    assert_eq!(azure.calls("delete"), 11);
 }

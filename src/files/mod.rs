@@ -157,6 +157,8 @@ pub async fn converge(
         prune: settings.prune,
         // One run resolves each principal once anyway.
         resolution_cache: None,
+        brake: None,
+        fence: None,
     };
 
     // An OpenAIAccess naming an account the files do not register cannot be planned.
@@ -207,6 +209,8 @@ pub async fn converge(
             // Manifests are read whole or rejected: the view is complete, nothing is malformed.
             view: ViewCompleteness::Complete,
             malformed: Vec::new(),
+            paused: false,
+            confirmed_revocations: None,
         })
         .collect();
 

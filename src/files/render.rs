@@ -349,7 +349,8 @@ pub fn account_report(source: &ScopeSource, outcome: &PassOutcome, mode: Mode) -
                         Some(GrantState::Denied) => Action::Denied,
                         Some(GrantState::Failed) => Action::Failed,
                         Some(GrantState::Pending) => Action::Pending,
-                        Some(GrantState::Granted | GrantState::Revoked) | None => Action::NoChange,
+                        Some(GrantState::Granted | GrantState::Revoked | GrantState::Unknown)
+                        | None => Action::NoChange,
                     };
                     (action, principal.message.clone().unwrap_or_default())
                 }

@@ -88,7 +88,63 @@ pub enum LeaderError {
     },
 }
 
+/// Lets a write through only while this replica's lease has at least one write attempt's time
+/// left, so a write can never land after the lease ended (and another replica took over).
+#[derive(Clone, Debug)]
+pub struct LeaseFence {
+    valid_until: watch::Receiver<Option<Instant>>,
+    margin: Duration,
+}
+
+impl LeaseFence {
+    /// Ok while the lease has at least the margin left; otherwise why not.
+    pub fn check(&self) -> Result<(), String> {
+        fence_verdict(*self.valid_until.borrow(), Instant::now(), self.margin)
+    }
+}
+
+fn fence_verdict(
+    valid_until: Option<Instant>,
+    now: Instant,
+    margin: Duration,
+) -> Result<(), String> {
+    match valid_until {
+        None => Err("this replica does not hold the lease".into()),
+        Some(until) => {
+            let left = until.saturating_duration_since(now);
+            if left >= margin {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the lease has {}ms left, less than one write attempt ({}ms)",
+                    left.as_millis(),
+                    margin.as_millis()
+                ))
+            }
+        }
+    }
+}
+
+impl crate::engine::Fence for LeaseFence {
+    fn may_write(&self) -> Result<(), String> {
+        self.check()
+    }
+}
+
 impl LeaseConfig {
+    /// A leader renews every `renew_interval` and keeps the lease `lease_duration` after a renewal,
+    /// so right after a renewal it has `lease_duration`, and just before the next one
+    /// `lease_duration - renew_interval`. A write attempt longer than that would be refused by the
+    /// fence before nearly every write: refuse the settings at start-up instead.
+    pub fn validate_fencing(&self, attempt_timeout: Duration) -> Result<(), LeaderError> {
+        if attempt_timeout >= self.lease_duration.saturating_sub(self.renew_interval) {
+            return Err(LeaderError::InvalidConfig(
+                "the Azure request timeout must be shorter than --lease-duration minus --lease-renew-interval, so a leader can always finish a write before its lease ends",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), LeaderError> {
         if self.name.is_empty() || self.namespace.is_empty() {
             return Err(LeaderError::InvalidConfig(
@@ -148,6 +204,8 @@ pub struct LeaderElection {
     observed: Option<(String, Instant)>,
     // While leading: when the last successful acquire or renew request was sent.
     renewed_at: Option<Instant>,
+    // The end of the lease as this replica knows it (None when not leading): the fence reads it.
+    valid_until: watch::Sender<Option<Instant>>,
 }
 
 impl std::fmt::Debug for LeaderElection {
@@ -179,6 +237,7 @@ impl LeaderElection {
             cached: None,
             observed: None,
             renewed_at: None,
+            valid_until: watch::channel(None).0,
         })
     }
 
@@ -215,11 +274,13 @@ impl LeaderElection {
             let wait = match attempt {
                 Ok(true) => {
                     self.renewed_at = Some(started);
+                    self.publish_deadline();
                     self.set_leading(true);
                     self.config.renew_interval
                 }
                 Ok(false) => {
                     self.renewed_at = None;
+                    self.publish_deadline();
                     self.set_leading(false);
                     self.config.retry_interval
                 }
@@ -250,6 +311,24 @@ impl LeaderElection {
         }
     }
 
+    /// A fence over this election's lease: it lets a write through only while the lease has at
+    /// least `margin` (one write attempt's timeout) left.
+    pub fn fence(&self, margin: Duration) -> LeaseFence {
+        LeaseFence {
+            valid_until: self.valid_until.subscribe(),
+            margin,
+        }
+    }
+
+    fn publish_deadline(&self) {
+        let deadline = self.deadline();
+        self.valid_until.send_if_modified(|current| {
+            let changed = *current != deadline;
+            *current = deadline;
+            changed
+        });
+    }
+
     fn deadline(&self) -> Option<Instant> {
         self.renewed_at.map(|at| at + self.config.lease_duration)
     }
@@ -275,6 +354,7 @@ impl LeaderElection {
     fn step_down(&mut self, why: &'static str) {
         tracing::warn!(holder = %self.config.holder_id, reason = why, "stepping down as leader");
         self.renewed_at = None;
+        self.publish_deadline();
         self.cached = None;
         self.set_leading(false);
     }
@@ -425,7 +505,9 @@ impl LeaderElection {
     // Gives the lease up so a standby need not wait out a full lease duration. Leadership is
     // withdrawn (the watch turns false) before the write, so this replica's leader work stops first.
     async fn release(&mut self) -> Result<(), LeaderError> {
-        if self.renewed_at.take().is_none() {
+        let held = self.renewed_at.take();
+        self.publish_deadline();
+        if held.is_none() {
             return Ok(());
         }
         self.set_leading(false);
@@ -1114,5 +1196,30 @@ mod tests {
         assert_eq!(config.lease_duration_seconds(), 2);
         config.lease_duration = Duration::from_secs(15);
         assert_eq!(config.lease_duration_seconds(), 15);
+    }
+
+    #[test]
+    fn the_fence_lets_writes_through_only_with_a_whole_attempt_of_lease_left() {
+        let now = Instant::now();
+        let margin = Duration::from_secs(5);
+        assert!(fence_verdict(Some(now + Duration::from_secs(6)), now, margin).is_ok());
+        assert!(fence_verdict(Some(now + Duration::from_secs(5)), now, margin).is_ok());
+        let short = fence_verdict(Some(now + Duration::from_secs(4)), now, margin);
+        assert!(
+            short.as_ref().is_err_and(|e| e.contains("4000ms")),
+            "{short:?}"
+        );
+        assert!(fence_verdict(Some(now), now + Duration::from_secs(1), margin).is_err());
+        assert!(fence_verdict(None, now, margin).is_err(), "not leading");
+    }
+
+    #[test]
+    fn an_attempt_timeout_longer_than_the_renewal_slack_is_refused_at_start_up() {
+        let mut config = config();
+        config.lease_duration = Duration::from_secs(15);
+        config.renew_interval = Duration::from_secs(5);
+        assert!(config.validate_fencing(Duration::from_secs(9)).is_ok());
+        assert!(config.validate_fencing(Duration::from_secs(10)).is_err());
+        assert!(config.validate_fencing(Duration::from_secs(30)).is_err());
     }
 }

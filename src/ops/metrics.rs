@@ -105,6 +105,20 @@ struct Inner {
     grants_by_account: Mutex<GrantCounts>,
     role_assignments: Family<SubscriptionLabels, U64Gauge>,
     leader: U64Gauge,
+    held: Family<ReasonLabels, U64Gauge>,
+    held_by_account: Mutex<BTreeMap<String, &'static str>>,
+    held_reasons_seen: Mutex<BTreeSet<&'static str>>,
+    object_write_failures: Family<KindLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
 }
 
 #[derive(Default)]
@@ -184,6 +198,19 @@ impl Metrics {
             leader.clone(),
         );
 
+        let held = Family::<ReasonLabels, U64Gauge>::default();
+        registry.register(
+            "accounts_with_revocations_held",
+            "Accounts whose revocations are held, deferred or paused, by reason (RevocationsBlocked, RevocationsDeferred, DeleteBudgetExhausted, ViewIncomplete, Paused)",
+            held.clone(),
+        );
+        let object_write_failures = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "object_write_failures",
+            "Writes to one object that failed (finalizer or status); the pass went on for the others",
+            object_write_failures.clone(),
+        );
+
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -195,6 +222,10 @@ impl Metrics {
                 grants_by_account: Mutex::new(GrantCounts::default()),
                 role_assignments,
                 leader,
+                held,
+                held_by_account: Mutex::new(BTreeMap::new()),
+                held_reasons_seen: Mutex::new(BTreeSet::new()),
+                object_write_failures,
             }),
         }
     }
@@ -277,6 +308,45 @@ impl Metrics {
                 subscription: subscription_label(subscription),
             })
             .set(count);
+    }
+
+    /// Sets why an account's revocations are held (None: they are not) and re-exports the number
+    /// of accounts per reason. The account name stays inside this process.
+    pub fn set_revocations_held(&self, account: &str, reason: Option<&'static str>) {
+        let mut by_account = self
+            .inner
+            .held_by_account
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut seen = self
+            .inner
+            .held_reasons_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(reason) => {
+                seen.insert(reason);
+                by_account.insert(account.to_owned(), reason);
+            }
+            None => {
+                by_account.remove(account);
+            }
+        }
+        for reason in seen.iter() {
+            let count = by_account.values().filter(|r| *r == reason).count() as u64;
+            self.inner
+                .held
+                .get_or_create(&ReasonLabels { reason })
+                .set(count);
+        }
+    }
+
+    /// Counts a failed write to one object: `kind` is `finalizer` or `status`.
+    pub fn object_write_failed(&self, kind: &'static str) {
+        self.inner
+            .object_write_failures
+            .get_or_create(&KindLabels { kind })
+            .inc();
     }
 
     /// Sets whether this replica leads.
@@ -766,5 +836,21 @@ mod tests {
             value(&samples, "keyless_reconciles_total", &[("result", "error")]),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn accounts_with_held_revocations_are_counted_by_reason_without_their_names() {
+        let metrics = Metrics::new();
+        metrics.set_revocations_held("prod", Some("RevocationsBlocked"));
+        metrics.set_revocations_held("staging", Some("RevocationsBlocked"));
+        metrics.set_revocations_held("staging", None);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "keyless_accounts_with_revocations_held{reason=\"RevocationsBlocked\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("prod"), "no account names in labels");
     }
 }

@@ -63,6 +63,10 @@ pub fn controller_config(instance: &str) -> ControllerConfig {
             federation_issuer: Some(ISSUER.into()),
             dry_run: false,
             prune: true,
+            // The brake is off unless a test turns it on (its budget and prune grace would slow
+            // the sweeps other tests assert); the controller's view and fence are always on.
+            brake: None,
+            fence: None,
             resolution_cache: Some(std::sync::Arc::new(keyless::engine::ResolutionCache::new(
                 Duration::from_secs(600),
             ))),
@@ -75,5 +79,10 @@ pub fn controller_config(instance: &str) -> ControllerConfig {
         http_addr: None,
         leader: None,
         assignment_count_interval: None,
+        view_failure_threshold: 3,
+        view_failure_ttl: Duration::from_secs(60),
+        view_poll_interval: Duration::from_millis(100),
+        // The tests' leases last 3 s with a 500 ms renewal: the fence margin must fit in between.
+        arm_attempt_timeout: Duration::from_secs(1),
     }
 }

@@ -1,0 +1,234 @@
+//! The OpenAIAccess as the controller watches it: typed when it parses, and otherwise still known —
+//! its metadata, `spec.accountRef.name`, the raw status and the object ids that status records —
+//! so a malformed object protects its grants instead of looking absent. (kube's
+//! `DeserializeGuard` keeps only the metadata, which cannot tell which grants the object holds.)
+
+use crate::api::{OpenAIAccess, OpenAIAccessSpec, OpenAIAccessStatus};
+use crate::plan::{MalformedObject, ObjectKey};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use std::borrow::Cow;
+
+/// Which part of the object failed to parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Spec,
+    Status,
+}
+
+impl Field {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::Spec => "spec",
+            Field::Status => "status",
+        }
+    }
+}
+
+/// What is known of an OpenAIAccess that does not parse as the typed object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unparsed {
+    pub field: Field,
+    pub error: String,
+    /// `spec.accountRef.name`, when it is a string.
+    pub account_ref: Option<String>,
+    /// `status.principals[].objectId` values, lowercase.
+    pub recorded_object_ids: Vec<String>,
+    /// The status as stored, to tell whether the stalled conditions are already written.
+    pub raw_status: Option<Value>,
+}
+
+/// An OpenAIAccess, parsed or not.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LenientAccess {
+    pub metadata: ObjectMeta,
+    pub parsed: Result<OpenAIAccess, Unparsed>,
+}
+
+impl LenientAccess {
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey {
+            namespace: self.metadata.namespace.clone().unwrap_or_default(),
+            name: self.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The engine's view of it when it did not parse.
+    pub fn malformed(&self) -> Option<MalformedObject> {
+        let unparsed = self.parsed.as_ref().err()?;
+        Some(MalformedObject {
+            key: self.key(),
+            account_ref: unparsed.account_ref.clone(),
+            recorded_object_ids: unparsed.recorded_object_ids.clone(),
+            error: format!("{}: {}", unparsed.field.as_str(), unparsed.error),
+        })
+    }
+
+    /// Whether it names this account (an unreadable reference may name any).
+    pub fn may_name(&self, account: &str) -> bool {
+        match &self.parsed {
+            Ok(access) => access.spec.account_ref.name == account,
+            Err(unparsed) => unparsed.account_ref.as_deref().is_none_or(|a| a == account),
+        }
+    }
+
+    /// Parses one object as the API server sent it.
+    pub fn from_value(value: Value) -> Result<Self, serde_json::Error> {
+        let metadata: ObjectMeta =
+            serde_json::from_value(value.get("metadata").cloned().unwrap_or(Value::Null))?;
+        let parsed = match serde_json::from_value::<OpenAIAccess>(value.clone()) {
+            Ok(access) => Ok(access),
+            Err(error) => {
+                let spec_error = serde_json::from_value::<OpenAIAccessSpec>(
+                    value.get("spec").cloned().unwrap_or(Value::Null),
+                )
+                .err();
+                let status_error = value
+                    .get("status")
+                    .filter(|s| !s.is_null())
+                    .and_then(|s| serde_json::from_value::<OpenAIAccessStatus>(s.clone()).err());
+                // Name the part that is really at fault: the spec if it fails alone, else the status.
+                let (field, error) = match (spec_error, status_error) {
+                    (Some(e), _) => (Field::Spec, e.to_string()),
+                    (None, Some(e)) => (Field::Status, e.to_string()),
+                    (None, None) => (Field::Spec, error.to_string()),
+                };
+                let recorded_object_ids = value
+                    .pointer("/status/principals")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.get("objectId").and_then(Value::as_str))
+                    .map(str::to_ascii_lowercase)
+                    .collect();
+                Err(Unparsed {
+                    field,
+                    error,
+                    account_ref: value
+                        .pointer("/spec/accountRef/name")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                    recorded_object_ids,
+                    raw_status: value.get("status").cloned(),
+                })
+            }
+        };
+        Ok(LenientAccess { metadata, parsed })
+    }
+}
+
+impl<'de> Deserialize<'de> for LenientAccess {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        LenientAccess::from_value(value).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Resource for LenientAccess {
+    type DynamicType = ();
+    type Scope = <OpenAIAccess as Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        OpenAIAccess::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        OpenAIAccess::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        OpenAIAccess::version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        OpenAIAccess::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(spec: Value, status: Value) -> Value {
+        json!({
+            "apiVersion": "keyless.dev/v1alpha1",
+            "kind": "OpenAIAccess",
+            "metadata": {"name": "chat", "namespace": "team-a", "finalizers": ["keyless.dev/cleanup"]},
+            "spec": spec,
+            "status": status,
+        })
+    }
+
+    fn good_spec() -> Value {
+        json!({"accountRef": {"name": "prod"}, "role": "OpenAIUser", "principals": [{"user": "alice@contoso.com"}]})
+    }
+
+    #[test]
+    fn a_valid_object_parses_typed() {
+        let access = LenientAccess::from_value(object(good_spec(), json!(null))).unwrap();
+        assert!(access.parsed.is_ok());
+        assert!(access.may_name("prod"));
+        assert!(!access.may_name("staging"));
+    }
+
+    #[test]
+    fn a_status_the_type_rejects_keeps_the_spec_reference_and_the_recorded_object_ids() {
+        let status = json!({"principals": [
+            {"principal": "user:alice@contoso.com", "objectId": "82F6C951-EA04-4434-A839-F80B32AA6337",
+             "state": "Granted", "grantedAt": "+99999-01-01T00:00:00Z"}
+        ]});
+        let access = LenientAccess::from_value(object(good_spec(), status.clone())).unwrap();
+        let unparsed = access.parsed.as_ref().unwrap_err();
+        assert_eq!(unparsed.field, Field::Status, "{}", unparsed.error);
+        assert_eq!(unparsed.account_ref.as_deref(), Some("prod"));
+        assert_eq!(
+            unparsed.recorded_object_ids,
+            ["82f6c951-ea04-4434-a839-f80b32aa6337"]
+        );
+        assert_eq!(unparsed.raw_status.as_ref(), Some(&status));
+        let malformed = access.malformed().unwrap();
+        assert_eq!(malformed.key.to_string(), "team-a/chat");
+        assert!(
+            malformed.error.starts_with("status: "),
+            "{}",
+            malformed.error
+        );
+    }
+
+    #[test]
+    fn a_spec_the_type_rejects_is_named_as_the_spec() {
+        let spec = json!({"accountRef": {"name": "prod"}, "role": "Owner", "principals": []});
+        let access = LenientAccess::from_value(object(spec, json!(null))).unwrap();
+        let unparsed = access.parsed.as_ref().unwrap_err();
+        assert_eq!(unparsed.field, Field::Spec, "{}", unparsed.error);
+        assert!(access.may_name("prod"));
+    }
+
+    #[test]
+    fn an_unreadable_account_reference_may_name_any_account() {
+        let spec = json!({"accountRef": {"name": 7}, "role": "OpenAIUser", "principals": []});
+        let access = LenientAccess::from_value(object(spec, json!(null))).unwrap();
+        assert!(access.may_name("prod") && access.may_name("staging"));
+    }
+
+    #[test]
+    fn an_unknown_grant_state_from_a_newer_version_still_parses() {
+        let status = json!({"principals": [
+            {"principal": "user:alice@contoso.com", "state": "Suspended"}
+        ]});
+        let access = LenientAccess::from_value(object(good_spec(), status)).unwrap();
+        let access = access
+            .parsed
+            .expect("an unknown state is Unknown, not a parse error");
+        assert_eq!(
+            access.status.unwrap().principals[0].state,
+            Some(crate::api::GrantState::Unknown)
+        );
+    }
+}
