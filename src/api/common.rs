@@ -50,6 +50,9 @@ pub mod condition_types {
     pub const TOKEN_AUTH_SUPPORTED: &str = "TokenAuthSupported";
     /// On OpenAIAccount: True when another account registers the same resource id first.
     pub const CONFLICT: &str = "Conflict";
+    /// On OpenAIAccount: True when another keyless installation writes markers with this one's
+    /// instance id (another fingerprint): nothing on the account is deleted while it lasts.
+    pub const INSTANCE_ID_COLLISION: &str = "InstanceIdCollision";
 }
 
 /// Reasons used in conditions, per-principal status and events. A bounded set: safe as metric labels.

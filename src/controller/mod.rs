@@ -156,6 +156,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), RunError> {
     check_crds(&client).await?;
+    let config = with_cluster_fingerprint(&client, config).await;
     let shutdown: Shared<BoxFuture<'static, ()>> = shutdown.boxed().shared();
     let metrics = Metrics::new();
     let observed = metrics.clone();
@@ -451,6 +452,42 @@ fn accesses_referencing(
         .filter(|a| a.may_name(account))
         .map(|a| ObjectRef::from(a.as_ref()))
         .collect()
+}
+
+/// Puts this cluster's fingerprint, the `kube-system` namespace's UID, beside the instance id in
+/// every marker (unless the config already carries one): two clusters installed with one instance
+/// id then see each other's markers as a collision instead of as their own grants. Without it
+/// (the namespace cannot be read) markers carry no fingerprint and keyless behaves as before.
+async fn with_cluster_fingerprint(
+    client: &Client,
+    mut config: ControllerConfig,
+) -> ControllerConfig {
+    if config.engine.instance.fingerprint().is_some() {
+        return config;
+    }
+    match Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await
+    {
+        Ok(namespace) => match namespace
+            .metadata
+            .uid
+            .as_deref()
+            .map(|uid| config.engine.instance.clone().with_fingerprint(uid))
+        {
+            Some(Ok(instance)) => {
+                tracing::info!(fingerprint = instance.fingerprint(), "cluster fingerprint");
+                config.engine.instance = instance;
+            }
+            _ => tracing::warn!(
+                "the kube-system namespace has no usable UID: markers carry no cluster fingerprint"
+            ),
+        },
+        Err(error) => {
+            tracing::warn!(%error, "could not read the kube-system namespace: markers carry no cluster fingerprint, so two clusters given one instance id are not told apart")
+        }
+    }
+    config
 }
 
 /// `keyless run`: connect to the cluster and Azure, then reconcile until SIGTERM or Ctrl-C.

@@ -864,6 +864,20 @@ fn account_status(
             now,
         ));
     }
+    // Only while it lasts: two installations with one id delete nothing on this account.
+    if let Some(collision) = outcome
+        .plan
+        .as_ref()
+        .and_then(|p| p.instance_collision.clone())
+    {
+        conditions.push(condition(
+            condition_types::INSTANCE_ID_COLLISION,
+            (true, "InstanceIdShared", collision),
+            generation,
+            previous,
+            now,
+        ));
+    }
     OpenAIAccountStatus {
         observed_generation: generation,
         conditions,

@@ -53,6 +53,13 @@ pub struct FileModeArgs {
     #[arg(long, env = "KEYLESS_INSTANCE_ID", value_parser = parse_instance_id)]
     pub instance_id: Option<InstanceId>,
 
+    /// Tells this pipeline apart from another installation given the same --instance-id: written
+    /// into every marker beside the id. A role assignment with this id and another fingerprint stops
+    /// every delete on its account. Use something fixed per pipeline (a repository and environment
+    /// id); letters, digits, '.', '_' and '-', at most 63 characters.
+    #[arg(long, env = "KEYLESS_INSTANCE_FINGERPRINT", requires = "instance_id", value_parser = parse_fingerprint)]
+    pub instance_fingerprint: Option<String>,
+
     /// Also delete role assignments this instance created for objects (or principals) no longer in
     /// the files — only on the accounts the files name. Without it, only grants the files still
     /// name but no longer allow (denied, expired) are revoked.
@@ -107,6 +114,12 @@ pub struct DoctorArgs {
     pub emulator: EmulatorFlags,
     #[command(flatten)]
     pub azure: AzureArgs,
+}
+
+fn parse_fingerprint(value: &str) -> Result<String, String> {
+    InstanceId::new(value)
+        .map(|_| value.to_string())
+        .map_err(|_| format!("fingerprint {value:?} must be 1 to 63 characters of letters, digits, '.', '_' or '-'"))
 }
 
 fn parse_instance_id(value: &str) -> Result<InstanceId, String> {

@@ -59,7 +59,14 @@ const NO_INSTANCE: &str = "plan-without-instance-id";
 pub async fn run(args: &FileModeArgs, mode: Mode) -> Result<Report, FilesError> {
     let manifests = load::load(&args.manifests.paths, args.manifests.recursive)?;
     let instance = match (&args.instance_id, args.emulator.emulator, mode) {
-        (Some(id), _, _) => Some(id.clone()),
+        (Some(id), _, _) => Some(match &args.instance_fingerprint {
+            // Validated by the argument parser.
+            Some(fingerprint) => id
+                .clone()
+                .with_fingerprint(fingerprint)
+                .unwrap_or(id.clone()),
+            None => id.clone(),
+        }),
         (None, true, _) => InstanceId::new(args::EMULATOR_INSTANCE_ID).ok(),
         (None, false, Mode::Apply) => return Err(FilesError::InstanceIdRequired),
         (None, false, Mode::Plan) => None,

@@ -14,7 +14,7 @@ use super::desired::{Decision, Desired, ObjectDecisions};
 use super::eligibility::NamespaceVerdict;
 use super::model::{NewAssignment, ObservedAssignment, PrincipalType};
 use super::ownership::{
-    assignment_name, declared_by, is_owned_by, ownership_marker, released_marker,
+    Marker, declared_by, grant_name, is_owned_by, marker_of, ownership_marker, released_marker,
 };
 use super::planner::{GrantKey, ObjectKey, Observation, PlanInput, Write};
 use crate::api::{DeletionPolicy, RoleName, reasons};
@@ -29,6 +29,8 @@ pub struct Diff<'a> {
     pub observed: HashMap<GrantKey, &'a ObservedAssignment>,
     /// Owned assignments nobody declares that stay this pass, and why.
     pub kept: BTreeMap<GrantKey, String>,
+    /// Another installation writes markers with our instance id (and another fingerprint).
+    pub instance_collision: Option<String>,
 }
 
 impl Diff<'_> {
@@ -96,7 +98,7 @@ pub fn diff<'a>(
             creates.push(Write::Create {
                 assignment: NewAssignment {
                     scope: scope.clone(),
-                    name: assignment_name(scope, &grant.principal_id, grant.role),
+                    name: grant_name(input.instance, scope, &grant.principal_id, grant.role),
                     principal_id: grant.principal_id.clone(),
                     principal_type: declared.principal_type,
                     role: grant.role,
@@ -107,7 +109,20 @@ pub fn diff<'a>(
         }
     }
 
-    let blocked = deletions_blocked(input);
+    // Two installations given one id would each take the other's grants for its own: an
+    // assignment with our id and another fingerprint stops every delete and release here.
+    let instance_collision = at_scope.iter().find_map(|(_, assignment)| {
+        match marker_of(assignment.description.as_deref(), input.instance) {
+            Marker::Collision { fingerprint } => Some(format!(
+                "another keyless installation uses instance id {} (role assignment {} carries fingerprint {fingerprint}, this installation's is {}): deleting nothing on this account until one of them gets another instance id",
+                input.instance,
+                assignment.name,
+                input.instance.fingerprint().unwrap_or("none"),
+            )),
+            Marker::Ours | Marker::NotOurs => None,
+        }
+    });
+    let blocked = deletions_blocked(input).or_else(|| instance_collision.clone());
     let mut releases = Vec::new();
     let mut deletes = Vec::new();
     let mut deferred_deletes = 0;
@@ -208,6 +223,7 @@ pub fn diff<'a>(
         deletions_blocked: blocked,
         observed,
         kept,
+        instance_collision,
     }
 }
 

@@ -1,6 +1,16 @@
 //! Grant names and ownership. An assignment is keyless's only if its description carries keyless's
 //! marker with *this* instance id — never because of its name: a name can be guessed or reused, and
 //! two installations (two clusters, or a cluster and a pipeline) must never delete each other's grants.
+//!
+//! Names are UUIDv5 over (instance id, scope, principal, role), so a second instance's PUT for the
+//! same grant gets 409 RoleAssignmentExists and adopts instead of rewriting the first one's marker.
+//! Grants named the old way (without the instance) are still recognised: the diff matches observed
+//! assignments by (scope, principal, role), never by name.
+//!
+//! The marker carries the installation's fingerprint (the `kube-system` namespace's UID, or
+//! `--instance-fingerprint` in file mode): an assignment with our instance id and another
+//! fingerprint means two installations share an id. It is not ours, and nothing on that account is
+//! deleted until the ids are told apart.
 
 use crate::api::RoleName;
 use crate::plan::scope::AccountScope;
@@ -15,8 +25,27 @@ const MARKER_PREFIX: &str = "keyless:v1";
 /// ARM recommends descriptions of at most 512 characters.
 pub const MAX_DESCRIPTION_LEN: usize = 512;
 
-/// The deterministic name of the grant (scope, principal, role): UUIDv5 over
-/// `lower(scope) "|" lower(principal object id) "|" lower(role GUID)`.
+/// The name keyless gives a new grant: UUIDv5 over
+/// `instance id "|" lower(scope) "|" lower(principal object id) "|" lower(role GUID)`.
+pub fn grant_name(
+    instance: &InstanceId,
+    scope: &AccountScope,
+    principal_id: &str,
+    role: RoleName,
+) -> Uuid {
+    let input = format!(
+        "{}|{}|{}|{}",
+        instance.as_str(),
+        scope.to_string().to_ascii_lowercase(),
+        principal_id.to_ascii_lowercase(),
+        role.definition_guid()
+    );
+    Uuid::new_v5(&NAME_NAMESPACE, input.as_bytes())
+}
+
+/// The name keyless gave grants before names carried the instance: UUIDv5 over
+/// `lower(scope) "|" lower(principal object id) "|" lower(role GUID)`. Such grants are still
+/// recognised (by their triple and marker); new ones are named by [`grant_name`].
 pub fn assignment_name(scope: &AccountScope, principal_id: &str, role: RoleName) -> Uuid {
     let input = format!(
         "{}|{}|{}",
@@ -27,9 +56,13 @@ pub fn assignment_name(scope: &AccountScope, principal_id: &str, role: RoleName)
     Uuid::new_v5(&NAME_NAMESPACE, input.as_bytes())
 }
 
-/// An installation of keyless: what ownership markers name.
+/// An installation of keyless: what ownership markers name. The optional fingerprint tells apart
+/// two installations that were given the same id (two clusters installed the same way).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceId(String);
+pub struct InstanceId {
+    id: String,
+    fingerprint: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("instance id {0:?} must be 1 to 63 characters of letters, digits, '.', '_' or '-'")]
@@ -42,29 +75,50 @@ impl InstanceId {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if valid {
-            Ok(InstanceId(value.to_string()))
+            Ok(InstanceId {
+                id: value.to_string(),
+                fingerprint: None,
+            })
         } else {
             Err(InvalidInstanceId(value.to_string()))
         }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    /// This installation's fingerprint (a Kubernetes UID, or what `--instance-fingerprint` says):
+    /// the same character rules as the id, so markers still parse.
+    pub fn with_fingerprint(mut self, fingerprint: &str) -> Result<InstanceId, InvalidInstanceId> {
+        InstanceId::new(fingerprint)?;
+        self.fingerprint = Some(fingerprint.to_ascii_lowercase());
+        Ok(self)
+    }
+
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
     }
 }
 
 impl std::fmt::Display for InstanceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 
-/// The description keyless writes: `keyless:v1 instance=<id> declared-by=<ns>/<name>`. The
+/// The description keyless writes:
+/// `keyless:v1 instance=<id> [fingerprint=<fingerprint>] declared-by=<ns>/<name>`. The
 /// declaring object is for humans reading the portal, and it scopes protection: an object whose
 /// principals failed to resolve (or that could not be read) keeps the grants it declared. It only
 /// ever keeps a grant, never deletes one.
 pub fn ownership_marker(instance: &InstanceId, declared_by: &str) -> String {
-    let mut marker = format!("{MARKER_PREFIX} instance={instance} declared-by={declared_by}");
+    let fingerprint = instance
+        .fingerprint()
+        .map(|f| format!(" fingerprint={f}"))
+        .unwrap_or_default();
+    let mut marker =
+        format!("{MARKER_PREFIX} instance={instance}{fingerprint} declared-by={declared_by}");
     if marker.len() > MAX_DESCRIPTION_LEN {
         let mut cut = MAX_DESCRIPTION_LEN;
         while !marker.is_char_boundary(cut) {
@@ -94,14 +148,41 @@ pub fn declared_by(description: Option<&str>) -> Option<&str> {
         .find_map(|w| w.strip_prefix("declared-by="))
 }
 
-/// True when the description is this instance's marker.
-pub fn is_owned_by(description: Option<&str>, instance: &InstanceId) -> bool {
+/// Whose marker a description is, as far as this instance is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marker<'d> {
+    /// This instance's: our id, and our fingerprint or none (a marker written before fingerprints,
+    /// or by an instance that has none).
+    Ours,
+    /// Our id with another fingerprint: another installation was given our id.
+    Collision { fingerprint: &'d str },
+    /// Anything else: another instance's, a released grant, no marker at all.
+    NotOurs,
+}
+
+/// Reads a description against this instance.
+pub fn marker_of<'d>(description: Option<&'d str>, instance: &InstanceId) -> Marker<'d> {
     let Some(description) = description else {
-        return false;
+        return Marker::NotOurs;
     };
     let mut words = description.split(' ');
-    words.next() == Some(MARKER_PREFIX)
-        && words.next() == Some(format!("instance={instance}").as_str())
+    if words.next() != Some(MARKER_PREFIX)
+        || words.next() != Some(format!("instance={instance}").as_str())
+    {
+        return Marker::NotOurs;
+    }
+    let theirs = words.next().and_then(|w| w.strip_prefix("fingerprint="));
+    match (theirs, instance.fingerprint()) {
+        (Some(theirs), Some(ours)) if !theirs.eq_ignore_ascii_case(ours) => Marker::Collision {
+            fingerprint: theirs,
+        },
+        _ => Marker::Ours,
+    }
+}
+
+/// True when the description is this instance's marker.
+pub fn is_owned_by(description: Option<&str>, instance: &InstanceId) -> bool {
+    marker_of(description, instance) == Marker::Ours
 }
 
 #[cfg(test)]
@@ -138,6 +219,73 @@ mod tests {
         assert_eq!(
             NAME_NAMESPACE.to_string(),
             "6f1f5a3e-2b8c-4e8a-9d6b-3c0a7e5b2d41"
+        );
+    }
+
+    // Golden, computed independently: Python's uuid.uuid5(NAME_NAMESPACE,
+    // "cluster-a|" + lower(scope) + "|1111…|5e0bd9bd-7b93-4f28-af87-19fc36ad61bd").
+    #[test]
+    fn new_grant_names_carry_the_instance_and_are_pinned() {
+        let a = InstanceId::new("cluster-a").unwrap();
+        let principal = "11111111-1111-1111-1111-111111111111";
+        assert_eq!(
+            grant_name(&a, &scope(), principal, RoleName::OpenAIUser).to_string(),
+            "fa39d7f5-504e-59ef-90f2-50af65d552a1"
+        );
+        let b = InstanceId::new("cluster-b").unwrap();
+        assert_ne!(
+            grant_name(&a, &scope(), principal, RoleName::OpenAIUser),
+            grant_name(&b, &scope(), principal, RoleName::OpenAIUser),
+            "two instances never share a name, so the second gets 409 and adopts"
+        );
+        assert_eq!(
+            grant_name(
+                &a.clone().with_fingerprint("f-1").unwrap(),
+                &scope(),
+                principal,
+                RoleName::OpenAIUser
+            ),
+            grant_name(&a, &scope(), principal, RoleName::OpenAIUser),
+            "the fingerprint is not part of the name"
+        );
+    }
+
+    #[test]
+    fn the_fingerprint_tells_two_installations_with_one_id_apart() {
+        let here = InstanceId::new("cluster-a")
+            .unwrap()
+            .with_fingerprint("0f8fad5b-d9cb-469f-a165-70867728950e")
+            .unwrap();
+        let there = InstanceId::new("cluster-a")
+            .unwrap()
+            .with_fingerprint("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+            .unwrap();
+        let unfingerprinted = InstanceId::new("cluster-a").unwrap();
+        let ours = ownership_marker(&here, "team/chat");
+        assert_eq!(
+            ours,
+            "keyless:v1 instance=cluster-a fingerprint=0f8fad5b-d9cb-469f-a165-70867728950e declared-by=team/chat"
+        );
+        assert_eq!(declared_by(Some(&ours)), Some("team/chat"));
+        assert!(is_owned_by(Some(&ours), &here));
+        assert_eq!(
+            marker_of(Some(&ours), &there),
+            Marker::Collision {
+                fingerprint: "0f8fad5b-d9cb-469f-a165-70867728950e"
+            }
+        );
+        assert!(!is_owned_by(Some(&ours), &there));
+        // A marker from before fingerprints, and an instance without one, still match.
+        assert!(is_owned_by(
+            Some(&ownership_marker(&unfingerprinted, "team/chat")),
+            &here
+        ));
+        assert!(is_owned_by(Some(&ours), &unfingerprinted));
+        assert!(
+            InstanceId::new("a")
+                .unwrap()
+                .with_fingerprint("has space")
+                .is_err()
         );
     }
 

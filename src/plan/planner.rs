@@ -167,6 +167,9 @@ pub struct Plan {
     pub deletions_blocked: Option<String>,
     /// Grants made without federation where the account leaves it optional: worth a warning.
     pub findings: Vec<(ObjectKey, String)>,
+    /// Another installation writes markers with this instance id: the `InstanceIdCollision`
+    /// condition's message. Deletes and releases stop on the account while it lasts.
+    pub instance_collision: Option<String>,
 }
 
 impl Plan {
@@ -218,6 +221,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         account_cleanup,
         deferred_deletes: diff.deferred_deletes,
         deletions_blocked: diff.deletions_blocked,
+        instance_collision: diff.instance_collision,
     }
 }
 

@@ -12,7 +12,7 @@
 use super::desired::{Decision, Desired, ObjectDecisions, PrincipalDecision};
 use super::diff::Diff;
 use super::model::assignment_id;
-use super::ownership::{assignment_name, is_owned_by};
+use super::ownership::{grant_name, is_owned_by};
 use super::planner::{AccessOutcome, Cleanup, GrantKey, Observation, PlanInput, Write};
 use super::resolution::FailureClass;
 use crate::api::common::Time;
@@ -185,7 +185,7 @@ pub fn project(
                         );
                         status.role_assignment_id = Some(assignment_id(
                             scope,
-                            &assignment_name(scope, object_id, role).to_string(),
+                            &grant_name(input.instance, scope, object_id, role).to_string(),
                         ));
                     }
                 }

@@ -1,6 +1,6 @@
 //! The planner's rules, one table row or test each, and its invariants as properties.
 
-use super::ownership::{assignment_name, ownership_marker};
+use super::ownership::{assignment_name, grant_name, ownership_marker};
 use super::planner::*;
 use super::policy::NamespaceLabels;
 use super::*;
@@ -25,6 +25,19 @@ fn us() -> InstanceId {
 
 fn them() -> InstanceId {
     InstanceId::new("cluster-b").unwrap()
+}
+
+// Another cluster installed with our id: same id, another fingerprint.
+fn twin() -> InstanceId {
+    InstanceId::new("cluster-a")
+        .unwrap()
+        .with_fingerprint("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+        .unwrap()
+}
+
+fn us_fingerprinted() -> InstanceId {
+    us().with_fingerprint("0f8fad5b-d9cb-469f-a165-70867728950e")
+        .unwrap()
 }
 
 fn now() -> Timestamp {
@@ -170,6 +183,11 @@ fn theirs(n: u8) -> ObservedAssignment {
     mk_observed(n, &name, Some(ownership_marker(&them(), "team-a/chat")))
 }
 
+fn twins(n: u8) -> ObservedAssignment {
+    let name = grant_name(&twin(), &scope(), &oid(n), RoleName::OpenAIUser).to_string();
+    mk_observed(n, &name, Some(ownership_marker(&twin(), "team-a/chat")))
+}
+
 fn bicep(n: u8) -> ObservedAssignment {
     mk_observed(n, "9d3e5b1a-7c2f-4e8d-b6a0-1f2e3d4c5b6a", None)
 }
@@ -182,6 +200,7 @@ struct World {
     namespaces: NamespaceLabels,
     view: ViewCompleteness,
     malformed: Vec<MalformedObject>,
+    instance: InstanceId,
 }
 
 impl World {
@@ -194,12 +213,13 @@ impl World {
             namespaces: NamespaceLabels::new(),
             view: ViewCompleteness::Complete,
             malformed: Vec::new(),
+            instance: us(),
         }
     }
 
     fn plan(&self) -> Plan {
         let scope = scope();
-        let instance = us();
+        let instance = self.instance.clone();
         plan(&PlanInput {
             scope: &scope,
             account: &self.account,
@@ -253,13 +273,73 @@ fn state_of(plan: &Plan, object: usize, principal: usize) -> (Option<GrantState>
 }
 
 #[test]
+fn a_grant_named_the_old_way_is_still_recognised_as_ours() {
+    let legacy = ours(1);
+    assert_eq!(
+        legacy.name,
+        assignment_name(&scope(), &oid(1), RoleName::OpenAIUser).to_string()
+    );
+    let kept = World::new(
+        vec![mk_access("team-a", "chat", &[1])],
+        vec![legacy.clone()],
+    )
+    .plan();
+    assert!(
+        kept.is_noop(),
+        "declared: kept, not created again: {:?}",
+        kept.writes
+    );
+    assert_eq!(
+        state_of(&kept, 0, 0).0,
+        Some(GrantState::Granted),
+        "reported as this keyless's grant"
+    );
+    let gone = World::new(vec![], vec![legacy.clone()]).plan();
+    assert_eq!(
+        deletes(&gone),
+        vec![&legacy],
+        "undeclared: deleted like any of ours"
+    );
+}
+
+#[test]
+fn our_instance_id_with_another_fingerprint_stops_every_delete_on_the_account() {
+    let mut world = World::new(
+        vec![mk_access("team-a", "chat", &[3])],
+        vec![ours(1), twins(2)],
+    );
+    world.instance = us_fingerprinted();
+    let plan = world.plan();
+    assert!(deletes(&plan).is_empty(), "{:?}", plan.writes);
+    let collision = plan.instance_collision.as_deref().unwrap_or_default();
+    assert!(
+        collision.contains("instance id cluster-a")
+            && collision.contains("7c9e6679-7425-40de-944b-e07fc1f90ae7"),
+        "{collision}"
+    );
+    assert_eq!(plan.deletions_blocked.as_deref(), Some(collision));
+    // Creating what is declared and missing still happens: it writes only our own names.
+    assert_eq!(creates(&plan).len(), 1);
+    // Without the twin, our undeclared grant goes.
+    world.observation = Observation::Complete(vec![ours(1)]);
+    let plan = world.plan();
+    assert_eq!(deletes(&plan), vec![&ours(1)]);
+    assert_eq!(plan.instance_collision, None);
+}
+
+#[test]
 fn a_missing_grant_is_created_with_the_deterministic_name_and_our_marker() {
     let plan = World::new(vec![mk_access("team-a", "chat", &[1])], vec![]).plan();
     let created = creates(&plan);
     assert_eq!(created.len(), 1);
     assert_eq!(
         created[0].name,
-        assignment_name(&scope(), &oid(1), RoleName::OpenAIUser)
+        grant_name(&us(), &scope(), &oid(1), RoleName::OpenAIUser)
+    );
+    assert_ne!(
+        created[0].name,
+        assignment_name(&scope(), &oid(1), RoleName::OpenAIUser),
+        "new grants are named with the instance"
     );
     assert_eq!(created[0].principal_type, PrincipalType::User);
     assert_eq!(
@@ -809,7 +889,7 @@ fn arb_access() -> impl Strategy<Value = ArbAccess> {
 fn arb_world() -> impl Strategy<Value = (Vec<ArbAccess>, Vec<(u8, u8)>, bool, usize)> {
     (
         prop::collection::vec(arb_access(), 0..5),
-        prop::collection::vec((0..6u8, 0..3u8), 0..6), // (object id, owner: 0 us, 1 them, 2 nobody)
+        prop::collection::vec((0..6u8, 0..4u8), 0..6), // (object id, owner: 0 us, 1 them, 2 nobody, 3 our id on another cluster)
         prop::bool::weighted(0.1),
         1..10usize,
     )
@@ -871,10 +951,12 @@ fn build(
         .map(|(n, owner)| match owner {
             0 => ours(*n),
             1 => theirs(*n),
+            3 => twins(*n),
             _ => bicep(*n),
         })
         .collect();
     let mut world = World::new(accesses, observed);
+    world.instance = us_fingerprinted();
     world.account.spec.allowed_namespaces = Some(AllowedNamespaces {
         names: vec!["team-a".into(), "team-b".into()],
         selector: Some(crate::api::common::LabelSelector {
@@ -969,17 +1051,41 @@ proptest! {
         let plan = world.plan();
         for write in &plan.writes {
             match write {
-                Write::Delete { assignment, .. } => prop_assert!(super::ownership::is_owned_by(assignment.description.as_deref(), &us())),
+                Write::Delete { assignment, .. } => prop_assert!(super::ownership::is_owned_by(assignment.description.as_deref(), &world.instance)),
                 Write::Release { id, .. } => {
                     let Observation::Complete(list) = &world.observation else { unreachable!() };
                     let target = list.iter().find(|a| &a.id == id).unwrap();
-                    prop_assert!(super::ownership::is_owned_by(target.description.as_deref(), &us()));
+                    prop_assert!(super::ownership::is_owned_by(target.description.as_deref(), &world.instance));
                 }
                 Write::Create { assignment, .. } => {
                     let Observation::Complete(list) = &world.observation else { unreachable!() };
                     prop_assert!(!list.iter().any(|a| a.principal_id == assignment.principal_id), "a create never duplicates an existing grant");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn no_assignment_whose_marker_names_another_instance_is_ever_written_or_deleted((accesses, observed, deleting, limit) in arb_world()) {
+        let world = build(&accesses, &observed, deleting, limit);
+        let plan = world.plan();
+        let Observation::Complete(list) = &world.observation else { unreachable!() };
+        let foreign: Vec<&ObservedAssignment> = list
+            .iter()
+            .filter(|a| a.description.as_deref().is_some_and(|d| d.starts_with("keyless:v1")) && !super::ownership::is_owned_by(a.description.as_deref(), &world.instance))
+            .collect();
+        for write in &plan.writes {
+            let touched = match write {
+                Write::Delete { assignment, .. } => assignment.id.clone(),
+                Write::Release { id, .. } => id.clone(),
+                Write::Create { assignment, .. } => assignment.id(),
+            };
+            prop_assert!(!foreign.iter().any(|a| a.id.eq_ignore_ascii_case(&touched)), "{write:?} touches another instance's assignment");
+        }
+        // Our id with another fingerprint: nothing on the account is deleted or released.
+        if list.iter().any(|a| super::ownership::marker_of(a.description.as_deref(), &world.instance) != super::ownership::Marker::Ours && a.description.as_deref().is_some_and(|d| d.starts_with("keyless:v1 instance=cluster-a "))) {
+            prop_assert!(plan.instance_collision.is_some());
+            prop_assert!(plan.writes.iter().all(|w| matches!(w, Write::Create { .. })), "{:?}", plan.writes);
         }
     }
 
@@ -1011,7 +1117,7 @@ proptest! {
         let after = apply(&world, &plan);
         let declared = live_declared(&world);
         let protected = protected_by_failures(&world);
-        for a in after.iter().filter(|a| super::ownership::is_owned_by(a.description.as_deref(), &us())) {
+        for a in after.iter().filter(|a| super::ownership::is_owned_by(a.description.as_deref(), &world.instance)) {
             prop_assert!(declared.contains(&a.principal_id) || protected.contains(&a.principal_id), "{} is still held", a.principal_id);
         }
         // And nothing is created for a namespace that is not allowed.
