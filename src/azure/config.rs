@@ -39,7 +39,7 @@ impl Default for AzureConfig {
             identity_subscriptions: Vec::new(),
             identity_cache_ttl: Duration::from_secs(600),
             role_definition_cache_ttl: Duration::from_secs(6 * 3600),
-            timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(8),
             retry: RetryConfig::default(),
             pacing: PacingConfig::default(),
         }
@@ -136,8 +136,10 @@ pub struct AzureArgs {
     #[arg(long, env = "KEYLESS_FEDERATED_TOKEN_FILE")]
     pub federated_token_file: Option<PathBuf>,
 
-    /// The time limit of each Azure HTTP attempt and token request.
-    #[arg(long, env = "KEYLESS_AZURE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    /// The time limit of each Azure HTTP attempt and token request. Shorter than --lease-duration
+    /// minus --lease-renew-interval (15s - 5s by default), so a fenced leader can always finish a
+    /// write before its lease ends; a timed-out attempt is retried with backoff.
+    #[arg(long, env = "KEYLESS_AZURE_TIMEOUT", value_parser = parse_duration, default_value = "8s")]
     pub azure_timeout: Duration,
 
     /// Attempts per Azure call on 429, 5xx and connection failures (1 = no retries).
