@@ -311,7 +311,7 @@ pub async fn run_pass(
         spec: source.account.clone(),
         being_deleted: source.account_being_deleted,
     };
-    let plan = plan(&PlanInput {
+    let plan_input = PlanInput {
         scope: &scope,
         account: &account,
         accesses: &accesses,
@@ -324,7 +324,8 @@ pub async fn run_pass(
         propagation_grace: config.propagation_grace,
         view: &source.view,
         malformed: &source.malformed,
-    });
+    };
+    let plan = plan(&plan_input);
     for (object, note) in &plan.findings {
         outcome.events.push(EngineEvent {
             object: Some(object.clone()),
@@ -350,18 +351,9 @@ pub async fn run_pass(
     if first_hold.is_none() {
         let view_held = deletes_held_by_the_view(&plan, source, |view, malformed| {
             crate::plan::plan(&PlanInput {
-                scope: &scope,
-                account: &account,
-                accesses: &accesses,
-                namespaces: &source.namespaces,
-                observation: &observation,
-                instance: &config.instance,
-                now,
-                max_deletes: config.max_deletes_per_pass,
-                replication_deadline: config.replication_deadline,
-                propagation_grace: config.propagation_grace,
                 view,
                 malformed,
+                ..plan_input.clone()
             })
         });
         if let Some(held) = view_held {
