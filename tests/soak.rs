@@ -34,6 +34,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
 use keyless::api::{OpenAIAccess, OpenAIAccount};
 use keyless::emulator::config::{EmulatorConfig, Faults};
 use keyless::emulator::journal::{AssignmentWrite, WriteKind};
@@ -61,6 +62,11 @@ const MAX_REQUESTS_PER_GRANT: f64 = 3.0;
 const PRINCIPALS_PER_ACCESS: usize = 5;
 /// The test-sized resync of the controller (`support::operator::controller_config`).
 const RESYNC: Duration = Duration::from_millis(700);
+/// The soonest a client may send a failed request again: the lower half of the first backoff
+/// ("equal jitter") of the scenarios' 10 ms `--azure-initial-backoff`; the controller's requeue
+/// backoff starts higher (50 ms). A loop that ignores its backoff comes back in under a millisecond
+/// on loopback.
+const RETRY_FLOOR: Duration = Duration::from_millis(5);
 
 /// One scenario at a time on this binary's control plane.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -481,13 +487,16 @@ impl World {
         // Late writes (a leak swept twice, a revoke after a restart) show within a few resyncs.
         tokio::time::sleep(RESYNC * 3).await;
         let expect = self.expectation();
-        let violations = soak::check(&expect, &self.held(), &self.journal());
+        let mut violations = soak::check(&expect, &self.held(), &self.journal());
+        let (too_soon, fastest_retry) = soak::check_retries(&self.emulator.requests(), RETRY_FLOOR);
+        violations.extend(too_soon);
         RunFigures {
             violations,
             grants: expect.declared.len(),
             arm_requests_after_fault,
             converge_after_fault: converged.unwrap_or(sizes.deadline),
             converged: converged.is_some(),
+            fastest_retry,
         }
     }
 
@@ -510,6 +519,17 @@ impl World {
             .await
             .unwrap();
         self.allowed = [true, false];
+    }
+
+    /// Waits until [`World::accesses_gone`], at most `deadline`.
+    async fn accesses_gone_within(&self, deadline: Duration) -> bool {
+        tokio::time::timeout(deadline, async {
+            while !self.accesses_gone().await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .is_ok()
     }
 
     /// Every access of this run deleted and gone (the controller removes the finalizers).
@@ -563,6 +583,8 @@ type Drive = for<'a> fn(
 
 async fn soak_scenario(scenario: &str, tweak: Tweak, drive: Drive) {
     let _one = ONE_AT_A_TIME.lock().await;
+    // Namespace deletion needs the namespace controller; the first scenario starts the cluster.
+    support::cluster::want_controller_manager();
     let sizes = Sizes::from_env();
     let mut rng = scenario_rng(sizes.seed, scenario);
     let mut row = Row {
@@ -1026,6 +1048,103 @@ async fn kube_status_writes_422() {
     .await;
 }
 
+// ---- the control plane itself ----------------------------------------------------------------
+
+/// How long kube-apiserver stays down in the restart scenario.
+const API_SERVER_DOWN: Duration = Duration::from_secs(2);
+
+/// Part-way through convergence, with a random quarter of the accesses deleted (revocations in
+/// flight), kube-apiserver is stopped and started again: every watch breaks, every status and
+/// finalizer write fails for a while, etcd keeps everything.
+fn api_server_restarted<'a>(
+    world: &'a mut World,
+    sizes: &'a Sizes,
+    rng: &'a mut StdRng,
+) -> futures::future::BoxFuture<'a, RunFigures> {
+    Box::pin(async move {
+        let controller = world.in_process();
+        let target = world.creates_target(rng);
+        world.until(sizes.deadline, |w| w.created() >= target).await;
+        let mut indexes: Vec<usize> = (0..world.accesses.len()).collect();
+        indexes.retain(|_| rng.random_bool(0.25));
+        for index in &indexes {
+            world.delete_access(*index).await;
+        }
+        world
+            .env
+            .cluster
+            .restart_apiserver(API_SERVER_DOWN)
+            .await
+            .unwrap();
+        let before = world.arm_requests();
+        let mut figures = world.finish(sizes, before).await;
+        if !world.accesses_gone_within(sizes.deadline).await {
+            figures.converged = false;
+        }
+        controller.kill();
+        figures
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_restarted_mid_run() {
+    soak_scenario("API server restarted", no_tweak, api_server_restarted).await;
+}
+
+/// Converged, then the second namespace is deleted with its objects in it: the namespace
+/// controller (kube-controller-manager) deletes each OpenAIAccess, keyless revokes what only they
+/// declared and releases their finalizers, and the namespace goes away.
+fn namespace_deleted<'a>(
+    world: &'a mut World,
+    sizes: &'a Sizes,
+    _rng: &'a mut StdRng,
+) -> futures::future::BoxFuture<'a, RunFigures> {
+    Box::pin(async move {
+        let controller = world.in_process();
+        world.converge(sizes.deadline).await;
+        let namespace = world.namespaces[1].clone();
+        let in_it: Vec<String> = world
+            .accesses
+            .iter()
+            .filter(|a| a.namespace == 1)
+            .map(|a| a.name.clone())
+            .collect();
+        Api::<Namespace>::all(world.env.client.clone())
+            .delete(&namespace, &DeleteParams::default())
+            .await
+            .unwrap();
+        world.deleted.extend(in_it);
+        let before = world.arm_requests();
+        let mut figures = world.finish(sizes, before).await;
+        let gone = tokio::time::timeout(sizes.deadline, async {
+            let api = Api::<Namespace>::all(world.env.client.clone());
+            while api.get_opt(&namespace).await.unwrap().is_some() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        if gone.is_err() {
+            eprintln!(
+                "namespace {namespace} was not gone within {:?}",
+                sizes.deadline
+            );
+            figures.converged = false;
+        }
+        controller.kill();
+        figures
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_deleted_with_its_objects() {
+    soak_scenario(
+        "namespace deleted with objects",
+        no_tweak,
+        namespace_deleted,
+    )
+    .await;
+}
+
 // ---- two replicas, the leader killed mid-pass ------------------------------------------------
 
 // On main the standby that takes over revokes and re-creates grants, as a restarted process does
@@ -1088,8 +1207,9 @@ async fn leader_killed_mid_pass() {
 
 mod invariant {
     use super::support::soak::*;
-    use keyless::emulator::journal::{AssignmentWrite, WriteKind};
+    use keyless::emulator::journal::{AssignmentWrite, RequestRecord, WriteKind};
     use std::collections::BTreeSet;
+    use std::time::Duration;
 
     const SCOPE: &str = "/subscriptions/s/resourcegroups/rg/providers/x/accounts/a";
 
@@ -1307,6 +1427,99 @@ mod invariant {
         assert!(!marked_by(Some("keyless:released declared-by=a/b"), "me"));
         assert!(!marked_by(Some("made by keyless:v1 instance=me"), "me"));
         assert!(!marked_by(None, "me"));
+    }
+
+    fn request(
+        target: &str,
+        status: u16,
+        retry_after: Option<u64>,
+        start: std::time::Instant,
+        arrived_ms: u64,
+        answered_ms: u64,
+    ) -> RequestRecord {
+        RequestRecord {
+            operation: "RoleAssignments_Create".into(),
+            target: target.into(),
+            status,
+            retry_after_seconds: retry_after,
+            arrived: start + Duration::from_millis(arrived_ms),
+            answered: start + Duration::from_millis(answered_ms),
+        }
+    }
+
+    #[test]
+    fn a_failed_request_sent_again_sooner_than_its_backoff_or_retry_after_is_a_violation() {
+        let t = std::time::Instant::now();
+        let floor = Duration::from_millis(5);
+        let cases: Vec<(&str, Vec<RequestRecord>, Vec<&str>, Option<u64>)> = vec![
+            (
+                "a 500 retried after 10 ms is fine",
+                vec![
+                    request("PUT /a", 500, None, t, 0, 1),
+                    request("PUT /a", 201, None, t, 11, 12),
+                ],
+                vec![],
+                Some(10),
+            ),
+            (
+                "a reset retried after 1 ms is too soon",
+                vec![
+                    request("PUT /a", 0, None, t, 0, 1),
+                    request("PUT /a", 201, None, t, 2, 3),
+                ],
+                vec!["PUT /a"],
+                Some(1),
+            ),
+            (
+                "a 429 with Retry-After 1 s retried after 100 ms is too soon",
+                vec![
+                    request("GET /l", 429, Some(1), t, 0, 1),
+                    request("GET /l", 200, None, t, 101, 102),
+                ],
+                vec!["GET /l"],
+                Some(100),
+            ),
+            (
+                "another target right after a failure is not a retry",
+                vec![
+                    request("PUT /a", 500, None, t, 0, 1),
+                    request("PUT /b", 201, None, t, 1, 2),
+                ],
+                vec![],
+                None,
+            ),
+            (
+                "a request already in flight when the failure was answered is not a retry",
+                vec![
+                    request("PUT /a", 500, None, t, 0, 5),
+                    request("PUT /a", 201, None, t, 4, 6),
+                ],
+                vec![],
+                None,
+            ),
+            (
+                "a success in between clears the failure",
+                vec![
+                    request("PUT /a", 500, None, t, 0, 1),
+                    request("PUT /a", 201, None, t, 20, 21),
+                    request("PUT /a", 200, None, t, 22, 23),
+                ],
+                vec![],
+                Some(19),
+            ),
+        ];
+        for (name, requests, too_soon, fastest) in cases {
+            let (violations, soonest) = check_retries(&requests, floor);
+            let targets: Vec<&str> = violations
+                .iter()
+                .map(|v| match v {
+                    Violation::RetriedTooSoon { target, .. } => target.as_str(),
+                    _ => "other",
+                })
+                .collect();
+            assert_eq!(targets, too_soon, "{name}");
+            assert_eq!(soonest.map(|d| d.as_millis() as u64), fastest, "{name}");
+        }
     }
 
     #[test]

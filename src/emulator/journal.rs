@@ -108,3 +108,30 @@ mod tests {
         assert_eq!(entry.scope, "/subscriptions/s/resourceGroups/rg");
     }
 }
+
+/// One request a client made (admin requests excluded), with when it arrived and when it was
+/// answered: tests measure from it how soon a client came back after a failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// The operation it is counted under (`RoleAssignments_Create`, `Graph_Users_Get`, `Token`).
+    pub operation: String,
+    /// Method, path and query as sent: two records with the same target are the same request.
+    pub target: String,
+    /// The status answered; 0 when the connection was dropped or the body cut.
+    pub status: u16,
+    /// The `Retry-After` the answer carried, in seconds.
+    pub retry_after_seconds: Option<u64>,
+    pub arrived: std::time::Instant,
+    pub answered: std::time::Instant,
+}
+
+impl RequestRecord {
+    /// Whether a client should come back with this request only after a backoff.
+    pub fn failed(&self) -> bool {
+        matches!(self.status, 0 | 408 | 429 | 500 | 502 | 503 | 504)
+    }
+}
+
+/// At most this many requests are kept (the oldest are dropped first): a soak at full size makes
+/// tens of thousands, a runaway client should not take the test's memory.
+pub const REQUEST_LOG_CAP: usize = 200_000;

@@ -319,6 +319,11 @@ impl EmulatorHandle {
         self.shared.journal()
     }
 
+    /// Every request answered so far, oldest first: when it arrived, when it was answered, how.
+    pub fn requests(&self) -> Vec<journal::RequestRecord> {
+        self.shared.requests()
+    }
+
     pub fn reset_request_counts(&self) {
         self.shared.reset_counts();
     }

@@ -6,7 +6,7 @@ use crate::emulator::config::{
     Bucket, EmulatorConfig, FaultKind, Faults, OutageKind, ScriptedFault, Throttling,
 };
 use crate::emulator::http::{Reply, arm_error, parse_query};
-use crate::emulator::journal::{self, AssignmentWrite};
+use crate::emulator::journal::{self, AssignmentWrite, RequestRecord};
 use crate::emulator::state::{World, subscription_of};
 use crate::emulator::token::{
     AccessClaims, Audience, Signer, TokenProblem, access_claims, check_token_request, entra_error,
@@ -157,6 +157,8 @@ pub struct Shared {
     secrets: Mutex<BTreeSet<String>>,
     /// Role assignment writes made through ARM, in order (see [`journal`]).
     journal: Mutex<Vec<AssignmentWrite>>,
+    /// Every request counted, in order of answer (see [`journal::RequestRecord`]).
+    requests: Mutex<VecDeque<RequestRecord>>,
 }
 
 /// A poisoned lock only means another request panicked mid-update; the emulator keeps serving
@@ -188,6 +190,7 @@ impl Shared {
             counts: Mutex::new(BTreeMap::new()),
             secrets: Mutex::new(BTreeSet::new()),
             journal: Mutex::new(Vec::new()),
+            requests: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -225,6 +228,12 @@ impl Shared {
 
     pub fn reset_counts(&self) {
         lock(&self.counts).clear();
+        lock(&self.requests).clear();
+    }
+
+    /// The requests counted so far, oldest first (at most [`journal::REQUEST_LOG_CAP`]).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.requests).iter().cloned().collect()
     }
 
     /// Every role assignment write made through ARM so far, in order.
@@ -246,6 +255,28 @@ impl Shared {
         *lock(&self.counts)
             .entry((operation.to_string(), status))
             .or_insert(0) += 1;
+    }
+
+    /// Counts a request and keeps its record.
+    fn answered(&self, request: Arrival, status: u16, reply: &Reply) {
+        self.count(&request.operation, status);
+        let retry_after_seconds = reply
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+            .and_then(|(_, value)| value.trim().parse().ok());
+        let mut requests = lock(&self.requests);
+        if requests.len() >= journal::REQUEST_LOG_CAP {
+            requests.pop_front();
+        }
+        requests.push_back(RequestRecord {
+            operation: request.operation,
+            target: request.target,
+            status,
+            retry_after_seconds,
+            arrived: request.arrived,
+            answered: Instant::now(),
+        });
     }
 
     /// Issues an access token for a service principal, as the token endpoint would.
@@ -608,11 +639,19 @@ pub fn operation_of(surface: Surface, method: &http::Method, path: &str) -> Stri
     }
 }
 
+/// A request being served: what its record will say.
+struct Arrival {
+    operation: String,
+    target: String,
+    arrived: Instant,
+}
+
 /// Serves one request. `Err` drops the connection (the connection-reset fault).
 pub async fn serve(
     shared: Arc<Shared>,
     request: http::Request<Incoming>,
 ) -> Result<http::Response<ResponseBody>, ConnectionReset> {
+    let arrived = Instant::now();
     let (parts, body) = request.into_parts();
     let body = match Limited::new(body, 4 << 20).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -640,6 +679,15 @@ pub async fn serve(
         )));
     }
     let operation = operation_of(surface, &parts.method, &path);
+    let arrival = Arrival {
+        operation: operation.clone(),
+        target: format!(
+            "{} {}",
+            parts.method,
+            parts.uri.path_and_query().map_or(raw_path, |p| p.as_str())
+        ),
+        arrived,
+    };
     let latency = shared.lock_faults().faults.latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -669,7 +717,7 @@ pub async fn serve(
     match after_the_fact {
         Some(FaultKind::CutBody) => {
             // Counted as a dropped connection: the client never gets a usable answer.
-            shared.count(&operation, 0);
+            shared.answered(arrival, 0, &reply);
             return Ok(cut_response(reply));
         }
         Some(FaultKind::Stall) => {
@@ -678,7 +726,7 @@ pub async fn serve(
         }
         _ => {}
     }
-    shared.count(&operation, reply.status);
+    shared.answered(arrival, reply.status, &reply);
     if reply.reset {
         return Err(ConnectionReset);
     }

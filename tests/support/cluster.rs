@@ -17,8 +17,10 @@
 //!   layer in [`super::kube_faults`]), so it never sees another test's objects. The product itself
 //!   always watches the whole cluster; the label is the only test-only difference.
 //! - **What the real server does not do here.** No kubelet (Pods never run), and no
-//!   kube-controller-manager: namespaces are never emptied on deletion and nothing is garbage
-//!   collected (`WITH_KCM=1` in `up.sh` would add them; no test needs them yet).
+//!   kube-controller-manager unless the binary asks for it ([`want_controller_manager`] before its
+//!   first test starts; `WITH_KCM=1` in `up.sh`): without it namespaces are never emptied on
+//!   deletion and nothing is garbage collected. [`Cluster::restart_apiserver`] stops and starts
+//!   kube-apiserver (etcd keeps the data), as a control-plane upgrade does.
 //! - **Controllers.** [`RunningController`] runs the real `controller::run` on a runtime of its own:
 //!   [`RunningController::stop`] shuts it down gracefully, [`RunningController::kill`] drops the
 //!   runtime mid-flight (every task it spawned, lease renewal included, dies at once, as in a crash
@@ -29,7 +31,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -50,6 +52,17 @@ pub const ISSUER: &str = "https://oidc.keyless.example/cluster-1/";
 pub const SCOPE_LABEL: &str = "test.keyless.dev/scope";
 /// How long the CRDs may take to be Established after they are created.
 const CRDS_ESTABLISHED_WITHIN: Duration = Duration::from_secs(60);
+/// How long kube-apiserver may take to stop, and to answer again after a restart.
+const APISERVER_RESTART_WITHIN: Duration = Duration::from_secs(90);
+/// Whether this binary's control plane runs kube-controller-manager too.
+static WITH_CONTROLLER_MANAGER: AtomicBool = AtomicBool::new(false);
+
+/// Asks for kube-controller-manager (namespace deletion, garbage collection) in this binary's
+/// control plane. Only takes effect before the first [`TestEnv::start`] of the binary.
+pub fn want_controller_manager() {
+    WITH_CONTROLLER_MANAGER.store(true, Ordering::Relaxed);
+}
+
 /// How often the reaper checks whether the test process is still there.
 const REAPER_POLL: &str = "0.5";
 
@@ -109,6 +122,14 @@ impl Cluster {
             .arg(k8s.join("up.sh"))
             .arg(&dir)
             .env("SA_ISSUER", ISSUER)
+            .env(
+                "WITH_KCM",
+                if WITH_CONTROLLER_MANAGER.load(Ordering::Relaxed) {
+                    "1"
+                } else {
+                    "0"
+                },
+            )
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("run up.sh: {e}"))?;
@@ -151,6 +172,77 @@ impl Cluster {
     /// The admin (`system:masters`) configuration.
     pub async fn config(&self) -> kube::Config {
         config_from(&self.kubeconfig).await.unwrap()
+    }
+
+    /// Stops kube-apiserver (SIGTERM), waits `down_for`, starts it again with the same command
+    /// line and returns once it answers. Every watch and request in flight breaks, as in a
+    /// control-plane upgrade; etcd keeps every object.
+    pub async fn restart_apiserver(&self, down_for: Duration) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let pid_file = self.dir.join("kube-apiserver.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .map_err(|e| format!("read {}: {e}", pid_file.display()))?
+            .trim()
+            .to_string();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map_err(|e| format!("the command line of kube-apiserver {pid}: {e}"))?;
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let (program, args) = argv.split_first().ok_or("an empty command line")?;
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .map_err(|e| format!("kill {pid}: {e}"))?;
+        let deadline = tokio::time::Instant::now() + APISERVER_RESTART_WITHIN;
+        // Stopped: gone, or a zombie (its parent, the exited up.sh, left it to an init that may not
+        // reap).
+        let running = |pid: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit_once(')')
+                        .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false)
+        };
+        while running(&pid) {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("kube-apiserver {pid} did not stop"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(down_for).await;
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.join("kube-apiserver.log"))
+            .map_err(|e| format!("open the log: {e}"))?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("start kube-apiserver again: {e}"))?;
+        // down.sh stops what the pid file names.
+        std::fs::write(&pid_file, format!("{}\n", child.id())).map_err(|e| e.to_string())?;
+        let client = Client::try_from(self.config().await).map_err(|e| e.to_string())?;
+        loop {
+            let readyz = http::Request::get("/readyz")
+                .body(Vec::new())
+                .map_err(|e| e.to_string())?;
+            if client.request_text(readyz).await.is_ok_and(|r| r == "ok") {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err("kube-apiserver did not answer after the restart".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -14,10 +14,11 @@
 //! The oracle deliberately does not use keyless's own ownership code: it reads the marker words
 //! itself, so a bug there cannot hide here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use keyless::emulator::RoleAssignment;
-use keyless::emulator::journal::{AssignmentWrite, WriteKind};
+use keyless::emulator::journal::{AssignmentWrite, RequestRecord, WriteKind};
 
 /// A grant, normalised: scope without a trailing slash and lower case, ids lower case.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,6 +94,14 @@ pub enum Violation {
     ProtectedWritten { name: String, kind: WriteKind },
     /// A grant was deleted, then created again.
     DeletedThenCreated { grant: Grant, pairs: usize },
+    /// A client sent a failed request again sooner than its backoff (or the answer's
+    /// `Retry-After`) allows.
+    RetriedTooSoon {
+        target: String,
+        status: u16,
+        after: Duration,
+        floor: Duration,
+    },
 }
 
 impl Violation {
@@ -105,6 +114,7 @@ impl Violation {
             Violation::ProtectedChanged { .. } => "protected-changed",
             Violation::ProtectedWritten { .. } => "protected-written",
             Violation::DeletedThenCreated { .. } => "delete-then-create",
+            Violation::RetriedTooSoon { .. } => "retried-too-soon",
         }
     }
 }
@@ -216,6 +226,53 @@ pub fn check(
 }
 
 /// Violations counted by kind, for the table: `missing=3 leaked=1`, or `0`.
+/// How soon clients came back after failures: for each failed request (a dropped connection,
+/// 408, 429 or 5xx), the next request with the same method, path and query must arrive no sooner
+/// than `floor` after the failure was answered, nor sooner than the `Retry-After` it carried
+/// (the client waits it out, or gives the attempt up and the controller requeues after it). The
+/// token endpoint is left out (azure_identity owns its retries). Also returns the shortest gap.
+pub fn check_retries(
+    requests: &[RequestRecord],
+    floor: Duration,
+) -> (Vec<Violation>, Option<Duration>) {
+    let mut failed_at: HashMap<&str, &RequestRecord> = HashMap::new();
+    let mut arrivals: Vec<&RequestRecord> =
+        requests.iter().filter(|r| r.operation != "Token").collect();
+    arrivals.sort_by_key(|r| r.arrived);
+    // Answers in order of answer, arrivals in order of arrival: walk both by time.
+    let mut answers = arrivals.clone();
+    answers.sort_by_key(|r| r.answered);
+    let mut answers = answers.into_iter().peekable();
+    let mut violations = Vec::new();
+    let mut fastest: Option<Duration> = None;
+    for request in arrivals {
+        while let Some(answer) = answers.next_if(|a| a.answered <= request.arrived) {
+            if answer.failed() {
+                failed_at.insert(answer.target.as_str(), answer);
+            } else {
+                failed_at.remove(answer.target.as_str());
+            }
+        }
+        let Some(failure) = failed_at.remove(request.target.as_str()) else {
+            continue;
+        };
+        let after = request.arrived.duration_since(failure.answered);
+        fastest = Some(fastest.map_or(after, |f| f.min(after)));
+        let allowed = failure
+            .retry_after_seconds
+            .map_or(floor, |r| Duration::from_secs(r).max(floor));
+        if after < allowed {
+            violations.push(Violation::RetriedTooSoon {
+                target: failure.target.clone(),
+                status: failure.status,
+                after,
+                floor: allowed,
+            });
+        }
+    }
+    (violations, fastest)
+}
+
 pub fn summary(violations: &[Violation]) -> String {
     if violations.is_empty() {
         return "0".into();
@@ -243,6 +300,8 @@ pub struct RunFigures {
     pub converge_after_fault: std::time::Duration,
     /// False when the run never converged within its deadline.
     pub converged: bool,
+    /// The soonest any failed request was sent again (see [`check_retries`]).
+    pub fastest_retry: Option<std::time::Duration>,
 }
 
 impl RunFigures {
@@ -272,11 +331,19 @@ impl Row {
 
     pub fn header() -> String {
         format!(
-            "{:<34} {:>4} {:>6} {:<28} {:>10} {:>10} {:>10} {:>20}",
-            "scenario", "runs", "grants", "violations", "req/grant", "converge", "converge", "seed"
+            "{:<34} {:>4} {:>6} {:<28} {:>10} {:>10} {:>10} {:>10} {:>20}",
+            "scenario",
+            "runs",
+            "grants",
+            "violations",
+            "req/grant",
+            "converge",
+            "converge",
+            "retry",
+            "seed"
         ) + &format!(
-            "\n{:<34} {:>4} {:>6} {:<28} {:>10} {:>10} {:>10} {:>20}",
-            "", "", "", "", "(max)", "(median)", "(max)", ""
+            "\n{:<34} {:>4} {:>6} {:<28} {:>10} {:>10} {:>10} {:>10} {:>20}",
+            "", "", "", "", "(max)", "(median)", "(max)", "(soonest)", ""
         )
     }
 
@@ -295,8 +362,14 @@ impl Row {
         if unconverged > 0 {
             violations.push_str(&format!(" (unconverged={unconverged})"));
         }
+        let soonest_retry = self
+            .runs
+            .iter()
+            .filter_map(|r| r.fastest_retry)
+            .min()
+            .map_or("-".to_string(), |d| format!("{}ms", d.as_millis()));
         format!(
-            "{:<34} {:>4} {:>6} {:<28} {:>10.2} {:>9.1}s {:>9.1}s {:>20}",
+            "{:<34} {:>4} {:>6} {:<28} {:>10.2} {:>9.1}s {:>9.1}s {:>10} {:>20}",
             self.scenario,
             self.runs.len(),
             self.runs.first().map_or(0, |r| r.grants),
@@ -304,6 +377,7 @@ impl Row {
             per_grant,
             median.as_secs_f64(),
             max.as_secs_f64(),
+            soonest_retry,
             self.seed
         )
     }
