@@ -197,6 +197,10 @@ pub async fn run(
                 .map_err(RunError::Leader)?
                 .with_metrics(metrics.clone());
             let fence = election.fence(config.arm_attempt_timeout);
+            // The same fence once more inside the ARM client, after pacing and backoff: a wait
+            // there can outlive the lease between the engine's check and the attempt.
+            let client_fence = fence.clone();
+            azure.fence_writes(Arc::new(move || client_fence.check()));
             let mut leading = election.watch();
             let election_task = tokio::spawn(election.run(shutdown.clone()));
             // A standby is ready too, so rolling updates complete.
