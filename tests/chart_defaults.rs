@@ -4,6 +4,8 @@
 //! `.ci/bin/helm`); without helm the test skips with a notice (a failure under
 //! `KEYLESS_REQUIRE_SHARED=1`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
