@@ -2086,6 +2086,14 @@ async fn a_killed_leader_is_taken_over_mid_convergence_without_duplicates_or_gap
         .holder_identity
         .unwrap();
     let leader: usize = holder.trim_start_matches("replica-").parse().unwrap();
+    // From now on every OpenAIAccess LIST takes 2 s, as on a big cluster: a standby that had to
+    // list cold on taking over would pay it before its first write; a warm one lists nothing.
+    h.faults.inject(
+        Fault::on(Verb::List)
+            .resource("openaiaccesses")
+            .delay(Duration::from_secs(2)),
+    );
+    let lists_before = h.faults.count(Verb::List, "openaiaccesses");
     replicas[leader].take().unwrap().kill();
     let killed_at = jiff::Timestamp::now();
     let before: std::collections::BTreeSet<String> = h
@@ -2125,13 +2133,18 @@ async fn a_killed_leader_is_taken_over_mid_convergence_without_duplicates_or_gap
         .min()
         .unwrap();
     let takeover = first_write.duration_since(killed_at);
+    let cold_lists = h.faults.count(Verb::List, "openaiaccesses") - lists_before;
     eprintln!(
-        "takeover: {:.1} s from kill to the new leader's first ARM write (lease 3 s, renew 0.5 s, retry 0.2 s)",
+        "takeover: {:.1} s from kill to the new leader's first ARM write (lease 3 s, renew 0.5 s, retry 0.2 s; OpenAIAccess LIST slowed to 2 s; {cold_lists} OpenAIAccess LISTs after the kill)",
         takeover.as_secs_f64()
     );
     assert!(
         takeover.is_positive(),
         "the first write came after the kill"
+    );
+    assert_eq!(
+        cold_lists, 0,
+        "the standby's stores were warm: it listed no OpenAIAccess to take over"
     );
     for replica in replicas.into_iter().flatten() {
         replica.stop().await.unwrap();
