@@ -2150,3 +2150,96 @@ async fn a_killed_leader_is_taken_over_mid_convergence_without_duplicates_or_gap
         replica.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_is_stolen_mid_pass_writes_nothing_more_to_arm() {
+    let Some(h) = Harness::new().await else {
+        return;
+    };
+    const OBJECTS: usize = 40;
+    let lease_namespace = h.env.namespace("keyless-system").await;
+    // Slow ARM (one write every ~150 ms), so the steal lands mid-pass.
+    h.emulator.set_faults(Faults {
+        latency: Duration::from_millis(150),
+        ..Faults::default()
+    });
+    // The Lease exists, free, carrying this test's scope label: the test bed's client only lists
+    // and watches objects with it, and the leader's watch on its Lease is what this test is about.
+    let leases = Api::<Lease>::namespaced(h.env.client.clone(), &lease_namespace);
+    leases
+        .create(
+            &PostParams::default(),
+            &Lease {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("keyless".into()),
+                    labels: Some(h.env.labels()),
+                    ..Default::default()
+                },
+                spec: Some(Default::default()),
+            },
+        )
+        .await
+        .unwrap();
+    let mut config = controller_config("cluster-1");
+    // A renew interval long enough that, finding out only at its next renewal, the leader would
+    // make a dozen more writes after the steal.
+    config.leader = Some(keyless::ops::leader::LeaseConfig {
+        name: "keyless".into(),
+        namespace: lease_namespace.clone(),
+        holder_id: "replica-0".into(),
+        lease_duration: Duration::from_secs(10),
+        renew_interval: Duration::from_secs(3),
+        retry_interval: Duration::from_millis(200),
+    });
+    let replica = h.spawn_controller(config);
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.numbered_accesses(0..OBJECTS).await;
+    eventually("the pass is under way", async || h.numbered_grants() >= 3).await;
+
+    // Another holder overwrites the lease, which has not expired.
+    let mut lease = leases.get("keyless").await.unwrap();
+    assert_eq!(
+        lease.spec.as_ref().unwrap().holder_identity.as_deref(),
+        Some("replica-0")
+    );
+    let spec = lease.spec.as_mut().unwrap();
+    spec.holder_identity = Some("intruder".into());
+    spec.lease_duration_seconds = Some(3600);
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    leases
+        .replace("keyless", &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    let writes_at_steal = h.emulator.requests_of("RoleAssignments_Create");
+
+    // Longer than the renew interval: without the lease watch the old leader would still write.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let writes_after = h.emulator.requests_of("RoleAssignments_Create");
+    eprintln!(
+        "stolen lease: {writes_at_steal} creates before the steal, {} after it",
+        writes_after - writes_at_steal
+    );
+    assert!(
+        writes_after <= writes_at_steal + 1,
+        "at most the write already in flight at the steal reaches ARM ({writes_at_steal} then {writes_after})"
+    );
+    assert!(
+        h.numbered_grants() < OBJECTS,
+        "the pass was dropped, not finished"
+    );
+    assert_eq!(
+        leases
+            .get("keyless")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .holder_identity
+            .as_deref(),
+        Some("intruder"),
+        "the old leader stood down instead of fighting for the lease"
+    );
+    replica.stop().await.unwrap();
+}

@@ -203,9 +203,11 @@ pub async fn run(
             lease
                 .validate_fencing(config.arm_attempt_timeout)
                 .map_err(RunError::Leader)?;
+            let holders = watch_lease_holder(&client, &lease, shutdown.clone());
             let election = LeaderElection::new(client.clone(), lease)
                 .map_err(RunError::Leader)?
-                .with_metrics(metrics.clone());
+                .with_metrics(metrics.clone())
+                .with_holder_watch(holders);
             let fence = election.fence(config.arm_attempt_timeout);
             // The same fence once more inside the ARM client, after pacing and backoff: a wait
             // there can outlive the lease between the engine's check and the attempt.
@@ -254,6 +256,40 @@ pub async fn run(
         health.stopped().await;
     }
     Ok(())
+}
+
+/// Watches the one Lease and publishes its holder, so a leader learns at once that another
+/// replica overwrote its lease (see `LeaderElection::with_holder_watch`). A failing watch only
+/// loses the shortcut: the leader still finds out at its next renewal.
+fn watch_lease_holder(
+    client: &Client,
+    lease: &crate::ops::leader::LeaseConfig,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (holders, seen) = tokio::sync::watch::channel(None);
+    let api = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        client.clone(),
+        &lease.namespace,
+    );
+    // By name: the chart grants list and watch on this Lease only.
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", lease.name));
+    let stream = watcher(api, config)
+        .default_backoff()
+        .applied_objects()
+        .take_until(shutdown);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(lease) => {
+                    let holder = lease.spec.and_then(|spec| spec.holder_identity);
+                    holders.send_replace(holder);
+                }
+                Err(error) => tracing::debug!(%error, "lease watch"),
+            }
+        }
+    });
+    seen
 }
 
 /// How many touched objects each store's broadcast holds for a term's controllers; a controller
