@@ -2050,6 +2050,91 @@ async fn a_status_the_type_rejects_keeps_its_grants_and_principals_with_one_stat
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_the_type_rejects_keeps_its_grants_and_principals_and_the_others_converge() {
+    let Some(mut h) = Harness::start().await else {
+        return;
+    };
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.numbered_accesses(0..3).await;
+    eventually("all three granted and Ready", async || {
+        h.numbered_grants() == 3
+            && h.access_ready("team-chat", "app-0").await
+            && h.access_ready("team-chat", "app-1").await
+            && h.access_ready("team-chat", "app-2").await
+    })
+    .await;
+    h.faults.reset_counts();
+    h.emulator.reset_request_counts();
+    // An expiry the API server accepts (RFC 3339) but the type cannot hold: 9999-12-31T23:59:59
+    // at -23:59 is in the year 10000 in UTC. Read as absent, app-1's grant would be revoked.
+    let out_of_range = "9999-12-31T23:59:59-23:59";
+    let before = h.get_access("team-chat", "app-1").await.unwrap();
+    let principals_before = before.status.as_ref().unwrap().principals.len();
+    let dynamic = Api::<kube::api::DynamicObject>::namespaced_with(
+        h.env.client.clone(),
+        &h.n("team-chat"),
+        &kube::api::ApiResource::erase::<OpenAIAccess>(&()),
+    );
+    dynamic
+        .patch(
+            "app-1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"expiresAt": out_of_range}})),
+        )
+        .await
+        .unwrap();
+    let raw = || async { dynamic.get("app-1").await.unwrap() };
+    eventually("the object is Stalled naming its spec", async || {
+        raw().await.data["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "Stalled"
+                        && c["status"] == "True"
+                        && c["reason"] == "InvalidSpec"
+                        && c["message"].as_str().is_some_and(|m| m.contains("spec"))
+                })
+            })
+    })
+    .await;
+    // Four resyncs later: one status write for it, its principals and finalizer kept, nothing
+    // revoked.
+    tokio::time::sleep(Duration::from_millis(2800)).await;
+    let object = raw().await;
+    assert_eq!(
+        object.data["status"]["principals"]
+            .as_array()
+            .unwrap()
+            .len(),
+        principals_before,
+        "principals[] kept"
+    );
+    assert!(
+        object
+            .metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty()),
+        "its finalizer stays"
+    );
+    assert_eq!(
+        h.faults.count(Verb::Patch, "openaiaccesses/status"),
+        1,
+        "written once: {:?}",
+        h.faults.counts()
+    );
+    assert_eq!(h.emulator.requests_of("RoleAssignments_Delete"), 0);
+    assert_eq!(h.numbered_grants(), 3);
+    // The others still converge: a new object on the account gets its grant.
+    h.numbered_accesses(3..4).await;
+    eventually("the new object is granted", async || {
+        h.numbered_grants() == 4
+    })
+    .await;
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_taken_over_mid_convergence_without_duplicates_or_gaps() {
     let Some(h) = Harness::new().await else {
         return;
