@@ -1624,6 +1624,86 @@ mod emulated {
         );
     }
 
+    /// A lease that ends at `until`, as the controller's fence sees it.
+    fn lease_until(until: tokio::time::Instant) -> std::sync::Arc<keyless::azure::http::WriteGate> {
+        std::sync::Arc::new(move || {
+            if tokio::time::Instant::now() < until {
+                Ok(())
+            } else {
+                Err("the lease has ended".to_string())
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_pacing_wait_outlives_the_lease_is_never_sent() {
+        let emulator = start(|_| {}).await;
+        // One write token, refilled once a second: the second write waits about a second.
+        let clients = warmed_up(
+            &emulator,
+            BucketLimits {
+                capacity: 1,
+                refill_per_second: 1.0,
+            },
+        )
+        .await;
+        clients
+            .role_assignments
+            .create_assignment(&assign(ALICE, PrincipalType::User, RoleName::OpenAIUser))
+            .await
+            .unwrap();
+        // The lease is valid when the write is decided and ends during the pacing wait.
+        clients.fence_writes(lease_until(
+            tokio::time::Instant::now() + Duration::from_millis(300),
+        ));
+        let refused = clients
+            .role_assignments
+            .create_assignment(&assign(BOB, PrincipalType::User, RoleName::OpenAIUser))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind, AzureErrorKind::Fenced, "{refused}");
+        assert!(
+            refused.to_string().contains("the lease has ended"),
+            "{refused}"
+        );
+        assert_eq!(
+            emulator.requests_of("RoleAssignments_Create"),
+            1,
+            "only the write made before the lease ended reached ARM"
+        );
+        let deleted = clients
+            .role_assignments
+            .delete_assignment(&format!(
+                "{}/providers/Microsoft.Authorization/roleAssignments/{BOBS_BICEP_ASSIGNMENT}",
+                oai_prod()
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            deleted.kind,
+            AzureErrorKind::Fenced,
+            "deletes are fenced too"
+        );
+        assert_eq!(emulator.requests_of("RoleAssignments_Delete"), 0);
+        // Reads go on: a read by a replica that lost its lease changes nothing.
+        clients
+            .role_assignments
+            .observe_scope(&oai_prod())
+            .await
+            .unwrap();
+
+        // The control: the same wait under a lease that outlasts it, and the write goes out.
+        clients.fence_writes(lease_until(
+            tokio::time::Instant::now() + Duration::from_secs(60),
+        ));
+        clients
+            .role_assignments
+            .create_assignment(&assign(BOB, PrincipalType::User, RoleName::OpenAIUser))
+            .await
+            .unwrap();
+        assert_eq!(emulator.requests_of("RoleAssignments_Create"), 2);
+    }
+
     #[tokio::test]
     async fn without_pacing_the_same_burst_is_throttled() {
         // The control for the test above: it shows the burst does exceed ARM's bucket.

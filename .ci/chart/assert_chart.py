@@ -183,7 +183,7 @@ def check_render(manifest_path, notes_path, namespace, values_path):
     if values["leaderElection"]["enabled"]:
         lease = values["leaderElection"]["leaseName"] or deployment["metadata"]["name"]
         expected.add(("Role", "coordination.k8s.io", "leases", "create", ""))
-        expected |= {("Role", "coordination.k8s.io", "leases", v, lease) for v in ("get", "update")}
+        expected |= {("Role", "coordination.k8s.io", "leases", v, lease) for v in ("get", "update", "list", "watch")}
         check("--leader-election with the Lease the Role names",
               "--leader-election" in args and f"--lease-name={lease}" in args, f"{args}")
     if export:

@@ -46,6 +46,9 @@ pub enum AzureErrorKind {
     Credential,
     /// Any other 4xx: the request itself is wrong.
     BadRequest,
+    /// Not sent: the write gate (the controller's leader lease fence) was closed just before the
+    /// attempt. Nothing reached Azure.
+    Fenced,
 }
 
 impl AzureErrorKind {
@@ -65,6 +68,7 @@ impl AzureErrorKind {
             AzureErrorKind::Transient => "Transient",
             AzureErrorKind::Credential => "CredentialUnavailable",
             AzureErrorKind::BadRequest => "BadRequest",
+            AzureErrorKind::Fenced => "Fenced",
         }
     }
 }
@@ -127,7 +131,9 @@ impl AzureError {
             AzureErrorKind::Transient
             | AzureErrorKind::Credential
             | AzureErrorKind::Unauthorized
-            | AzureErrorKind::PrincipalNotFound => RetryDecision::Backoff,
+            | AzureErrorKind::PrincipalNotFound
+            // Another replica may lead now; if this one leads again later, it starts afresh.
+            | AzureErrorKind::Fenced => RetryDecision::Backoff,
             AzureErrorKind::NotFound
             | AzureErrorKind::Ambiguous
             | AzureErrorKind::UnmatchedPrincipalType
@@ -161,7 +167,13 @@ mod tests {
             throttled.retry(),
             RetryDecision::After(Duration::from_secs(3))
         );
-        for kind in [Transient, Credential, Unauthorized, PrincipalNotFound] {
+        for kind in [
+            Transient,
+            Credential,
+            Unauthorized,
+            PrincipalNotFound,
+            Fenced,
+        ] {
             assert_eq!(error(kind).retry(), RetryDecision::Backoff, "{kind:?}");
         }
         for kind in [

@@ -77,6 +77,30 @@ impl ObserverSlot {
     }
 }
 
+/// Consulted just before each write attempt (any method but GET) goes out: after the token, after
+/// pacing, after a retry's backoff, so a wait that outlives this process's right to write sends
+/// nothing. `Err` says why the write may not go out. The controller installs its leader lease's
+/// fence here; azure/ knows nothing of Kubernetes, only this closure.
+pub type WriteGate = dyn Fn() -> Result<(), String> + Send + Sync;
+
+/// Where the ARM client finds its write gate (none: every write goes out).
+#[derive(Clone, Default)]
+pub struct GateSlot(Arc<std::sync::RwLock<Option<Arc<WriteGate>>>>);
+
+impl GateSlot {
+    pub fn set(&self, gate: Arc<WriteGate>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(gate);
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let gate = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match gate {
+            Some(gate) => gate(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One logical call: the request plus what pacing and error messages need.
 #[derive(Debug)]
 pub struct Call {
@@ -237,6 +261,7 @@ pub struct ApiClient {
     retry: RetryConfig,
     timeout: Duration,
     observer: ObserverSlot,
+    gate: GateSlot,
 }
 
 // Hand-written so nothing about the credential or a header can ever be printed.
@@ -268,7 +293,14 @@ impl ApiClient {
             retry,
             timeout,
             observer: ObserverSlot::default(),
+            gate: GateSlot::default(),
         }
+    }
+
+    /// Consults this slot's gate before every write attempt.
+    pub fn with_gate(mut self, gate: GateSlot) -> ApiClient {
+        self.gate = gate;
+        self
     }
 
     /// Reports every attempt to this slot's observer.
@@ -340,6 +372,25 @@ impl ApiClient {
             let authorization = self.authorization().await?;
             if let (Some(pacer), Some((subscription, class))) = (pacer, &call.pacing) {
                 pacer.acquire(subscription, *class).await;
+            }
+            // Reads are not gated: a read by a replica that lost its lease changes nothing.
+            if call.method != Method::GET
+                && let Err(why) = self.gate.check()
+            {
+                tracing::warn!(
+                    service = self.service.as_str(),
+                    operation = call.operation,
+                    %why,
+                    "write not sent: the fence is closed"
+                );
+                return Err(AzureError::new(
+                    AzureErrorKind::Fenced,
+                    format!(
+                        "{}: not sent to {}: {why}",
+                        call.operation,
+                        self.service.as_str()
+                    ),
+                ));
             }
             let mut request = self
                 .http

@@ -225,6 +225,7 @@ pub struct AzureClients {
     pub credential: Option<CredentialDecision>,
     pub endpoints: CloudEndpoints,
     observer: http::ObserverSlot,
+    gate: http::GateSlot,
 }
 
 impl std::fmt::Debug for AzureClients {
@@ -282,6 +283,7 @@ impl AzureClients {
         decision: Option<CredentialDecision>,
     ) -> AzureClients {
         let observer = http::ObserverSlot::default();
+        let gate = http::GateSlot::default();
         let arm_api = http::ApiClient::new(
             http::Service::Arm,
             http.clone(),
@@ -290,7 +292,8 @@ impl AzureClients {
             config.retry,
             config.timeout,
         )
-        .with_observer(observer.clone());
+        .with_observer(observer.clone())
+        .with_gate(gate.clone());
         let graph_api = http::ApiClient::new(
             http::Service::Graph,
             http,
@@ -322,7 +325,14 @@ impl AzureClients {
             credential: decision,
             endpoints,
             observer,
+            gate,
         }
+    }
+
+    /// Consults `gate` just before every ARM write attempt (after pacing and backoff); a closed
+    /// gate fails the write with [`AzureErrorKind::Fenced`] and nothing is sent. Graph is only read.
+    pub fn fence_writes(&self, gate: Arc<http::WriteGate>) {
+        self.gate.set(gate);
     }
 
     /// Reports every ARM and Graph request (service, operation, status or 0) to `observer`.

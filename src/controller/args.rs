@@ -163,3 +163,55 @@ impl RunArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn run_args(args: &[&str]) -> super::RunArgs {
+        let mut argv = vec!["keyless", "run", "--instance-id=cluster-1"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => *args,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_default_timeouts_pass_the_fences_start_up_rule() {
+        let config = run_args(&["--leader-election"]).controller_config(None);
+        let lease = config.leader.clone().unwrap();
+        assert!(
+            config.arm_attempt_timeout < lease.lease_duration - lease.renew_interval,
+            "attempt {:?}, lease {:?}, renewal {:?}",
+            config.arm_attempt_timeout,
+            lease.lease_duration,
+            lease.renew_interval
+        );
+        lease
+            .validate_fencing(config.arm_attempt_timeout)
+            .expect("the defaults start");
+    }
+
+    #[test]
+    fn an_attempt_timeout_the_lease_cannot_cover_is_refused_from_the_flags() {
+        // The control: the rule does look at the flags.
+        let config =
+            run_args(&["--leader-election", "--azure-timeout=10s"]).controller_config(None);
+        let lease = config.leader.unwrap();
+        assert!(lease.validate_fencing(config.arm_attempt_timeout).is_err());
+    }
+
+    #[test]
+    fn the_prune_grace_defaults_to_two_resyncs() {
+        let args = run_args(&["--resync-interval=3m"]);
+        assert_eq!(args.prune_grace, None);
+        let config = args.controller_config(None);
+        let brake = config.engine.brake.unwrap();
+        assert_eq!(
+            brake.config.prune_grace,
+            std::time::Duration::from_secs(360)
+        );
+    }
+}

@@ -33,6 +33,7 @@ use kube::{Api, Client, ResourceExt};
 use lenient::LenientAccess;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast;
 use view::ViewHealth;
 
 /// Settings of the controller; every interval is a parameter.
@@ -176,15 +177,24 @@ pub async fn run(
         ),
         None => None,
     };
+    // The stores run on every replica from the start, leader or not: a standby that takes over
+    // already holds a complete view.
+    let views = Views::start(&client, &config, shutdown.clone());
     match config.leader.clone() {
         None => {
+            // Ready once the accounts have listed.
+            let ready_store = views.accounts.clone();
+            tokio::spawn(async move {
+                wait_until_ready(&ready_store).await;
+                readiness.set_ready(true);
+            });
             run_controllers(
                 client,
                 azure,
                 config,
+                &views,
                 None,
                 metrics,
-                readiness,
                 shutdown.clone(),
             )
             .await
@@ -193,10 +203,16 @@ pub async fn run(
             lease
                 .validate_fencing(config.arm_attempt_timeout)
                 .map_err(RunError::Leader)?;
+            let holders = watch_lease_holder(&client, &lease, shutdown.clone());
             let election = LeaderElection::new(client.clone(), lease)
                 .map_err(RunError::Leader)?
-                .with_metrics(metrics.clone());
+                .with_metrics(metrics.clone())
+                .with_holder_watch(holders);
             let fence = election.fence(config.arm_attempt_timeout);
+            // The same fence once more inside the ARM client, after pacing and backoff: a wait
+            // there can outlive the lease between the engine's check and the attempt.
+            let client_fence = fence.clone();
+            azure.fence_writes(Arc::new(move || client_fence.check()));
             let mut leading = election.watch();
             let election_task = tokio::spawn(election.run(shutdown.clone()));
             // A standby is ready too, so rolling updates complete.
@@ -219,9 +235,9 @@ pub async fn run(
                     client.clone(),
                     azure.clone(),
                     config.clone(),
+                    &views,
                     Some(fence.clone()),
                     metrics.clone(),
-                    readiness.clone(),
                     term,
                 )
                 .await;
@@ -242,81 +258,237 @@ pub async fn run(
     Ok(())
 }
 
+/// Watches the one Lease and publishes its holder, so a leader learns at once that another
+/// replica overwrote its lease (see `LeaderElection::with_holder_watch`). A failing watch only
+/// loses the shortcut: the leader still finds out at its next renewal.
+fn watch_lease_holder(
+    client: &Client,
+    lease: &crate::ops::leader::LeaseConfig,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) -> tokio::sync::watch::Receiver<Option<String>> {
+    let (holders, seen) = tokio::sync::watch::channel(None);
+    let api = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        client.clone(),
+        &lease.namespace,
+    );
+    // By name: the chart grants list and watch on this Lease only.
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", lease.name));
+    let stream = watcher(api, config)
+        .default_backoff()
+        .applied_objects()
+        .take_until(shutdown);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(lease) => {
+                    let holder = lease.spec.and_then(|spec| spec.holder_identity);
+                    holders.send_replace(holder);
+                }
+                Err(error) => tracing::debug!(%error, "lease watch"),
+            }
+        }
+    });
+    seen
+}
+
+/// How many touched objects each store's broadcast holds for a term's controllers; a controller
+/// that falls further behind is handed the whole store instead (nothing is lost, only merged).
+const CHANGES_BUFFER: usize = 1024;
+
+/// The cluster as this replica sees it: one reflector per kind, running for the whole process on
+/// every replica (leader or standby), so a standby that takes over already holds a complete view
+/// and lists nothing. Each reflector broadcasts the objects it touched to the controllers of the
+/// current term.
+struct Views {
+    accounts: Store<DeserializeGuard<OpenAIAccount>>,
+    accesses: Store<LenientAccess>,
+    service_accounts: Store<ServiceAccount>,
+    namespaces: Store<Namespace>,
+    /// Whether each store has listed and is watching; kept across terms with the stores.
+    health: ViewHealth,
+    account_changes: broadcast::Sender<Arc<DeserializeGuard<OpenAIAccount>>>,
+    access_changes: broadcast::Sender<Arc<LenientAccess>>,
+    service_account_changes: broadcast::Sender<Arc<ServiceAccount>>,
+    namespace_changes: broadcast::Sender<Arc<Namespace>>,
+}
+
+impl Views {
+    /// Starts the reflectors; they run until `shutdown`.
+    fn start(
+        client: &Client,
+        config: &ControllerConfig,
+        shutdown: Shared<BoxFuture<'static, ()>>,
+    ) -> Views {
+        let watcher_config = watcher::Config::default().any_semantic();
+        let health = ViewHealth::new(
+            &[ACCESS_STORE, SERVICE_ACCOUNT_STORE, NAMESPACE_STORE],
+            view::FailureLimits {
+                threshold: config.view_failure_threshold,
+                ttl: config.view_failure_ttl,
+            },
+        );
+        let (accounts, account_changes) = reflect(
+            Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
+            watcher_config.clone(),
+            None,
+            shutdown.clone(),
+        );
+        let (accesses, access_changes) = reflect(
+            Api::<LenientAccess>::all(client.clone()),
+            watcher_config.clone(),
+            Some((health.clone(), ACCESS_STORE)),
+            shutdown.clone(),
+        );
+        let (service_accounts, service_account_changes) = reflect(
+            Api::<ServiceAccount>::all(client.clone()),
+            watcher_config.clone(),
+            Some((health.clone(), SERVICE_ACCOUNT_STORE)),
+            shutdown.clone(),
+        );
+        let (namespaces, namespace_changes) = reflect(
+            Api::<Namespace>::all(client.clone()),
+            watcher_config,
+            Some((health.clone(), NAMESPACE_STORE)),
+            shutdown,
+        );
+        Views {
+            accounts,
+            accesses,
+            service_accounts,
+            namespaces,
+            health,
+            account_changes,
+            access_changes,
+            service_account_changes,
+            namespace_changes,
+        }
+    }
+}
+
+/// One reflector on a task of its own: the store, and a broadcast of every object it touched.
+/// With `health`, the store reports to the view after the reflector applied each event, so
+/// "listed" is never seen before the list is in the store.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    health: Option<(ViewHealth, &'static str)>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) -> (Store<K>, broadcast::Sender<Arc<K>>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let (changes, _) = broadcast::channel(CHANGES_BUFFER);
+    let sender = changes.clone();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| {
+            if let Some((health, kind)) = &health {
+                health.observe(kind, event);
+            }
+        })
+        .touched_objects()
+        .take_until(shutdown);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(touched) = stream.next().await {
+            // Watch errors are already counted by the view; the watcher retries with backoff.
+            if let Ok(object) = touched {
+                // No receiver (no term running, on a standby) is fine: the store holds it.
+                let _ = sender.send(Arc::new(object));
+            }
+        }
+    });
+    (store, changes)
+}
+
+/// What the store touched from now on, for one term's controller. A receiver that fell behind
+/// the buffer gets every object in the store instead of the ones it missed.
+fn changes<K>(
+    changes: &broadcast::Sender<Arc<K>>,
+    store: Store<K>,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+where
+    K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    // Subscribed now, before the caller reads the store, so nothing falls in between.
+    let receiver = changes.subscribe();
+    futures::stream::unfold(receiver, move |mut receiver| {
+        let store = store.clone();
+        async move {
+            match receiver.recv().await {
+                Ok(object) => Some((vec![object], receiver)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((store.state(), receiver)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        }
+    })
+    .flat_map(futures::stream::iter)
+}
+
+/// Every object in the store once it has listed, then what it touches from then on: a term
+/// starts by reconciling everything, from the store the replica kept warm.
+fn everything_then_changes<K>(
+    sender: &broadcast::Sender<Arc<K>>,
+    store: Store<K>,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+where
+    K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let later = changes(sender, store.clone());
+    futures::stream::once(async move {
+        wait_until_ready(&store).await;
+        futures::stream::iter(store.state())
+    })
+    .flatten()
+    .chain(later)
+}
+
+/// A shared stream as the `watches_stream` input the mappers take (owned objects).
+fn owned<K: Clone>(
+    stream: impl futures::Stream<Item = Arc<K>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    stream.map(|object| Ok(K::clone(&object)))
+}
+
 /// Both controllers, until `term` resolves. Passes in flight when it does are dropped at once
-/// (not drained): after a lost lease, nothing this replica started may go on writing.
+/// (not drained): after a lost lease, nothing this replica started may go on writing. The stores
+/// are the process's (`views`), warm from before the term began; the view must still be complete
+/// before a pass revokes anything, exactly as at a cold start.
 async fn run_controllers(
     client: Client,
     azure: AzureClients,
     mut config: ControllerConfig,
+    views: &Views,
     fence: Option<LeaseFence>,
     metrics: Metrics,
-    readiness: Readiness,
     term: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let watcher_config = watcher::Config::default().any_semantic();
     if let Some(fence) = &fence {
         config.engine.fence = Some(Arc::new(fence.clone()));
     }
-    let view = ViewHealth::new(
-        &[ACCESS_STORE, SERVICE_ACCOUNT_STORE, NAMESPACE_STORE],
-        view::FailureLimits {
-            threshold: config.view_failure_threshold,
-            ttl: config.view_failure_ttl,
-        },
-    );
-
-    // Each store reports its health after the reflector applied the event, so "listed" is never
-    // seen before the list is in the store.
-    let (access_store, access_writer) = reflector::store();
-    let access_view = view.clone();
-    let access_stream = watcher(
-        Api::<LenientAccess>::all(client.clone()),
-        watcher_config.clone(),
-    )
-    .default_backoff()
-    .reflect(access_writer)
-    .inspect(move |event| access_view.observe(ACCESS_STORE, event))
-    .touched_objects();
-    let (sa_store, sa_writer) = reflector::store();
-    let sa_view = view.clone();
-    let sa_stream = watcher(
-        Api::<ServiceAccount>::all(client.clone()),
-        watcher_config.clone(),
-    )
-    .default_backoff()
-    .reflect(sa_writer)
-    .inspect(move |event| sa_view.observe(SERVICE_ACCOUNT_STORE, event))
-    .touched_objects();
-    let (ns_store, ns_writer) = reflector::store();
-    let ns_view = view.clone();
-    let ns_stream = watcher(
-        Api::<Namespace>::all(client.clone()),
-        watcher_config.clone(),
-    )
-    .default_backoff()
-    .reflect(ns_writer)
-    .inspect(move |event| ns_view.observe(NAMESPACE_STORE, event))
-    .touched_objects();
-
-    let accounts_api = Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone());
-    let controller = Controller::new(accounts_api, watcher_config.clone())
-        .with_config(ControllerRuntimeConfig::default().concurrency(config.concurrency));
-    let account_store = controller.store();
+    let account_store = views.accounts.clone();
+    let access_store = views.accesses.clone();
 
     let shutdown = term.boxed().shared();
-    let ready_store = account_store.clone();
-    tokio::spawn(async move {
-        wait_until_ready(&ready_store).await;
-        readiness.set_ready(true);
-    });
     let context = Arc::new(Context {
         client: client.clone(),
         azure,
         config,
         accounts: account_store.clone(),
         accesses: access_store.clone(),
-        service_accounts: sa_store.clone(),
-        namespaces: ns_store.clone(),
+        service_accounts: views.service_accounts.clone(),
+        namespaces: views.namespaces.clone(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -326,7 +498,7 @@ async fn run_controllers(
         ),
         backoff: reconcile::Backoffs::default(),
         metrics,
-        view,
+        view: views.health.clone(),
         fence,
     });
 
@@ -391,44 +563,62 @@ async fn run_controllers(
         ));
     }
 
-    let account_controller = controller
-        .watches_stream(access_stream, access_to_account)
-        .watches_stream(sa_stream, sa_to_accounts)
-        .watches_stream(ns_stream, ns_to_accounts)
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            reconcile::reconcile_account,
-            reconcile::account_error_policy,
-            context.clone(),
-        )
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "account reconcile");
-            }
-        });
+    let account_controller = Controller::for_shared_stream(
+        everything_then_changes(&views.account_changes, account_store.clone()),
+        account_store.clone(),
+    )
+    .with_config(ControllerRuntimeConfig::default().concurrency(context.config.concurrency))
+    .watches_stream(
+        owned(changes(&views.access_changes, access_store.clone())),
+        access_to_account,
+    )
+    .watches_stream(
+        owned(changes(
+            &views.service_account_changes,
+            views.service_accounts.clone(),
+        )),
+        sa_to_accounts,
+    )
+    .watches_stream(
+        owned(changes(&views.namespace_changes, views.namespaces.clone())),
+        ns_to_accounts,
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        reconcile::reconcile_account,
+        reconcile::account_error_policy,
+        context.clone(),
+    )
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "account reconcile");
+        }
+    });
 
     // The light controller over OpenAIAccess: malformed objects and missing accounts.
-    let access_controller =
-        Controller::new(Api::<LenientAccess>::all(client.clone()), watcher_config)
-            .watches(
-                Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
-                watcher::Config::default(),
-                move |account| {
-                    let name = account.name_any();
-                    accesses_referencing(&access_store, &name)
-                },
-            )
-            .graceful_shutdown_on(shutdown.clone())
-            .run(
-                reconcile::reconcile_access,
-                reconcile::access_error_policy,
-                context,
-            )
-            .for_each(|result| async move {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "access reconcile");
-                }
-            });
+    let accesses_for_account = access_store.clone();
+    let access_controller = Controller::for_shared_stream(
+        everything_then_changes(&views.access_changes, access_store.clone()),
+        access_store.clone(),
+    )
+    .watches_stream(
+        owned(changes(&views.account_changes, account_store.clone())),
+        move |account| {
+            let name = account.name_any();
+            accesses_referencing(&accesses_for_account, &name)
+        },
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        reconcile::reconcile_access,
+        reconcile::access_error_policy,
+        context,
+    )
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "access reconcile");
+        }
+    });
 
     let both = Box::pin(async move {
         futures::join!(account_controller, access_controller);

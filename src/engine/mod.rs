@@ -429,6 +429,9 @@ pub async fn run_pass(
                     WriteResult::Confirmed(existing)
                 }
                 Ok(Created::AlreadyExists(existing)) => WriteResult::Adopted(existing),
+                Err(error) if error.kind == AzureErrorKind::Fenced => {
+                    fenced_by_the_client(&mut outcome, &source.account_name, error)
+                }
                 Err(error) => {
                     failed_creates_of.extend(declared_by.iter().cloned());
                     if matches!(error.retry(), RetryDecision::After(_)) {
@@ -450,6 +453,9 @@ pub async fn run_pass(
             Write::Release { assignment, .. } => {
                 match azure.assignments.create_assignment(assignment).await {
                     Ok(_) => WriteResult::Done,
+                    Err(error) if error.kind == AzureErrorKind::Fenced => {
+                        fenced_by_the_client(&mut outcome, &source.account_name, error)
+                    }
                     Err(error) => {
                         if matches!(error.retry(), RetryDecision::After(_)) {
                             stop = Some(error.retry());
@@ -487,6 +493,9 @@ pub async fn run_pass(
                                 ),
                             });
                             WriteResult::Done
+                        }
+                        Err(error) if error.kind == AzureErrorKind::Fenced => {
+                            fenced_by_the_client(&mut outcome, &source.account_name, error)
                         }
                         Err(error) => {
                             if matches!(error.retry(), RetryDecision::After(_)) {
@@ -621,6 +630,18 @@ pub async fn run_pass(
     }
     outcome.plan = Some(plan);
     outcome
+}
+
+// The client's own fence (checked after pacing, just before the attempt) refused the write:
+// nothing reached ARM, and the pass stops as if the engine's check had refused it.
+fn fenced_by_the_client(
+    outcome: &mut PassOutcome,
+    account: &str,
+    error: AzureError,
+) -> WriteResult {
+    tracing::warn!(%account, why = %error, "fenced in the Azure client: stopping the pass");
+    outcome.fenced = Some(error.message);
+    WriteResult::NotAttempted
 }
 
 // The audit trail: every ARM write at info, naming the grant (events collapse per account).

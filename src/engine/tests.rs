@@ -17,6 +17,8 @@ struct FakeAzure {
     assignments: Mutex<Vec<ObservedAssignment>>,
     calls: Mutex<Vec<String>>,
     fail_creates_for: Mutex<Vec<String>>,
+    /// Creates the client lets through before its own fence closes (None: never closes).
+    client_fence_after: Mutex<Option<usize>>,
     account_missing: bool,
     identities: Vec<(ManagedIdentity, Vec<FederatedCredential>)>,
     /// Application objects by app id, with their federated credentials.
@@ -56,6 +58,16 @@ impl RoleAssignments for FakeAzure {
             .lock()
             .unwrap()
             .push(format!("put {}", a.principal_id));
+        if let Some(left) = self.client_fence_after.lock().unwrap().as_mut() {
+            if *left == 0 {
+                self.calls.lock().unwrap().pop();
+                return Err(AzureError::new(
+                    AzureErrorKind::Fenced,
+                    "create_role_assignment: not sent to ARM: the lease has 200ms left",
+                ));
+            }
+            *left -= 1;
+        }
         let failing = self.fail_creates_for.lock().unwrap();
         if failing.contains(&a.principal_id)
             || failing.contains(&format!("{} {}", a.principal_id, a.role))
@@ -948,6 +960,55 @@ async fn a_fenced_pass_stops_before_the_next_arm_write() {
             .filter(|r| matches!(r, WriteResult::NotAttempted))
             .count(),
         2
+    );
+}
+
+#[tokio::test]
+async fn a_write_the_clients_fence_refuses_stops_the_pass_like_the_engines_fence() {
+    // The engine's check passed, then pacing in the client outlived the lease: the client sent
+    // nothing and said Fenced. The pass stops there, and no failure is reported for the grant.
+    let azure = FakeAzure {
+        client_fence_after: Mutex::new(Some(1)),
+        ..FakeAzure::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access(
+            "team-a",
+            "chat",
+            vec![object(1), object(2), object(3)],
+        )]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(
+        azure.calls("put"),
+        1,
+        "one write, then the client's fence closed"
+    );
+    assert!(
+        outcome
+            .fenced
+            .as_deref()
+            .is_some_and(|w| w.contains("lease has 200ms left")),
+        "{:?}",
+        outcome.fenced
+    );
+    assert_eq!(
+        outcome
+            .results
+            .iter()
+            .filter(|r| matches!(r, WriteResult::NotAttempted))
+            .count(),
+        2
+    );
+    assert!(
+        !outcome
+            .events
+            .iter()
+            .any(|e| e.reason == "RoleAssignmentFailed"),
+        "a write never sent is not a failed grant"
     );
 }
 

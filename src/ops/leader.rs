@@ -206,6 +206,8 @@ pub struct LeaderElection {
     renewed_at: Option<Instant>,
     // The end of the lease as this replica knows it (None when not leading): the fence reads it.
     valid_until: watch::Sender<Option<Instant>>,
+    // The holder a watch on the Lease last saw, when the caller runs one (see `with_holder_watch`).
+    holders: Option<watch::Receiver<Option<String>>>,
 }
 
 impl std::fmt::Debug for LeaderElection {
@@ -238,7 +240,19 @@ impl LeaderElection {
             observed: None,
             renewed_at: None,
             valid_until: watch::channel(None).0,
+            holders: None,
         })
+    }
+
+    /// Lets a watch on the Lease (run by the caller: the holder it last saw) cut a leader's wait
+    /// short. When it shows another holder while this replica leads — someone overwrote a lease
+    /// that had not expired — the leader renews at once instead of at its next interval: the
+    /// renewal, made against the version it last wrote, fails with a conflict if the lease really
+    /// changed hands, and the leader steps down (closing the fence) within a round trip rather
+    /// than a renew interval. A stale event only costs one early renewal.
+    pub fn with_holder_watch(mut self, holders: watch::Receiver<Option<String>>) -> Self {
+        self.holders = Some(holders);
+        self
     }
 
     /// Also reports leadership as the `keyless_leader` gauge.
@@ -291,11 +305,16 @@ impl LeaderElection {
                 }
             };
             let deadline = self.deadline();
+            let holders = self.holders.clone();
+            let leading = self.renewed_at.is_some();
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 () = sleep_until_opt(deadline) => {
                     self.step_down("the lease could not be renewed within its duration");
+                }
+                () = another_holder_seen(holders, leading, &self.config.holder_id) => {
+                    tracing::info!(holder = %self.config.holder_id, "the lease shows another holder: renewing at once");
                 }
                 () = tokio::time::sleep(wait) => {}
             }
@@ -549,6 +568,27 @@ fn post_params() -> PostParams {
     }
 }
 
+// Resolves when the holder watch shows a holder other than `me` while this replica leads; never
+// without a watch or while standing by.
+async fn another_holder_seen(
+    holders: Option<watch::Receiver<Option<String>>>,
+    leading: bool,
+    me: &str,
+) {
+    let Some(mut holders) = holders.filter(|_| leading) else {
+        return std::future::pending().await;
+    };
+    loop {
+        if holders.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let seen = holders.borrow_and_update().clone();
+        if seen.is_some_and(|holder| !holder.is_empty() && holder != me) {
+            return;
+        }
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -705,12 +745,18 @@ mod tests {
     }
 
     fn start() -> Running {
+        start_with(|election| election)
+    }
+
+    fn start_with(extra: impl FnOnce(LeaderElection) -> LeaderElection) -> Running {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, NAMESPACE);
         let metrics = Metrics::new();
-        let election = LeaderElection::new(client, config())
-            .unwrap()
-            .with_metrics(metrics.clone());
+        let election = extra(
+            LeaderElection::new(client, config())
+                .unwrap()
+                .with_metrics(metrics.clone()),
+        );
         let leading = election.watch();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(election.run(async move {
@@ -1033,6 +1079,41 @@ mod tests {
         assert_eq!(next.at - conflict_at, RETRY_INTERVAL);
         next.ok(&lease(Some(OTHER), "8", 1));
 
+        let (mut api, result) = running.shut_down().await;
+        assert!(result.is_ok(), "{result:?}");
+        api.expect_no_more_requests().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_overwritten_by_another_holder_is_given_up_at_once_not_at_the_next_renewal() {
+        let (holders, seen) = watch::channel(None::<String>);
+        let mut running = start_with(|election| election.with_holder_watch(seen));
+        let (_, acquired_at) = acquire_by_creating(&mut running).await;
+        // Our own renewals show up on the watch too: they change nothing.
+        holders.send_replace(Some(ME.to_owned()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Someone overwrites the lease 1 s into a 5 s renew interval.
+        holders.send_replace(Some(OTHER.to_owned()));
+        let (_, renewal) = running.api.next().await.expect_replace();
+        assert!(
+            renewal.at - acquired_at < RENEW_INTERVAL,
+            "renewed at once ({:?} after acquiring), not at the interval",
+            renewal.at - acquired_at
+        );
+        renewal.fail(409, "Conflict");
+        running
+            .api
+            .next()
+            .await
+            .expect_get()
+            .ok(&lease(Some(OTHER), "7", 1));
+        running.leading.changed().await.unwrap();
+        assert!(
+            !*running.leading.borrow_and_update(),
+            "yields to the new holder"
+        );
+        let next = running.api.next().await.expect_get();
+        next.ok(&lease(Some(OTHER), "8", 1));
         let (mut api, result) = running.shut_down().await;
         assert!(result.is_ok(), "{result:?}");
         api.expect_no_more_requests().await;
