@@ -320,7 +320,8 @@ pub struct PrincipalStatus {
     /// User, Group or ServicePrincipal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal_type: Option<PrincipalType>,
-    /// The spec generation the object id was resolved at (a group name stays pinned to it).
+    /// The spec generation the object id was last resolved or confirmed at. A group name stays
+    /// pinned to the object id until this principal entry's own text changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_generation: Option<i64>,
     /// The role of this principal's grant (a role change is a replacement: see `replaces`).

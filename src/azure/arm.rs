@@ -14,7 +14,7 @@ use super::{
 };
 use crate::api::roles::{RBAC_ADMINISTRATOR_GUID, RoleName, delegation_condition};
 use crate::plan::model::assignment_id;
-use crate::plan::{AccountScope, NewAssignment, ObservedAssignment};
+use crate::plan::{AccountScope, NewAssignment, ObservedAssignment, PrincipalType};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -278,6 +278,19 @@ pub fn existing_assignment_name(message: &str) -> Option<uuid::Uuid> {
 
 /// A user-assigned identity's resource id, checked: it is pasted into the URL, so nothing but the
 /// expected shape may pass.
+/// The principal type ARM says an `UnmatchedPrincipalType` principal really has. Its message is not
+/// a contract (roughly "The principal with ID '…' has type 'ServicePrincipal', which is different
+/// from the PrinciaplType 'User' in the request", facts §A.6): the first known type after "has type"
+/// is taken, and None when there is none.
+pub fn actual_principal_type(message: &str) -> Option<PrincipalType> {
+    let lower = message.to_ascii_lowercase();
+    let after = &message[lower.find("has type")? + "has type".len()..];
+    after
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|word| !word.is_empty())
+        .and_then(PrincipalType::from_arm)
+}
+
 /// ARM's error codes that say the account (or what holds it) does not exist.
 pub const ACCOUNT_GONE_CODES: [&str; 3] = [
     "ResourceNotFound",
@@ -1028,6 +1041,27 @@ impl ManagedIdentities for ArmClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_type_arm_expects_is_read_from_an_unmatched_principal_type_message() {
+        let cases: &[(&str, Option<PrincipalType>)] = &[
+            (
+                "The principal with ID '00000000000000000000000000000001' has type 'ServicePrincipal', which is different from the PrinciaplType 'User' in the request.",
+                Some(PrincipalType::ServicePrincipal),
+            ),
+            (
+                "UnmatchedPrincipalType: principal 0001 has type Group which is different from specified PrincipalType User",
+                Some(PrincipalType::Group),
+            ),
+            // ForeignGroup is not a type keyless assigns; no "has type" at all; nothing after it.
+            ("The principal has type 'ForeignGroup'.", None),
+            ("The principal type does not match.", None),
+            ("... has type", None),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(actual_principal_type(message), *expected, "{message}");
+        }
+    }
 
     #[test]
     fn only_arms_not_found_envelopes_mean_the_account_is_gone() {

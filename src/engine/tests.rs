@@ -17,6 +17,8 @@ struct FakeAzure {
     assignments: Mutex<Vec<ObservedAssignment>>,
     calls: Mutex<Vec<String>>,
     fail_creates_for: Mutex<Vec<String>>,
+    /// Directory objects whose type differs from what a PUT may send: ARM's UnmatchedPrincipalType.
+    directory_types: Vec<(String, PrincipalType)>,
     account_missing: bool,
     identities: Vec<(ManagedIdentity, Vec<FederatedCredential>)>,
     /// Application objects by app id, with their federated credentials.
@@ -56,6 +58,22 @@ impl RoleAssignments for FakeAzure {
             .lock()
             .unwrap()
             .push(format!("put {}", a.principal_id));
+        if let Some((_, actual)) = self
+            .directory_types
+            .iter()
+            .find(|(id, actual)| *id == a.principal_id && *actual != a.principal_type)
+        {
+            let mut error = AzureError::new(
+                AzureErrorKind::UnmatchedPrincipalType,
+                format!(
+                    "create role assignment: ARM answered 400 UnmatchedPrincipalType: The principal with ID '{}' has type '{actual}', which is different from the PrinciaplType '{}' in the request.",
+                    a.principal_id.replace('-', ""),
+                    a.principal_type
+                ),
+            );
+            error.code = Some("UnmatchedPrincipalType".into());
+            return Err(error);
+        }
         let failing = self.fail_creates_for.lock().unwrap();
         if failing.contains(&a.principal_id)
             || failing.contains(&format!("{} {}", a.principal_id, a.role))
@@ -438,6 +456,37 @@ async fn a_create_that_fails_keeps_the_old_grant_of_a_principal_change() {
     // The next pass sees the replacement past its propagation grace (created an hour earlier).
     run_pass(azure.azure(), &source(vec![edited]), &config(), now()).await;
     assert_eq!(held(), vec![oid(2)], "made, then broken");
+}
+
+#[tokio::test]
+async fn an_unmatched_principal_type_is_denied_naming_the_type_arm_expects() {
+    // The spec says ServicePrincipal (object()); the directory holds a user.
+    let azure = FakeAzure {
+        directory_types: vec![(oid(1), PrincipalType::User)],
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("put"), 1);
+    assert!(azure.assignments.lock().unwrap().is_empty());
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(status.state, Some(GrantState::Denied));
+    assert_eq!(status.reason.as_deref(), Some("UnmatchedPrincipalType"));
+    let message = status.message.as_deref().unwrap();
+    assert!(
+        message.contains("is a User") && message.contains("set principalType: User"),
+        "{message}"
+    );
+    assert_eq!(status.role_assignment_id, None, "nothing was created");
+    assert_eq!(
+        outcome.retry, None,
+        "a spec to correct, not a failure to back off on"
+    );
 }
 
 #[tokio::test]

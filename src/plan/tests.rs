@@ -956,26 +956,53 @@ fn a_replicating_principal_is_pending_until_the_deadline_then_failed() {
 }
 
 #[test]
-fn a_group_name_stays_pinned_to_the_object_id_of_its_generation() {
+fn a_group_stays_pinned_per_principal_entry_until_its_text_changes() {
+    let entry = |label: &str, n: u8| crate::api::PrincipalStatus {
+        principal: label.into(),
+        object_id: Some(oid(n)),
+        principal_type: Some(PrincipalType::Group),
+        resolved_generation: Some(3),
+        ..Default::default()
+    };
     let previous = OpenAIAccessStatus {
+        principals: vec![
+            entry("groupName:ML Platform Team", 7),
+            entry("groupName:Search Team", 8),
+        ],
+        ..Default::default()
+    };
+    let group = |name: &str| crate::api::PrincipalRef::GroupName(name.into());
+    // (entry as the spec now writes it, pinned object id)
+    let cases: &[(&str, Option<u8>)] = &[
+        // Unchanged entries keep their own pins, whatever else changed in the spec (the status
+        // was written at generation 3; the spec is at any other generation now).
+        ("ML Platform Team", Some(7)),
+        ("Search Team", Some(8)),
+        // The entry's text changed: resolved again.
+        ("ML Platform Team (EU)", None),
+        ("ml platform team", None),
+    ];
+    for (name, pinned) in cases {
+        assert_eq!(
+            pinned_object_id(Some(&previous), &group(name)),
+            pinned
+                .map(|n| (oid(n), PrincipalType::Group))
+                .as_ref()
+                .map(|(o, t)| (o.as_str(), *t)),
+            "{name}"
+        );
+    }
+    // An entry that never resolved pins nothing.
+    let unresolved = OpenAIAccessStatus {
         principals: vec![crate::api::PrincipalStatus {
-            principal: "groupName:ML Platform Team".into(),
-            object_id: Some(oid(7)),
-            principal_type: Some(PrincipalType::Group),
-            resolved_generation: Some(3),
+            principal: "groupName:New Team".into(),
             ..Default::default()
         }],
         ..Default::default()
     };
-    let group = crate::api::PrincipalRef::GroupName("ML Platform Team".into());
     assert_eq!(
-        pinned_object_id(Some(&previous), &group, Some(3)),
-        Some((oid(7).as_str(), PrincipalType::Group))
-    );
-    assert_eq!(
-        pinned_object_id(Some(&previous), &group, Some(4)),
-        None,
-        "a new generation resolves again"
+        pinned_object_id(Some(&unresolved), &group("New Team")),
+        None
     );
 }
 
