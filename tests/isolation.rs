@@ -349,22 +349,22 @@ async fn retain_on_an_account_that_does_not_allow_it_revokes_with_the_object() {
     )
     .await;
     w.start(&emulator, "cluster-1");
-    eventually("alice is granted", async || {
-        w.state("team-chat", "chat", "user:alice@contoso.com").await == Some(GrantState::Granted)
-    })
+    // Granted, and the refused Retain said (from the pass after the create on).
+    eventually(
+        "alice is granted and told Retain is not honoured",
+        async || {
+            w.principal("team-chat", "chat", "user:alice@contoso.com")
+                .await
+                .is_some_and(|p| {
+                    p.state == Some(GrantState::Granted)
+                        && p.message
+                            .as_deref()
+                            .unwrap_or_default()
+                            .contains("RetainNotAllowed")
+                })
+        },
+    )
     .await;
-    let granted = w
-        .principal("team-chat", "chat", "user:alice@contoso.com")
-        .await
-        .unwrap();
-    assert!(
-        granted
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("RetainNotAllowed"),
-        "the refused Retain is said: {granted:?}"
-    );
     w.delete_access("team-chat", "chat").await;
     eventually("the object is gone and so is the grant", async || {
         w.get_access("team-chat", "chat").await.is_none()
@@ -598,4 +598,86 @@ async fn a_tenant_outside_the_account_cannot_freeze_its_revocations() {
     })
     .await;
     w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfingerprinted_name_is_read_before_it_is_written_so_a_twins_marker_survives() {
+    use keyless::azure::{Created, RoleAssignments};
+    use keyless::plan::ownership::grant_name;
+    use keyless::plan::{AccountScope, NewAssignment, PrincipalType};
+    let emulator = emulator().await;
+    let clients = azure_clients(&emulator);
+    let scope = AccountScope::parse(OAI_PROD).unwrap();
+    // Two installations given the id `pipeline` without fingerprints (file mode without
+    // --instance-fingerprint) name alice's grant alike. One made it; the other's LIST lags.
+    let bare = InstanceId::new("pipeline").unwrap();
+    let name = grant_name(&bare, &scope, ALICE, keyless::api::RoleName::OpenAIUser);
+    let first = "keyless:v1 instance=pipeline declared-by=team-a/first";
+    emulator
+        .put_role_assignment(AdminRoleAssignment {
+            name: Some(name.to_string()),
+            scope: OAI_PROD.into(),
+            role_definition_id: OPENAI_USER.into(),
+            principal_id: ALICE.into(),
+            principal_type: Some("User".into()),
+            description: Some(first.into()),
+            condition: None,
+        })
+        .unwrap();
+    let second = NewAssignment {
+        scope: scope.clone(),
+        name,
+        principal_id: ALICE.into(),
+        principal_type: PrincipalType::User,
+        role: keyless::api::RoleName::OpenAIUser,
+        description: ownership_marker(&bare, "team-b/second"),
+    };
+    emulator.reset_request_counts();
+    let created = clients
+        .role_assignments
+        .create_assignment(&second)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&created, Created::AlreadyExists(existing) if existing.description.as_deref() == Some(first)),
+        "{created:?}"
+    );
+    assert_eq!(emulator.request_count("RoleAssignments_Get", 200), 1);
+    assert_eq!(emulator.requests_of("RoleAssignments_Create"), 0, "no PUT");
+    let stored = emulator
+        .role_assignments()
+        .into_iter()
+        .find(|a| a.name == name.to_string())
+        .unwrap();
+    assert_eq!(
+        stored.description.as_deref(),
+        Some(first),
+        "the first marker survives"
+    );
+
+    // A fingerprinted installation's name is its own: no read, straight to the PUT.
+    let here = bare
+        .with_fingerprint("0f8fad5b-d9cb-469f-a165-70867728950e")
+        .unwrap();
+    let own = NewAssignment {
+        name: grant_name(
+            &here,
+            &scope,
+            SUMMARIZER,
+            keyless::api::RoleName::OpenAIUser,
+        ),
+        principal_id: SUMMARIZER.into(),
+        principal_type: PrincipalType::ServicePrincipal,
+        description: ownership_marker(&here, "team-a/first"),
+        ..second
+    };
+    emulator.reset_request_counts();
+    let created = clients
+        .role_assignments
+        .create_assignment(&own)
+        .await
+        .unwrap();
+    assert!(matches!(created, Created::Created(_)), "{created:?}");
+    assert_eq!(emulator.requests_of("RoleAssignments_Get"), 0);
+    assert_eq!(emulator.request_count("RoleAssignments_Create", 201), 1);
 }

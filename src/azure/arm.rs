@@ -721,6 +721,17 @@ impl RoleAssignments for ArmClient {
     }
 
     async fn create_assignment(&self, assignment: &NewAssignment) -> Result<Created, AzureError> {
+        // A name derived from the instance id alone (no fingerprint) is shared by any other
+        // installation given the same id, and a PUT on an existing name replaces its description:
+        // read it first, and take an existing assignment as it is (adopted, or confirmed when the
+        // marker is ours) instead of overwriting it. Fingerprinted names are the installation's own.
+        if crate::plan::ownership::writes_an_unfingerprinted_marker(&assignment.description)
+            && let Some(existing) = self
+                .get_assignment(&assignment.scope, &assignment.name.to_string())
+                .await?
+        {
+            return Ok(Created::AlreadyExists(existing));
+        }
         let id = assignment.id();
         let what = format!(
             "assign {} to {} {} at {}",
