@@ -602,7 +602,7 @@ async fn a_tenant_outside_the_account_cannot_freeze_its_revocations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfingerprinted_name_is_read_before_it_is_written_so_a_twins_marker_survives() {
-    use keyless::azure::{Created, RoleAssignments};
+    use keyless::azure::Created;
     use keyless::plan::ownership::grant_name;
     use keyless::plan::{AccountScope, NewAssignment, PrincipalType};
     let emulator = emulator().await;
