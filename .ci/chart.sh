@@ -129,7 +129,9 @@ image_user_matches_chart() {
 check "Dockerfile runs as the numeric non-root UID the chart sets" image_user_matches_chart
 
 # ------------------------------------------------------------------------------------------ chart
-check "helm lint (default values)" "$HELM" lint --strict "$CHART"
+# The default renders set only what the chart requires (controller.instanceId): .ci/chart/values-minimal.yaml.
+MINIMAL=.ci/chart/values-minimal.yaml
+check "helm lint (default values)" "$HELM" lint --strict "$CHART" -f "$MINIMAL"
 check "helm lint (non-default values)" "$HELM" lint --strict "$CHART" -f .ci/chart/values-full.yaml
 
 # render NAME NAMESPACE [helm args...]: manifests (with CRDs) to $WORK/NAME.yaml, NOTES to $WORK/NAME.notes.
@@ -143,13 +145,13 @@ render() {
 }
 validate() { "$VALIDATE" --strict --quiet -k "$KUBE_VERSION" "$1"; }
 
-check "helm template with default values" render keyless keyless
+check "helm template with default values" render keyless keyless -f "$MINIMAL"
 check "helm template with non-default values (2 replicas, export, ServiceMonitor, NetworkPolicy, US Gov cloud, identity subscriptions)" \
   render platform platform-system -f .ci/chart/values-full.yaml
 check "rendered manifests and CRDs (default values) are valid Kubernetes $KUBE_VERSION (strict)" validate "$WORK/keyless-with-crds.yaml"
 check "rendered manifests and CRDs (non-default values) are valid Kubernetes $KUBE_VERSION (strict)" validate "$WORK/platform-with-crds.yaml"
 
-check_assertions "assertions on the default render" "$PY" .ci/chart/assert_chart.py render "$WORK/keyless.yaml" "$WORK/keyless.notes" keyless
+check_assertions "assertions on the default render" "$PY" .ci/chart/assert_chart.py render "$WORK/keyless.yaml" "$WORK/keyless.notes" keyless "$MINIMAL"
 check_assertions "assertions on the non-default render" "$PY" .ci/chart/assert_chart.py render \
   "$WORK/platform.yaml" "$WORK/platform.notes" platform-system .ci/chart/values-full.yaml
 check_assertions "the chart README's values table states the defaults of values.yaml (resources included)" \
@@ -176,8 +178,15 @@ check_fails "schema rejects an unknown cloud" "value must be one of" \
 check_fails "schema rejects a client id that is not a GUID" "azure/clientId" \
   "$HELM" template k "$CHART" --set azure.clientId=my-identity
 check_fails "2 replicas without leader election are refused" "needs leaderElection.enabled=true" \
-  "$HELM" template k "$CHART" --set replicaCount=2 --set leaderElection.enabled=false
-check "schema accepts global (the chart works as a subchart)" "$HELM" template k "$CHART" --set global.imageRegistry=example.azurecr.io
+  "$HELM" template k "$CHART" -f "$MINIMAL" --set replicaCount=2 --set leaderElection.enabled=false
+check "schema accepts global (the chart works as a subchart)" "$HELM" template k "$CHART" -f "$MINIMAL" --set global.imageRegistry=example.azurecr.io
+# No default instance id: the old one (<namespace>-<release>) is the same on every cluster installed the
+# same way. The refusal must tell an existing install the exact value it ran with.
+check_fails "no controller.instanceId is refused, naming the value an existing install ran with" \
+  "controller.instanceId is required.*controller.instanceId=keyless-system-keyless" \
+  "$HELM" template keyless "$CHART" --namespace keyless-system
+check_fails "an empty controller.instanceId is refused too" "controller.instanceId is required" \
+  "$HELM" template keyless "$CHART" --namespace keyless-system --set controller.instanceId=
 
 # ------------------------------------------------------------------------------------ Azure setup
 check "shellcheck deploy/azure/setup.sh .ci/*.sh .ci/chart/fake-az/az" shellcheck deploy/azure/setup.sh .ci/*.sh .ci/chart/fake-az/az

@@ -506,7 +506,11 @@ async fn g_missing_grants_on_s_accounts_cost_g_puts_and_s_list_pages_and_a_secon
     // Before the writes, each scope holds at most 2 assignments (keyless's own grant at the
     // subscription, Bob's Bicep grant on oai-prod): one page each.
     assert_eq!(handle.requests_of("RoleAssignments_ListForScope"), s);
-    assert_eq!(handle.requests_of("RoleAssignments_Get"), 0);
+    // Without --instance-fingerprint a grant's name is the instance id's alone, which another
+    // installation given the same id shares: each name is read (404) before it is PUT, so a PUT
+    // never overwrites an existing assignment's marker.
+    assert_eq!(handle.request_count("RoleAssignments_Get", 404), g);
+    assert_eq!(handle.requests_of("RoleAssignments_Get"), g);
     assert_eq!(handle.requests_of("RoleAssignments_Delete"), 0);
 
     handle.reset_request_counts();

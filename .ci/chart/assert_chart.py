@@ -140,8 +140,8 @@ def check_render(manifest_path, notes_path, namespace, values_path):
           f"--credential={values['azure']['credential']}" in args and f"--cloud={values['azure']['cloud']}" in args, f"{args}")
     subs = [a.split("=", 1)[1] for a in args if a.startswith("--identity-subscription=")]
     check("one --identity-subscription per value", subs == values["azure"]["identitySubscriptions"], f"{subs}")
-    instance = values["controller"]["instanceId"] or f"{namespace}-{deployment['metadata']['labels']['app.kubernetes.io/instance']}"
-    check("--instance-id is the value or <namespace>-<release>", f"--instance-id={instance}" in args, f"{args}")
+    instance = values["controller"]["instanceId"]
+    check("--instance-id is the value of controller.instanceId", bool(instance) and f"--instance-id={instance}" in args, f"{args}")
     check("POD_NAMESPACE comes from the downward API",
           any(e.get("name") == "POD_NAMESPACE" and e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace"
               for e in container.get("env") or []))

@@ -338,4 +338,7 @@ keyless's Azure side is ready$($dry_run && echo " (dry run: nothing was changed)
 
 Install the chart with (the namespace and ServiceAccount the federated credential trusts):
   $(helm_install_line)
+controller.instanceId marks every grant keyless makes: keep it forever, one per cluster. Upgrading an
+install that ran without it? It ran as <namespace>-<release>: set controller.instanceId=$namespace-keyless
+instead of $cluster, or its existing grants are orphaned.
 EOF

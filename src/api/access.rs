@@ -300,6 +300,14 @@ pub struct OpenAIAccessStatus {
     pub principals: Vec<PrincipalStatus>,
 }
 
+/// A grant being replaced: the Entra object id and the role it was made for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacedGrant {
+    pub object_id: String,
+    pub role: RoleName,
+}
+
 /// The grant of one principal.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -312,9 +320,17 @@ pub struct PrincipalStatus {
     /// User, Group or ServicePrincipal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal_type: Option<PrincipalType>,
-    /// The spec generation the object id was resolved at (a group name stays pinned to it).
+    /// The spec generation the object id was last resolved or confirmed at. A group name stays
+    /// pinned to the object id until this principal entry's own text changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_generation: Option<i64>,
+    /// The role of this principal's grant (a role change is a replacement: see `replaces`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<RoleName>,
+    /// The grant this entry held before its principal or role changed. keyless keeps it until the
+    /// new grant is past its propagation grace (make-before-break), then deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<ReplacedGrant>,
     /// The ARM id of the role assignment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_assignment_id: Option<String>,

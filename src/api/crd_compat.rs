@@ -272,8 +272,12 @@ mod tests {
         ];
         assert_eq!(
             missing_in_installed(&access, &read("openaiaccesses.keyless.dev.yaml")),
+            // status.principals[].role and .replaces came with issue 16 (a role change is a
+            // replacement), after these CRDs.
             vec![
                 Gap("spec.role: value FoundryUser".into()),
+                Gap("status.principals[].replaces".into()),
+                Gap("status.principals[].role".into()),
                 Gap("status.roleDisplayName".into())
             ]
         );

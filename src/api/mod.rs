@@ -14,7 +14,7 @@ mod tests;
 
 pub use access::{
     AccountRef, ExportTo, GrantState, OpenAIAccess, OpenAIAccessSpec, OpenAIAccessStatus,
-    Principal, PrincipalRef, PrincipalStatus,
+    Principal, PrincipalRef, PrincipalStatus, ReplacedGrant,
 };
 pub use account::{
     AccountAccess, AllowedNamespaces, OpenAIAccount, OpenAIAccountSpec, OpenAIAccountStatus,

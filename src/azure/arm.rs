@@ -14,7 +14,7 @@ use super::{
 };
 use crate::api::roles::{RBAC_ADMINISTRATOR_GUID, RoleName, delegation_condition};
 use crate::plan::model::assignment_id;
-use crate::plan::{AccountScope, NewAssignment, ObservedAssignment};
+use crate::plan::{AccountScope, NewAssignment, ObservedAssignment, PrincipalType};
 use async_trait::async_trait;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -278,6 +278,51 @@ pub fn existing_assignment_name(message: &str) -> Option<uuid::Uuid> {
 
 /// A user-assigned identity's resource id, checked: it is pasted into the URL, so nothing but the
 /// expected shape may pass.
+/// The principal type ARM says an `UnmatchedPrincipalType` principal really has. Its message is not
+/// a contract (roughly "The principal with ID '…' has type 'ServicePrincipal', which is different
+/// from the PrinciaplType 'User' in the request", facts §A.6): the first known type after "has type"
+/// is taken, and None when there is none.
+pub fn actual_principal_type(message: &str) -> Option<PrincipalType> {
+    let lower = message.to_ascii_lowercase();
+    let after = &message[lower.find("has type")? + "has type".len()..];
+    after
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .find(|word| !word.is_empty())
+        .and_then(PrincipalType::from_arm)
+}
+
+/// ARM's error codes that say the account (or what holds it) does not exist.
+pub const ACCOUNT_GONE_CODES: [&str; 3] = [
+    "ResourceNotFound",
+    "ResourceGroupNotFound",
+    "ParentResourceNotFound",
+];
+
+/// Whether a failed read of an account, or of the assignments at its scope, says the account is
+/// gone. Only ARM's own envelopes do: "gone" releases every finalizer without revoking, so a 404
+/// from a wrong endpoint, a proxy's error page or `SubscriptionNotFound` (a subscription moved to
+/// another tenant, a credential for the wrong tenant) must never count.
+pub fn means_account_gone(error: &AzureError) -> bool {
+    error.kind == AzureErrorKind::NotFound
+        && error
+            .code
+            .as_deref()
+            .is_some_and(|code| ACCOUNT_GONE_CODES.contains(&code))
+}
+
+/// Any other 404 on an account's path is a temporary failure: nothing is created or deleted, and
+/// the pass is retried.
+fn not_found_is_temporary(mut error: AzureError) -> AzureError {
+    if error.kind == AzureErrorKind::NotFound {
+        error.kind = AzureErrorKind::Transient;
+        error.message = format!(
+            "{} (a 404 without ARM's ResourceNotFound, ResourceGroupNotFound or ParentResourceNotFound code: treated as a temporary failure, not as a deleted account; check the ARM endpoint and the subscription)",
+            error.message
+        );
+    }
+    error
+}
+
 pub(crate) fn parse_identity_id(resource_id: &str) -> Option<(String, String)> {
     let segments: Vec<&str> = resource_id.trim_end_matches('/').split('/').collect();
     match segments.as_slice() {
@@ -639,7 +684,14 @@ impl RoleAssignments for ArmClient {
         let items: Vec<RoleAssignmentResource> = self
             .list_all(url, "list_role_assignments", scope.subscription_id(), &what)
             .await
-            .map_err(|mut error| {
+            .map_err(|error| {
+                // The engine reads a NotFound here as "the account is gone": keep that kind only
+                // for ARM's envelopes that say so.
+                let mut error = if means_account_gone(&error) {
+                    error
+                } else {
+                    not_found_is_temporary(error)
+                };
                 if error.kind == AzureErrorKind::AuthorizationFailed {
                     error.message = format!(
                         "{}. keyless's identity needs Microsoft.Authorization/roleAssignments/read at the account; {}",
@@ -669,6 +721,17 @@ impl RoleAssignments for ArmClient {
     }
 
     async fn create_assignment(&self, assignment: &NewAssignment) -> Result<Created, AzureError> {
+        // A name derived from the instance id alone (no fingerprint) is shared by any other
+        // installation given the same id, and a PUT on an existing name replaces its description:
+        // read it first, and take an existing assignment as it is (adopted, or confirmed when the
+        // marker is ours) instead of overwriting it. Fingerprinted names are the installation's own.
+        if crate::plan::ownership::writes_an_unfingerprinted_marker(&assignment.description)
+            && let Some(existing) = self
+                .get_assignment(&assignment.scope, &assignment.name.to_string())
+                .await?
+        {
+            return Ok(Created::AlreadyExists(existing));
+        }
         let id = assignment.id();
         let what = format!(
             "assign {} to {} {} at {}",
@@ -853,9 +916,12 @@ impl Accounts for ArmClient {
                     custom_sub_domain_name: account.properties.custom_sub_domain_name,
                 }))
             }
-            StatusCode::NOT_FOUND => Ok(None),
             _ => {
                 let mut error = reply.to_error(&what);
+                if means_account_gone(&error) {
+                    return Ok(None);
+                }
+                error = not_found_is_temporary(error);
                 if error.kind == AzureErrorKind::AuthorizationFailed {
                     error.message = format!(
                         "{}. keyless's identity needs Microsoft.CognitiveServices/accounts/read on the account (Role Based Access Control Administrator's */read includes it)",
@@ -986,6 +1052,99 @@ impl ManagedIdentities for ArmClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_type_arm_expects_is_read_from_an_unmatched_principal_type_message() {
+        let cases: &[(&str, Option<PrincipalType>)] = &[
+            (
+                "The principal with ID '00000000000000000000000000000001' has type 'ServicePrincipal', which is different from the PrinciaplType 'User' in the request.",
+                Some(PrincipalType::ServicePrincipal),
+            ),
+            (
+                "UnmatchedPrincipalType: principal 0001 has type Group which is different from specified PrincipalType User",
+                Some(PrincipalType::Group),
+            ),
+            // ForeignGroup is not a type keyless assigns; no "has type" at all; nothing after it.
+            ("The principal has type 'ForeignGroup'.", None),
+            ("The principal type does not match.", None),
+            ("... has type", None),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(actual_principal_type(message), *expected, "{message}");
+        }
+    }
+
+    #[test]
+    fn only_arms_not_found_envelopes_mean_the_account_is_gone() {
+        use crate::azure::http::{Reply, classify};
+        let cases: &[(u16, &str, bool, AzureErrorKind)] = &[
+            (
+                404,
+                r#"{"error":{"code":"ResourceNotFound","message":"gone"}}"#,
+                true,
+                AzureErrorKind::NotFound,
+            ),
+            (
+                404,
+                r#"{"error":{"code":"ResourceGroupNotFound","message":"gone"}}"#,
+                true,
+                AzureErrorKind::NotFound,
+            ),
+            (
+                404,
+                r#"{"error":{"code":"ParentResourceNotFound","message":"gone"}}"#,
+                true,
+                AzureErrorKind::NotFound,
+            ),
+            // A subscription in another tenant, a wrong endpoint, a proxy's page: temporary.
+            (
+                404,
+                r#"{"error":{"code":"SubscriptionNotFound","message":"?"}}"#,
+                false,
+                AzureErrorKind::Transient,
+            ),
+            (
+                404,
+                r#"{"error":{"code":"NotFound","message":"Nothing is served here"}}"#,
+                false,
+                AzureErrorKind::Transient,
+            ),
+            (
+                404,
+                "<html><body>404 Not Found</body></html>",
+                false,
+                AzureErrorKind::Transient,
+            ),
+            (404, "", false, AzureErrorKind::Transient),
+            // The right code on another status is not a 404 at all.
+            (
+                400,
+                r#"{"error":{"code":"ResourceNotFound","message":"?"}}"#,
+                false,
+                AzureErrorKind::BadRequest,
+            ),
+        ];
+        for (status, body, gone, kind_when_not_gone) in cases {
+            let reply = Reply {
+                service: crate::azure::http::Service::Arm,
+                operation: "get_account",
+                status: StatusCode::from_u16(*status).unwrap(),
+                headers: reqwest::header::HeaderMap::new(),
+                body: bytes::Bytes::from(body.to_string()),
+            };
+            let error = reply.to_error("get account");
+            assert_eq!(
+                classify(reply.status, error.code.as_deref()),
+                error.kind,
+                "{status} {body}"
+            );
+            assert_eq!(means_account_gone(&error), *gone, "{status} {body}");
+            if !gone {
+                let error = not_found_is_temporary(error);
+                assert_eq!(error.kind, *kind_when_not_gone, "{status} {body}");
+            }
+        }
+    }
 
     #[test]
     fn the_existing_assignment_name_is_read_from_a_409_message_and_hyphenated() {

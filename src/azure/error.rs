@@ -84,6 +84,9 @@ pub struct AzureError {
     pub request_id: Option<String>,
     /// `Retry-After` when the service sent one.
     pub retry_after: Option<Duration>,
+    /// The service's error code (`error.code` of the envelope), when it sent one: some decisions
+    /// need more than the kind (only ARM's "not found" envelopes mean an account is gone).
+    pub code: Option<String>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -95,6 +98,7 @@ impl AzureError {
             message: message.into(),
             request_id: None,
             retry_after: None,
+            code: None,
             source: None,
         }
     }

@@ -216,6 +216,7 @@ impl Reply {
         );
         error.request_id = request_id;
         error.retry_after = retry_after(&self.headers);
+        error.code = body.code.clone();
         error
     }
 }

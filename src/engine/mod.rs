@@ -275,12 +275,7 @@ pub async fn run_pass(
             let resolution = match eligible.reference() {
                 Some(reference) if readable => {
                     resolver
-                        .resolve(
-                            &access.key,
-                            reference,
-                            access.previous.as_ref(),
-                            access.generation,
-                        )
+                        .resolve(&access.key, reference, access.previous.as_ref())
                         .await
                 }
                 _ => crate::plan::Resolution::NotLookedUp,
@@ -924,6 +919,26 @@ fn apply_write_results(
                 ));
                 status.role_assignment_id = Some(existing.id.clone());
                 status.granted_at = existing.created_on.map(crate::api::common::Time);
+            }
+            // The directory object is not of the type the spec declared: a spec to correct, not a
+            // failure to retry. Nothing was created.
+            WriteResult::Failed(error) if error.kind == AzureErrorKind::UnmatchedPrincipalType => {
+                let expected = crate::azure::arm::actual_principal_type(&error.message);
+                status.state = Some(GrantState::Denied);
+                status.reason = Some(AzureErrorKind::UnmatchedPrincipalType.as_str().into());
+                status.message = Some(match expected {
+                    Some(expected) => format!(
+                        "ARM refused principalType {sent}: object {object_id} is a {expected}; set principalType: {expected} on this principal",
+                        sent = assignment.principal_type,
+                    ),
+                    None => format!(
+                        "ARM refused principalType {sent}: object {object_id} is not a {sent}; set the principalType it has ({error})",
+                        sent = assignment.principal_type,
+                    ),
+                });
+                status.role_assignment_id = None;
+                status.granted_at = None;
+                status.pending_since = None;
             }
             WriteResult::Failed(error) => {
                 let replicating = error.kind == AzureErrorKind::PrincipalNotFound;

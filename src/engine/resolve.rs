@@ -188,13 +188,11 @@ impl<'a> Resolver<'a> {
         key: &ObjectKey,
         principal: &PrincipalRef,
         previous: Option<&OpenAIAccessStatus>,
-        generation: Option<i64>,
     ) -> Resolution {
-        // A group name resolved at this generation stays pinned: a later rename of another group to
-        // this name cannot capture the grant.
+        // A group name stays pinned to what its entry resolved to until the entry's text changes: a
+        // later rename of another group to this name cannot capture the grant.
         if let PrincipalRef::GroupName(_) = principal
-            && let Some((object_id, principal_type)) =
-                pinned_object_id(previous, principal, generation)
+            && let Some((object_id, principal_type)) = pinned_object_id(previous, principal)
         {
             return Resolution::Resolved {
                 object_id: object_id.to_string(),

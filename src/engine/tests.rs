@@ -19,10 +19,14 @@ struct FakeAzure {
     fail_creates_for: Mutex<Vec<String>>,
     /// Creates the client lets through before its own fence closes (None: never closes).
     client_fence_after: Mutex<Option<usize>>,
+    /// Directory objects whose type differs from what a PUT may send: ARM's UnmatchedPrincipalType.
+    directory_types: Vec<(String, PrincipalType)>,
     account_missing: bool,
     identities: Vec<(ManagedIdentity, Vec<FederatedCredential>)>,
     /// Application objects by app id, with their federated credentials.
     applications: Vec<(String, Vec<FederatedCredential>)>,
+    /// Service principals by app id (besides `client-chat`): app id, object id.
+    service_principals: Vec<(String, String)>,
 }
 
 impl FakeAzure {
@@ -67,6 +71,22 @@ impl RoleAssignments for FakeAzure {
                 ));
             }
             *left -= 1;
+        }
+        if let Some((_, actual)) = self
+            .directory_types
+            .iter()
+            .find(|(id, actual)| *id == a.principal_id && *actual != a.principal_type)
+        {
+            let mut error = AzureError::new(
+                AzureErrorKind::UnmatchedPrincipalType,
+                format!(
+                    "create role assignment: ARM answered 400 UnmatchedPrincipalType: The principal with ID '{}' has type '{actual}', which is different from the PrinciaplType '{}' in the request.",
+                    a.principal_id.replace('-', ""),
+                    a.principal_type
+                ),
+            );
+            error.code = Some("UnmatchedPrincipalType".into());
+            return Err(error);
         }
         let failing = self.fail_creates_for.lock().unwrap();
         if failing.contains(&a.principal_id)
@@ -192,6 +212,17 @@ impl Directory for FakeAzure {
             .lock()
             .unwrap()
             .push(format!("service principal {app_id}"));
+        if let Some((_, id)) = self
+            .service_principals
+            .iter()
+            .find(|(app, _)| app == app_id)
+        {
+            return Ok(DirectoryObject {
+                id: id.clone(),
+                principal_type: PrincipalType::ServicePrincipal,
+                display_name: None,
+            });
+        }
         if app_id == "client-chat" {
             // An app registration (not a managed identity) that the chat ServiceAccount uses.
             return Ok(DirectoryObject {
@@ -450,6 +481,37 @@ async fn a_create_that_fails_keeps_the_old_grant_of_a_principal_change() {
     // The next pass sees the replacement past its propagation grace (created an hour earlier).
     run_pass(azure.azure(), &source(vec![edited]), &config(), now()).await;
     assert_eq!(held(), vec![oid(2)], "made, then broken");
+}
+
+#[tokio::test]
+async fn an_unmatched_principal_type_is_denied_naming_the_type_arm_expects() {
+    // The spec says ServicePrincipal (object()); the directory holds a user.
+    let azure = FakeAzure {
+        directory_types: vec![(oid(1), PrincipalType::User)],
+        ..Default::default()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &source(vec![access("team-a", "chat", vec![object(1)])]),
+        &config(),
+        now(),
+    )
+    .await;
+    assert_eq!(azure.calls("put"), 1);
+    assert!(azure.assignments.lock().unwrap().is_empty());
+    let status = &outcome.accesses[0].status.principals[0];
+    assert_eq!(status.state, Some(GrantState::Denied));
+    assert_eq!(status.reason.as_deref(), Some("UnmatchedPrincipalType"));
+    let message = status.message.as_deref().unwrap();
+    assert!(
+        message.contains("is a User") && message.contains("set principalType: User"),
+        "{message}"
+    );
+    assert_eq!(status.role_assignment_id, None, "nothing was created");
+    assert_eq!(
+        outcome.retry, None,
+        "a spec to correct, not a failure to back off on"
+    );
 }
 
 #[tokio::test]
@@ -1036,4 +1098,264 @@ async fn the_brake_holds_a_mass_revocation_until_confirmed() {
     confirmed.confirmed_revocations = Some(11);
     run_pass(azure.azure(), &confirmed, &config, now()).await;
     assert_eq!(azure.calls("delete"), 11);
+}
+
+// ---- Caches hold facts, never decisions ----
+
+mod warm_and_cold {
+    use super::*;
+    use crate::engine::resolve::ResolutionCache;
+    use proptest::prelude::*;
+
+    const NAMESPACES: [&str; 3] = ["team-a", "team-b", "team-c"];
+    const SERVICE_ACCOUNTS: [&str; 2] = ["chat", "batch"];
+    // What a ServiceAccount's client id annotation may name: two managed identities, two app
+    // registrations, an id nothing knows, or no annotation.
+    const CLIENT_IDS: [Option<&str>; 6] = [
+        Some("mi-1"),
+        Some("mi-2"),
+        Some("app-1"),
+        Some("app-2"),
+        Some("nobody"),
+        None,
+    ];
+    const ISSUERS: [&str; 2] = ["https://oidc.example/", "https://oidc.other.example/"];
+
+    #[derive(Clone, Debug)]
+    struct Directory {
+        // (namespace, ServiceAccount) -> index into CLIENT_IDS
+        annotations: Vec<usize>,
+        // Per identity (mi-1, mi-2, app-1, app-2): credentials as (namespace, sa, issuer, audience ok).
+        credentials: Vec<Vec<(usize, usize, usize, bool)>>,
+        // Whether app-1 / app-2 have their application object in this tenant.
+        apps_here: Vec<bool>,
+    }
+
+    #[derive(Clone, Debug)]
+    struct Policy {
+        require_federation: bool,
+        kinds: Vec<PrincipalKind>,
+    }
+
+    // An object: namespace, principals (0..2 = a ServiceAccount, 2 = alice, 3 = an objectId).
+    type Object = (usize, Vec<usize>);
+
+    fn directory() -> impl Strategy<Value = Directory> {
+        (
+            // Dense on purpose: ServiceAccounts of one name in several namespaces sharing an
+            // identity, credentials mostly for this cluster's issuer, so that what one object's
+            // lookup cached is what another object (or another account) would look up.
+            prop::collection::vec(
+                prop::sample::select(vec![0usize, 0, 0, 0, 2, 2, 2, 1, 3, 4, 5]),
+                NAMESPACES.len() * SERVICE_ACCOUNTS.len(),
+            ),
+            prop::collection::vec(
+                prop::collection::vec(
+                    (
+                        0..3usize,
+                        0..2usize,
+                        prop::sample::select(vec![0usize, 0, 0, 1]),
+                        prop::sample::select(vec![true, true, true, false]),
+                    ),
+                    0..4,
+                ),
+                4,
+            ),
+            prop::collection::vec(any::<bool>(), 2),
+        )
+            .prop_map(|(annotations, credentials, apps_here)| Directory {
+                annotations,
+                credentials,
+                apps_here,
+            })
+    }
+
+    fn policy() -> impl Strategy<Value = Policy> {
+        (
+            any::<bool>(),
+            prop::sample::subsequence(PrincipalKind::ALL.to_vec(), 1..=5),
+        )
+            .prop_map(|(require_federation, kinds)| Policy {
+                require_federation,
+                kinds,
+            })
+    }
+
+    fn objects() -> impl Strategy<Value = Vec<Object>> {
+        // Mostly ServiceAccounts, mostly in the two allowed namespaces.
+        prop::collection::vec(
+            (
+                prop::sample::select(vec![0usize, 0, 1, 1, 2]),
+                prop::collection::vec(prop::sample::select(vec![0usize, 0, 1, 1, 2, 3]), 1..4),
+            ),
+            1..5,
+        )
+    }
+
+    fn fake(directory: &Directory, observed: &[ObservedAssignment]) -> FakeAzure {
+        let credential =
+            |(ns, sa, issuer, audience): &(usize, usize, usize, bool)| FederatedCredential {
+                name: format!("{ns}-{sa}-{issuer}"),
+                issuer: ISSUERS[*issuer].into(),
+                subject: format!(
+                    "system:serviceaccount:{}:{}",
+                    NAMESPACES[*ns], SERVICE_ACCOUNTS[*sa]
+                ),
+                audiences: vec![if *audience {
+                    "api://AzureADTokenExchange".into()
+                } else {
+                    "api://other".into()
+                }],
+            };
+        let identities = (0..2)
+            .map(|i| {
+                (
+                    ManagedIdentity {
+                        resource_id: format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mi-{}", i + 1),
+                        principal_id: oid(20 + i as u8),
+                        client_id: format!("mi-{}", i + 1),
+                        tenant_id: "t".into(),
+                    },
+                    directory.credentials[i].iter().map(credential).collect(),
+                )
+            })
+            .collect();
+        let applications = (0..2)
+            .filter(|i| directory.apps_here[*i])
+            .map(|i| {
+                (
+                    format!("app-{}", i + 1),
+                    directory.credentials[2 + i]
+                        .iter()
+                        .map(credential)
+                        .collect(),
+                )
+            })
+            .collect();
+        FakeAzure {
+            assignments: Mutex::new(observed.to_vec()),
+            identities,
+            applications,
+            service_principals: vec![("app-1".into(), oid(30)), ("app-2".into(), oid(31))],
+            ..Default::default()
+        }
+    }
+
+    fn scope_source(directory: &Directory, policy: &Policy, objects: &[Object]) -> ScopeSource {
+        let principal = |p: usize| match p {
+            0 | 1 => Principal {
+                service_account: Some(SERVICE_ACCOUNTS[p].into()),
+                ..Default::default()
+            },
+            2 => Principal {
+                user: Some("alice@contoso.com".into()),
+                ..Default::default()
+            },
+            _ => object(5),
+        };
+        let mut source = source(
+            objects
+                .iter()
+                .enumerate()
+                .map(|(i, (ns, principals))| {
+                    access(
+                        NAMESPACES[*ns],
+                        &format!("obj-{i}"),
+                        principals.iter().map(|p| principal(*p)).collect(),
+                    )
+                })
+                .collect(),
+        );
+        source.account.require_federation = policy.require_federation;
+        source.account.allowed_principal_kinds = policy.kinds.clone();
+        source.service_accounts = NAMESPACES
+            .iter()
+            .enumerate()
+            .flat_map(|(n, ns)| {
+                SERVICE_ACCOUNTS.iter().enumerate().map(move |(s, sa)| {
+                    (
+                        ObjectKey {
+                            namespace: ns.to_string(),
+                            name: sa.to_string(),
+                        },
+                        (n, s),
+                    )
+                })
+            })
+            .map(|(key, (n, s))| {
+                let client = CLIENT_IDS[directory.annotations[n * SERVICE_ACCOUNTS.len() + s]];
+                (
+                    key,
+                    ServiceAccountInfo {
+                        client_id: client.map(str::to_string),
+                    },
+                )
+            })
+            .collect();
+        source
+    }
+
+    // What a plan-only pass decides: its writes and every object's status.
+    fn decided(
+        azure: &FakeAzure,
+        source: &ScopeSource,
+        cache: Option<std::sync::Arc<ResolutionCache>>,
+    ) -> (Vec<crate::plan::Write>, Vec<OpenAIAccessStatus>) {
+        let config = EngineConfig {
+            dry_run: true,
+            resolution_cache: cache,
+            ..config()
+        };
+        let outcome = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(run_pass(azure.azure(), source, &config, now()));
+        (
+            outcome.plan.map(|p| p.writes).unwrap_or_default(),
+            outcome.accesses.into_iter().map(|a| a.status).collect(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+        /// A pass after other passes warmed the caches (other objects, other account policies:
+        /// federation optional, other kinds) plans exactly what a pass with cold caches plans.
+        #[test]
+        fn a_warm_and_a_cold_cache_plan_the_same_writes_and_status(
+            directory in directory(),
+            target in (policy(), objects()),
+            warmups in prop::collection::vec((policy(), objects()), 1..3),
+            owned in prop::collection::vec(prop::sample::select(vec![1u8, 5, 20, 21, 30, 31]), 0..3),
+        ) {
+            let observed: Vec<ObservedAssignment> = owned
+                .iter()
+                .map(|n| ObservedAssignment {
+                    id: format!("{SCOPE}/providers/Microsoft.Authorization/roleAssignments/00000000-0000-4000-8000-0000000000{n:02x}"),
+                    name: format!("00000000-0000-4000-8000-0000000000{n:02x}"),
+                    scope: SCOPE.into(),
+                    principal_id: oid(*n),
+                    principal_type: Some("ServicePrincipal".into()),
+                    role_definition_id: RoleName::OpenAIUser.definition_id("x"),
+                    description: Some(crate::plan::ownership::ownership_marker(
+                        &config().instance,
+                        "team-a/earlier",
+                    )),
+                    condition: None,
+                    created_on: Some("2026-11-01T00:00:00Z".parse().unwrap()),
+                })
+                .collect();
+            let azure = fake(&directory, &observed);
+            let cache = std::sync::Arc::new(ResolutionCache::new(Duration::from_secs(3600)));
+            for (policy, objects) in &warmups {
+                decided(&azure, &scope_source(&directory, policy, objects), Some(cache.clone()));
+            }
+            let (policy, objects) = &target;
+            let source = scope_source(&directory, policy, objects);
+            let warm = decided(&azure, &source, Some(cache));
+            let cold = decided(&fake(&directory, &observed), &source, None);
+            prop_assert_eq!(&warm.0, &cold.0, "writes");
+            prop_assert_eq!(&warm.1, &cold.1, "status");
+        }
+    }
 }

@@ -306,6 +306,25 @@ fn from_documents_with(
                             ));
                             continue;
                         }
+                        // Two names for one Azure account would each plan the scope alone and
+                        // prune the grants the other declares.
+                        let same = same_account(&object.spec.resource_id);
+                        if let Some(first) = manifests
+                            .accounts
+                            .values()
+                            .find(|a| same_account(&a.object.spec.resource_id) == same)
+                        {
+                            problems.push(problem(
+                                "spec.resourceId",
+                                format!(
+                                    "OpenAIAccount {name} and OpenAIAccount {} (in {}) name the same Azure account {}: register it once, under one name (each would delete the grants the other declares)",
+                                    first.name,
+                                    first.origin,
+                                    bounded(&object.spec.resource_id, MAX_ECHOED)
+                                ),
+                            ));
+                            continue;
+                        }
                         manifests.accounts.insert(
                             name.clone(),
                             LoadedAccount {
@@ -385,6 +404,15 @@ fn from_documents_with(
     } else {
         Err(LoadError::Invalid(problems))
     }
+}
+
+// ARM resource ids are case-insensitive; a parsed scope is normalised, anything else compared as
+// written (it fails validation later).
+fn same_account(resource_id: &str) -> String {
+    crate::plan::AccountScope::parse(resource_id)
+        .map(|scope| scope.to_string())
+        .unwrap_or_else(|_| resource_id.trim().to_string())
+        .to_ascii_lowercase()
 }
 
 // `kind: List` (what `kubectl get -o yaml` writes) holds its objects in `items`; empty documents
@@ -499,6 +527,27 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("exactly one"), "{shown}");
+    }
+
+    #[test]
+    fn two_accounts_with_one_resource_id_are_rejected_naming_both() {
+        let other = ACCOUNT
+            .replace("{name: prod}", "{name: prod-eu}")
+            .replace("resourceGroups/rg/", "resourceGroups/RG/");
+        let Err(LoadError::Invalid(problems)) = docs(&format!("{ACCOUNT}---\n{other}")) else {
+            panic!("accepted two names for one account")
+        };
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(
+            shown[0].contains("OpenAIAccount prod-eu and OpenAIAccount prod (in m.yaml)")
+                && shown[0].contains("spec.resourceId")
+                && shown[0].contains("same Azure account"),
+            "{shown:?}"
+        );
+        // Another account is fine.
+        let distinct = other.replace("accounts/oai", "accounts/oai-eu");
+        assert!(docs(&format!("{ACCOUNT}---\n{distinct}")).is_ok());
     }
 
     #[test]

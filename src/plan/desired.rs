@@ -61,9 +61,16 @@ pub struct PrincipalDecision {
     pub label: String,
     /// The object id the previous status recorded for it.
     pub previous_oid: Option<String>,
+    /// The role the previous status recorded for it (none in statuses from before roles were).
+    pub previous_role: Option<RoleName>,
     /// The object id the spec itself names (an `objectId` principal), known without a lookup.
     pub spec_oid: Option<String>,
     pub decision: Decision,
+    /// The grant this entry held before its principal or role changed (the previous status's
+    /// object id and role, or what it was already replacing): kept until the new grant is past its
+    /// propagation grace. None unless the entry is authorised now (a refused replacement ends the
+    /// wait).
+    pub replacing: Option<GrantKey>,
 }
 
 impl PrincipalDecision {
@@ -162,11 +169,14 @@ pub fn decide(input: &PlanInput<'_>) -> Vec<ObjectDecisions> {
                         Some(crate::api::PrincipalRef::ObjectId(id, _)) => Some(id),
                         _ => None,
                     };
+                    let replacing = replaced_grant(&decision, previous, access.spec.role);
                     PrincipalDecision {
                         label,
                         previous_oid,
+                        previous_role: previous.and_then(|p| p.role),
                         spec_oid,
                         decision,
+                        replacing,
                     }
                 })
                 .collect();
@@ -178,6 +188,33 @@ pub fn decide(input: &PlanInput<'_>) -> Vec<ObjectDecisions> {
             }
         })
         .collect()
+}
+
+// A principal entry whose object id or role changed replaces the grant it held: the previous
+// status's (object id, role), or what that status was itself still replacing. A status written
+// before roles were recorded names no role: the current one is assumed (a role change from such a
+// status is not recognised as a replacement, and the old grant goes at once, as it used to).
+fn replaced_grant(
+    decision: &Decision,
+    previous: Option<&PrincipalStatus>,
+    role: RoleName,
+) -> Option<GrantKey> {
+    let Decision::Authorised { object_id, .. } = decision else {
+        return None;
+    };
+    let current = GrantKey::new(object_id, role);
+    let previous = previous?;
+    let held = previous
+        .object_id
+        .as_deref()
+        .map(|oid| GrantKey::new(oid, previous.role.unwrap_or(role)));
+    let carried = previous
+        .replaces
+        .as_ref()
+        .map(|r| GrantKey::new(&r.object_id, r.role));
+    held.filter(|h| *h != current)
+        .or(carried)
+        .filter(|r| *r != current)
 }
 
 fn resolved_decision(

@@ -7,8 +7,9 @@
 //! - Deletes need a complete LIST and a complete view; at most `max_deletes` per pass.
 //! - What is protected (stage 4) stays; a deleted object's honoured Retain releases its grants;
 //!   unregistering an account follows the account's deletion policy.
-//! - Make-before-break: the old grant of a changed principal goes only once the object's new grants
-//!   are past their propagation grace (the wait ends if the replacement is refused).
+//! - Make-before-break: the old grant of a changed principal or role goes only once the object's new
+//!   grants are past their propagation grace (the wait ends if the replacement is refused); status
+//!   carries the grant being replaced (`replaces`) from pass to pass until then.
 
 use super::desired::{Decision, Desired, ObjectDecisions};
 use super::eligibility::NamespaceVerdict;
@@ -183,14 +184,17 @@ pub fn diff<'a>(
                 .filter(|(access, object)| {
                     object.live
                         && object.eligibility.namespace == NamespaceVerdict::Allowed
-                        && access.spec.role == grant.role
-                        && access.previous.as_ref().is_some_and(|s| {
-                            s.principals.iter().any(|p| {
-                                p.object_id
-                                    .as_deref()
-                                    .is_some_and(|o| o.eq_ignore_ascii_case(&grant.principal_id))
-                            })
-                        })
+                        && (object
+                            .principals
+                            .iter()
+                            .any(|p| p.replacing.as_ref() == Some(grant))
+                            || access.previous.as_ref().is_some_and(|s| {
+                                s.principals.iter().any(|p| {
+                                    p.object_id.as_deref().is_some_and(|o| {
+                                        o.eq_ignore_ascii_case(&grant.principal_id)
+                                    }) && p.role.unwrap_or(access.spec.role) == grant.role
+                                })
+                            }))
                 })
                 .map(|(access, _)| access.key.clone())
                 .collect();
@@ -244,7 +248,9 @@ fn replacements_waiting(
             let Decision::Authorised { object_id, .. } = &principal.decision else {
                 return false;
             };
-            if principal.previous_oid.as_deref() == Some(object_id.as_str()) {
+            if principal.replacing.is_none()
+                && principal.previous_oid.as_deref() == Some(object_id.as_str())
+            {
                 return false;
             }
             match observed.get(&GrantKey::new(object_id, access.spec.role)) {

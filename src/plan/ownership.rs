@@ -2,8 +2,13 @@
 //! marker with *this* instance id — never because of its name: a name can be guessed or reused, and
 //! two installations (two clusters, or a cluster and a pipeline) must never delete each other's grants.
 //!
-//! Names are UUIDv5 over (instance id, scope, principal, role), so a second instance's PUT for the
-//! same grant gets 409 RoleAssignmentExists and adopts instead of rewriting the first one's marker.
+//! Names are UUIDv5 over (instance id and fingerprint, scope, principal, role), so a second
+//! instance's PUT for the same grant — even one given the same id, on another cluster — gets 409
+//! RoleAssignmentExists and adopts instead of rewriting the first one's marker (a PUT on an existing
+//! name is an update: ARM answers 200 and replaces the description). An instance without a
+//! fingerprint names grants by its id alone; so that a twin with the same id cannot overwrite
+//! through a lagging LIST, the ARM client reads such a name before it PUTs one
+//! ([`writes_an_unfingerprinted_marker`]).
 //! Grants named the old way (without the instance) are still recognised: the diff matches observed
 //! assignments by (scope, principal, role), never by name.
 //!
@@ -26,16 +31,22 @@ const MARKER_PREFIX: &str = "keyless:v1";
 pub const MAX_DESCRIPTION_LEN: usize = 512;
 
 /// The name keyless gives a new grant: UUIDv5 over
-/// `instance id "|" lower(scope) "|" lower(principal object id) "|" lower(role GUID)`.
+/// `instance "|" lower(scope) "|" lower(principal object id) "|" lower(role GUID)`, where
+/// `instance` is `id "@" fingerprint` when the instance has a fingerprint and the id alone
+/// otherwise (`@` is never part of either, so the input is unambiguous).
 pub fn grant_name(
     instance: &InstanceId,
     scope: &AccountScope,
     principal_id: &str,
     role: RoleName,
 ) -> Uuid {
+    let who = match instance.fingerprint() {
+        Some(fingerprint) => format!("{}@{fingerprint}", instance.as_str()),
+        None => instance.as_str().to_string(),
+    };
     let input = format!(
         "{}|{}|{}|{}",
-        instance.as_str(),
+        who,
         scope.to_string().to_ascii_lowercase(),
         principal_id.to_ascii_lowercase(),
         role.definition_guid()
@@ -180,6 +191,16 @@ pub fn marker_of<'d>(description: Option<&'d str>, instance: &InstanceId) -> Mar
     }
 }
 
+/// Whether `description` is a keyless ownership marker without a fingerprint: the grant it goes on
+/// is named by the instance id alone, which another installation given the same id shares. The ARM
+/// client reads such a name before it PUTs it, so it never overwrites an existing assignment.
+pub fn writes_an_unfingerprinted_marker(description: &str) -> bool {
+    let mut words = description.split(' ');
+    words.next() == Some(MARKER_PREFIX)
+        && words.next().is_some_and(|w| w.starts_with("instance="))
+        && !words.next().is_some_and(|w| w.starts_with("fingerprint="))
+}
+
 /// True when the description is this instance's marker.
 pub fn is_owned_by(description: Option<&str>, instance: &InstanceId) -> bool {
     marker_of(description, instance) == Marker::Ours
@@ -238,16 +259,46 @@ mod tests {
             grant_name(&b, &scope(), principal, RoleName::OpenAIUser),
             "two instances never share a name, so the second gets 409 and adopts"
         );
+    }
+
+    // Golden, computed independently: Python's uuid.uuid5(NAME_NAMESPACE,
+    // "cluster-a@0f8fad5b-…|" + lower(scope) + "|0000…0001|5e0bd9bd-7b93-4f28-af87-19fc36ad61bd").
+    #[test]
+    fn two_installations_given_one_id_never_share_a_name() {
+        let here = InstanceId::new("cluster-a")
+            .unwrap()
+            .with_fingerprint("0f8fad5b-d9cb-469f-a165-70867728950e")
+            .unwrap();
+        let there = InstanceId::new("cluster-a")
+            .unwrap()
+            .with_fingerprint("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+            .unwrap();
+        let principal = "00000000-0000-0000-0000-000000000001";
         assert_eq!(
-            grant_name(
-                &a.clone().with_fingerprint("f-1").unwrap(),
-                &scope(),
-                principal,
-                RoleName::OpenAIUser
-            ),
-            grant_name(&a, &scope(), principal, RoleName::OpenAIUser),
-            "the fingerprint is not part of the name"
+            grant_name(&here, &scope(), principal, RoleName::OpenAIUser).to_string(),
+            "de15503b-a546-5446-9407-eda241dd5f53"
         );
+        assert_ne!(
+            grant_name(&here, &scope(), principal, RoleName::OpenAIUser),
+            grant_name(&there, &scope(), principal, RoleName::OpenAIUser),
+            "a PUT by one cannot land on the other's name"
+        );
+        // Without a fingerprint the name is the id's alone: the marker says so, and the ARM
+        // client reads the name before writing it.
+        let bare = InstanceId::new("cluster-a").unwrap();
+        let cases: &[(String, bool)] = &[
+            (ownership_marker(&bare, "team-a/chat"), true),
+            (ownership_marker(&here, "team-a/chat"), false),
+            (released_marker("team-a/chat"), false),
+            ("managed by bicep".to_string(), false),
+        ];
+        for (description, unfingerprinted) in cases {
+            assert_eq!(
+                writes_an_unfingerprinted_marker(description),
+                *unfingerprinted,
+                "{description}"
+            );
+        }
     }
 
     #[test]

@@ -234,21 +234,18 @@ pub fn summary(principals: &[PrincipalStatus]) -> String {
     format!("{granted}/{} granted", principals.len())
 }
 
-/// The status entries of an object whose principals resolved as `previous` says (used by the
-/// resolver to keep a group name pinned to the object id it resolved to at this generation).
+/// The object id `previous` records for this principal entry, if it resolved (used by the resolver
+/// to keep a group name pinned). The pin is per entry and lasts until the entry's own text changes:
+/// an edit elsewhere in the spec (another principal, the role, expiresAt) keeps it, so a later
+/// rename of some other group to this name cannot capture the grant.
 pub fn pinned_object_id<'a>(
     previous: Option<&'a OpenAIAccessStatus>,
     principal: &PrincipalRef,
-    generation: Option<i64>,
 ) -> Option<(&'a str, PrincipalType)> {
     let label = principal.to_string();
     previous?
         .principals
         .iter()
-        .find(|p| {
-            p.principal == label
-                && p.resolved_generation.is_some()
-                && p.resolved_generation == generation
-        })
+        .find(|p| p.principal == label)
         .and_then(|p| Some((p.object_id.as_deref()?, p.principal_type?)))
 }

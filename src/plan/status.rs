@@ -16,7 +16,7 @@ use super::ownership::{grant_name, is_owned_by};
 use super::planner::{AccessOutcome, Cleanup, GrantKey, Observation, PlanInput, Write};
 use super::resolution::FailureClass;
 use crate::api::common::Time;
-use crate::api::{DeletionPolicy, GrantState, PrincipalStatus, reasons};
+use crate::api::{DeletionPolicy, GrantState, PrincipalStatus, ReplacedGrant, reasons};
 
 /// Reason for a declared grant held by an assignment with an ABAC condition.
 pub const CONDITIONAL_ASSIGNMENT_EXISTS: &str = "ConditionalAssignmentExists";
@@ -51,6 +51,23 @@ pub fn project(
         let mut cleanup_blocked: Option<String> = None;
         for principal in &object.principals {
             let mut status = base_status(principal, access.generation);
+            // The role of the grant the recorded object id holds: the spec's for a decision made
+            // now, the one recorded before for an object id only carried over.
+            if status.object_id.is_some() {
+                status.role = Some(match principal.decision {
+                    Decision::Authorised { .. } | Decision::Denied { .. } => role,
+                    _ => principal.previous_role.unwrap_or(role),
+                });
+            }
+            // Carried until the old grant is gone or deleted by this pass's writes.
+            status.replaces = principal
+                .replacing
+                .as_ref()
+                .filter(|old| diff.find(old).is_some() && !removal.contains_key(*old))
+                .map(|old| ReplacedGrant {
+                    object_id: old.principal_id.clone(),
+                    role: old.role,
+                });
             let grant = principal.object_id().map(|oid| GrantKey::new(oid, role));
             let existing = grant.as_ref().and_then(|g| diff.find(g));
             let owned =

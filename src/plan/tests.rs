@@ -719,6 +719,132 @@ fn a_principal_change_keeps_the_old_grant_until_the_new_one_is_past_its_grace() 
     assert_eq!(deletes(&world.plan()), vec![&ours(1)]);
 }
 
+fn with_role(mut assignment: ObservedAssignment, role: RoleName) -> ObservedAssignment {
+    assignment.role_definition_id = format!(
+        "/providers/Microsoft.Authorization/roleDefinitions/{}",
+        role.definition_guid()
+    );
+    assignment
+}
+
+// The next pass's input: the status this plan would write becomes the object's previous status.
+fn after(access: &AccessInput, plan: &Plan) -> AccessInput {
+    let mut next = access.clone();
+    next.previous = Some(OpenAIAccessStatus {
+        principals: plan.accesses[0].principals.clone(),
+        ..Default::default()
+    });
+    next
+}
+
+#[test]
+fn a_role_change_is_a_replacement_made_before_the_old_grant_breaks() {
+    let mut access = mk_access("team-a", "chat", &[1]);
+    access.spec.role = RoleName::OpenAIUser;
+    let mut world = World::new(vec![access.clone()], vec![ours(1)]);
+    world.account.spec.allowed_roles = vec![RoleName::OpenAIUser, RoleName::OpenAIContributor];
+    let first = world.plan();
+    assert!(first.is_noop());
+    let status = &first.accesses[0].principals[0];
+    assert_eq!(
+        status.role,
+        Some(RoleName::OpenAIUser),
+        "status records the role"
+    );
+    assert_eq!(status.replaces, None);
+
+    // The role changes: the new grant is created, the old one kept.
+    let mut changed = after(&access, &first);
+    changed.spec.role = RoleName::OpenAIContributor;
+    world.accesses = vec![changed.clone()];
+    let create = world.plan();
+    assert!(
+        matches!(&create.writes[..], [Write::Create { assignment, .. }] if assignment.role == RoleName::OpenAIContributor && assignment.principal_id == oid(1)),
+        "only the create of the new role: {:?}",
+        create.writes
+    );
+    let replaced = ReplacedGrantView::of(&create);
+    assert_eq!(replaced.role, Some(RoleName::OpenAIContributor));
+    assert_eq!(
+        replaced.replaces,
+        Some((oid(1), RoleName::OpenAIUser)),
+        "status carries the grant being replaced"
+    );
+
+    // Next pass (status as written): the new grant exists but is still propagating.
+    let mut young = with_role(ours_by(1, "team-a/chat"), RoleName::OpenAIContributor);
+    young.name = "11111111-1111-4111-8111-111111111111".into();
+    young.created_on = Some("2026-11-28T11:58:00Z".parse().unwrap());
+    world.accesses = vec![after(&changed, &create)];
+    world.observation = Observation::Complete(vec![ours(1), young.clone()]);
+    let waiting = world.plan();
+    assert!(
+        waiting.is_noop(),
+        "the old role's grant waits for the propagation grace: {:?}",
+        waiting.writes
+    );
+    assert_eq!(
+        ReplacedGrantView::of(&waiting).replaces,
+        Some((oid(1), RoleName::OpenAIUser)),
+        "carried from pass to pass"
+    );
+
+    // Past the grace: the old role's grant goes, and status stops naming it.
+    let mut settled = young;
+    settled.created_on = Some("2026-11-28T11:50:00Z".parse().unwrap());
+    world.accesses = vec![after(&changed, &waiting)];
+    world.observation = Observation::Complete(vec![ours(1), settled]);
+    let broken = world.plan();
+    assert_eq!(deletes(&broken), vec![&ours(1)]);
+    assert_eq!(ReplacedGrantView::of(&broken).replaces, None);
+
+    // The wait ends when the replacement is refused: the new role is not allowed any more.
+    world.account.spec.allowed_roles = vec![RoleName::OpenAIUser];
+    world.accesses = vec![after(&changed, &create)];
+    world.observation = Observation::Complete(vec![ours(1)]);
+    assert_eq!(deletes(&world.plan()), vec![&ours(1)]);
+}
+
+struct ReplacedGrantView {
+    role: Option<RoleName>,
+    replaces: Option<(String, RoleName)>,
+}
+
+impl ReplacedGrantView {
+    fn of(plan: &Plan) -> ReplacedGrantView {
+        let status = &plan.accesses[0].principals[0];
+        ReplacedGrantView {
+            role: status.role,
+            replaces: status
+                .replaces
+                .as_ref()
+                .map(|r| (r.object_id.clone(), r.role)),
+        }
+    }
+}
+
+#[test]
+fn a_principal_change_waits_across_passes_with_the_status_it_wrote() {
+    let mut access = mk_access("team-a", "chat", &[2]);
+    recorded(&mut access, &[1]);
+    access.spec.principals = vec![mk_principal(1)];
+    access.resolutions = vec![resolved(2)];
+    let mut world = World::new(vec![access.clone()], vec![ours(1)]);
+    let create = world.plan();
+    assert_eq!(creates(&create).len(), 1);
+    // The status written names the new object id: the old grant is still known as replaced.
+    let mut fresh = ours(2);
+    fresh.created_on = Some("2026-11-28T11:58:00Z".parse().unwrap());
+    world.accesses = vec![after(&access, &create)];
+    world.observation = Observation::Complete(vec![ours(1), fresh]);
+    let waiting = world.plan();
+    assert!(waiting.is_noop(), "{:?}", waiting.writes);
+    assert_eq!(
+        ReplacedGrantView::of(&waiting).replaces,
+        Some((oid(1), RoleName::OpenAIUser))
+    );
+}
+
 #[test]
 fn expiry_revokes_owned_grants_even_under_retain() {
     let mut access = mk_access("team-a", "chat", &[1]);
@@ -830,26 +956,53 @@ fn a_replicating_principal_is_pending_until_the_deadline_then_failed() {
 }
 
 #[test]
-fn a_group_name_stays_pinned_to_the_object_id_of_its_generation() {
+fn a_group_stays_pinned_per_principal_entry_until_its_text_changes() {
+    let entry = |label: &str, n: u8| crate::api::PrincipalStatus {
+        principal: label.into(),
+        object_id: Some(oid(n)),
+        principal_type: Some(PrincipalType::Group),
+        resolved_generation: Some(3),
+        ..Default::default()
+    };
     let previous = OpenAIAccessStatus {
+        principals: vec![
+            entry("groupName:ML Platform Team", 7),
+            entry("groupName:Search Team", 8),
+        ],
+        ..Default::default()
+    };
+    let group = |name: &str| crate::api::PrincipalRef::GroupName(name.into());
+    // (entry as the spec now writes it, pinned object id)
+    let cases: &[(&str, Option<u8>)] = &[
+        // Unchanged entries keep their own pins, whatever else changed in the spec (the status
+        // was written at generation 3; the spec is at any other generation now).
+        ("ML Platform Team", Some(7)),
+        ("Search Team", Some(8)),
+        // The entry's text changed: resolved again.
+        ("ML Platform Team (EU)", None),
+        ("ml platform team", None),
+    ];
+    for (name, pinned) in cases {
+        assert_eq!(
+            pinned_object_id(Some(&previous), &group(name)),
+            pinned
+                .map(|n| (oid(n), PrincipalType::Group))
+                .as_ref()
+                .map(|(o, t)| (o.as_str(), *t)),
+            "{name}"
+        );
+    }
+    // An entry that never resolved pins nothing.
+    let unresolved = OpenAIAccessStatus {
         principals: vec![crate::api::PrincipalStatus {
-            principal: "groupName:ML Platform Team".into(),
-            object_id: Some(oid(7)),
-            principal_type: Some(PrincipalType::Group),
-            resolved_generation: Some(3),
+            principal: "groupName:New Team".into(),
             ..Default::default()
         }],
         ..Default::default()
     };
-    let group = crate::api::PrincipalRef::GroupName("ML Platform Team".into());
     assert_eq!(
-        pinned_object_id(Some(&previous), &group, Some(3)),
-        Some((oid(7).as_str(), PrincipalType::Group))
-    );
-    assert_eq!(
-        pinned_object_id(Some(&previous), &group, Some(4)),
-        None,
-        "a new generation resolves again"
+        pinned_object_id(Some(&unresolved), &group("New Team")),
+        None
     );
 }
 

@@ -50,8 +50,14 @@ app.kubernetes.io/part-of: keyless
 {{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "keyless.serviceAccountName" .) }}
 {{- end }}
 
+{{/*
+The instance id is required: the old default, <namespace>-<release>, is the same on every cluster where
+the chart is installed the same way, and two clusters with one id prune each other's grants. An install
+that ran with the default must set exactly that value, because a new id orphans every grant it made.
+*/}}
 {{- define "keyless.instanceId" -}}
-{{- default (printf "%s-%s" .Release.Namespace .Release.Name) .Values.controller.instanceId }}
+{{- $previous := printf "%s-%s" .Release.Namespace .Release.Name -}}
+{{- required (printf "controller.instanceId is required: set it to an id unique to this cluster that never changes (e.g. --set controller.instanceId=aks-prod-westeurope). Upgrading an install that ran without it? Set the id it has run with so far, --set controller.instanceId=%s (<namespace>-<release>): a new id orphans every grant the old one made." $previous) .Values.controller.instanceId }}
 {{- end }}
 
 {{- define "keyless.leaseName" -}}
