@@ -154,6 +154,7 @@ pub async fn converge(
         propagation_grace: Duration::from_secs(300),
         federation_issuer: settings.federation_issuer.clone(),
         dry_run: mode == Mode::Plan,
+        observe: false,
         prune: settings.prune,
         // One run resolves each principal once anyway.
         resolution_cache: None,
