@@ -273,6 +273,16 @@ pub enum PlannedAction {
     Release,
 }
 
+impl PlannedAction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PlannedAction::Create => "Create",
+            PlannedAction::Delete => "Delete",
+            PlannedAction::Release => "Release",
+        }
+    }
+}
+
 /// Who can call an account, by origin. Object ids only: names are not kept in cluster status.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

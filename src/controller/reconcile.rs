@@ -547,6 +547,11 @@ fn record_pass_metrics(ctx: &Context, account: &str, scope: &AccountScope, outco
         }
     }
     ctx.metrics.set_grants(account, &counts);
+    let mut planned: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for write in &outcome.planned_writes {
+        *planned.entry(write.action.as_str()).or_default() += 1;
+    }
+    ctx.metrics.set_planned_writes(account, &planned);
     let remaining = ctx.azure.arm.rate_limit_remaining(scope.subscription_id());
     for (kind, value) in [
         ("reads", remaining.reads),
