@@ -268,6 +268,25 @@ async fn an_observed_account_gets_no_write_and_the_first_manage_pass_sends_what_
             .contains(&keyless::api::CLEANUP_FINALIZER.to_string())
     );
 
+    eventually("a WritesPlanned event on the account", async || {
+        Api::<k8s_openapi::api::events::v1::Event>::all(h.env.client.clone())
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("WritesPlanned")
+                    && e.regarding
+                        .as_ref()
+                        .is_some_and(|r| r.name.as_deref() == Some(h.account_name().as_str()))
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("1 creates, 1 deletes"))
+            })
+    })
+    .await;
+
     h.passes(3).await;
     assert_eq!(h.write_requests(), 0, "no ARM write request over 3 resyncs");
     assert!(h.emulator.assignment_writes().is_empty());
