@@ -138,9 +138,12 @@ step "the README's CRD upgrade, keyless crd | kubectl apply -f -, is accepted" \
 # ----------------------------------------------------------- keyless run as the chart deploys it
 # The Deployment's own arguments, minus the pod's listen address (no port is needed here) and the
 # propagation grace (5 minutes by default; this check does not wait for Azure's replication).
-mapfile -t args < <("$KUBECTL" -n "$release_namespace" get deployment keyless \
-  -o go-template='{{range (index .spec.template.spec.containers 0).args}}{{.}}{{"\n"}}{{end}}' |
-  grep -v -e '^--http-addr=' -e '^--propagation-grace=')
+deployment_args() {
+  mapfile -t args < <("$KUBECTL" -n "$release_namespace" get deployment keyless \
+    -o go-template='{{range (index .spec.template.spec.containers 0).args}}{{.}}{{"\n"}}{{end}}' |
+    grep -v -e '^--http-addr=' -e '^--propagation-grace=')
+}
+deployment_args
 # Kubernetes as the chart's ServiceAccount: a TokenRequest token, so only the chart's RBAC applies.
 token=$("$KUBECTL" -n "$release_namespace" create token "$service_account" --duration=1h)
 server=$("$KUBECTL" config view --raw -o jsonpath='{.clusters[0].cluster.server}')
@@ -159,16 +162,49 @@ EOF
   --duration=1h >"$WORK/azure-identity-token"
 client_id=$("$KUBECTL" -n "$release_namespace" get serviceaccount "$service_account" \
   -o jsonpath='{.metadata.annotations.azure\.workload\.identity/client-id}')
-echo "keyless run ${args[*]:1} (as system:serviceaccount:$release_namespace:$service_account, Azure client id $client_id)"
-# The fake az cannot create the seed's identity: its client id stands in for the one setup.sh created.
-KUBECONFIG=$WORK/sa-kubeconfig POD_NAMESPACE=$release_namespace "$KEYLESS" "${args[@]}" \
-  --arm-endpoint "$endpoint" --graph-endpoint "$endpoint" --authority-host "$endpoint" --ca-file "$ca" \
-  --tenant-id "$tenant" --client-id "$seed_client_id" --federated-token-file "$WORK/azure-identity-token" \
-  --propagation-grace=0s >"$WORK/keyless.log" 2>&1 &
-pids+=($!)
-keyless_pid=$!
-sleep 2
-kill -0 "$keyless_pid" 2>/dev/null || { cp "$WORK/keyless.log" "$WORK/out"; fail "keyless run starts as the chart's ServiceAccount"; summary; exit 1; }
+start_keyless() {
+  echo "keyless run ${args[*]:1} (as system:serviceaccount:$release_namespace:$service_account, Azure client id $client_id)"
+  # The fake az cannot create the seed's identity: its client id stands in for the one setup.sh created.
+  KUBECONFIG=$WORK/sa-kubeconfig POD_NAMESPACE=$release_namespace "$KEYLESS" "${args[@]}" \
+    --arm-endpoint "$endpoint" --graph-endpoint "$endpoint" --authority-host "$endpoint" --ca-file "$ca" \
+    --tenant-id "$tenant" --client-id "$seed_client_id" --federated-token-file "$WORK/azure-identity-token" \
+    --propagation-grace=0s >>"$WORK/keyless.log" 2>&1 &
+  pids+=($!)
+  keyless_pid=$!
+  sleep 2
+  kill -0 "$keyless_pid" 2>/dev/null || { cp "$WORK/keyless.log" "$WORK/out"; fail "keyless run starts as the chart's ServiceAccount"; summary; exit 1; }
+}
+start_keyless
+
+# README step 2 installs under Observe: every example account lists the writes keyless would make,
+# and the emulated ARM has seen none.
+observing() {
+  local account planned
+  for account in $("$KUBECTL" get openaiaccounts -o name); do
+    "$KUBECTL" wait "$account" --for=jsonpath='{.status.conditions[?(@.type=="Managed")].reason}'=Observe \
+      --timeout="$READY_TIMEOUT" || return 1
+  done
+  planned=$("$KUBECTL" get openaiaccount oai-prod -o jsonpath='{range .status.plannedWrites[*]}{.action} {.principalId}{"\n"}{end}')
+  echo "oai-prod plans: $planned"
+  [[ $(grep -c '^Create ' <<<"$planned") -ge 1 ]] || return 1
+  # The emulator's request counts (admin API): no role assignment PUT or DELETE, answered or not.
+  curl -fsS --cacert "$ca" "$endpoint/_emulator/requests" | python3 -c '
+import json, sys
+writes = [r for r in json.load(sys.stdin) if r["operation"] in ("RoleAssignments_Create", "RoleAssignments_Delete")]
+print("role assignment write requests:", writes)
+sys.exit(1 if writes else 0)'
+}
+step "README step 2 observes: the accounts list their planned writes and ARM gets none" observing
+
+# README step 4: switch to Manage.
+step "README step 4: helm upgrade --reuse-values --set controller.observe=false" \
+  "$HELM" upgrade keyless charts/keyless --namespace "$release_namespace" --reuse-values --set controller.observe=false
+kill "$keyless_pid"
+wait "$keyless_pid" 2>/dev/null || true
+deployment_args
+no_observe_flag() { ! printf '%s\n' "${args[@]}" | grep -qx -- --observe; }
+step "the Deployment no longer passes --observe" no_observe_flag
+start_keyless
 
 accesses_ready() {
   local ns name

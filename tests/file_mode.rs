@@ -868,3 +868,55 @@ async fn no_token_or_assertion_appears_in_any_output_at_any_verbosity() {
     assert!(outputs.len() > 10_000, "too little output to scan");
     outputs.assert_no_secret(&seen);
 }
+
+#[tokio::test]
+async fn apply_refuses_an_account_under_observe_unless_told_to_override_and_plan_shows_it() {
+    let handle = emulator(|_| {}).await;
+    let account = format!(
+        "{}  management: Observe\n---\n",
+        account_yaml("oai-prod", "team-chat")
+    );
+    let dir = manifests(&[
+        ("account.yaml", &account),
+        (
+            "access.yaml",
+            &access_yaml("team-chat", "chat", "oai-prod", &[object_id(ALICE, "User")]),
+        ),
+    ]);
+    let instance = ["--instance-id", "ci-observe"];
+
+    let refused = keyless(&handle, "apply", dir.path(), &instance)
+        .await
+        .unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, FilesError::ObserveRefused { .. }),
+        "{refused:?}"
+    );
+    assert!(message.contains("OpenAIAccount oai-prod"), "{message}");
+    assert!(message.contains("account.yaml"), "{message}");
+    assert!(message.contains("--override-management"), "{message}");
+    assert_eq!(holds(&handle, "oai-prod", ALICE), 0);
+    assert!(
+        handle.assignment_writes().is_empty(),
+        "refused before any write"
+    );
+
+    // plan already observes: it shows the create.
+    let plan = keyless(&handle, "plan", dir.path(), &instance)
+        .await
+        .unwrap();
+    assert_eq!(plan.summary.create, 1, "{plan:#?}");
+    assert_eq!(holds(&handle, "oai-prod", ALICE), 0);
+
+    let applied = keyless(
+        &handle,
+        "apply",
+        dir.path(),
+        &["--instance-id", "ci-observe", "--override-management"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied.summary.create, 1, "{applied:#?}");
+    assert_eq!(holds(&handle, "oai-prod", ALICE), 1);
+}

@@ -1451,7 +1451,14 @@ mod invariant {
     fn a_failed_request_sent_again_sooner_than_its_backoff_or_retry_after_is_a_violation() {
         let t = std::time::Instant::now();
         let floor = Duration::from_millis(5);
-        let cases: Vec<(&str, Vec<RequestRecord>, Vec<&str>, Option<u64>)> = vec![
+        // (name, requests, targets retried too soon, soonest gap in ms)
+        type Case = (
+            &'static str,
+            Vec<RequestRecord>,
+            Vec<&'static str>,
+            Option<u64>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "a 500 retried after 10 ms is fine",
                 vec![

@@ -326,6 +326,9 @@ helm_install_line() {
     line+=" --set serviceAccount.name=$service_account"
   fi
   line+=" --set image.repository=${image:-<your registry>/keyless}"
+  # A first install observes: keyless plans and reports what it would change on the live tenant and
+  # writes nothing until controller.observe is set back to false.
+  line+=" --set controller.observe=true"
   printf '%s' "$line"
 }
 
@@ -341,4 +344,7 @@ Install the chart with (the namespace and ServiceAccount the federated credentia
 controller.instanceId marks every grant keyless makes: keep it forever, one per cluster. Upgrading an
 install that ran without it? It ran as <namespace>-<release>: set controller.instanceId=$namespace-keyless
 instead of $cluster, or its existing grants are orphaned.
+It starts under management Observe: each OpenAIAccount's status.plannedWrites lists what keyless
+would change, and nothing is written. Once that is what you want:
+  helm upgrade keyless charts/keyless --namespace $namespace --reuse-values --set controller.observe=false
 EOF

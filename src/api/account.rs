@@ -95,6 +95,34 @@ pub struct OpenAIAccountSpec {
     /// warning in the OpenAIAccess's status. Policy tightening and expiry always revoke.
     #[serde(default)]
     pub allow_retain: bool,
+
+    /// Whether keyless may write role assignments on this account. Manage (default): it creates,
+    /// adopts and revokes them. Observe: it resolves, plans and reports exactly as under Manage —
+    /// each OpenAIAccess's status says the write it would make (WouldCreate, WouldAdopt,
+    /// WouldDelete) and `status.plannedWrites` lists them — and sends no write to Azure. Finalizers
+    /// are still added, so a later switch to Manage cannot miss a deletion; an object deleted under
+    /// Observe loses its finalizer at once. `keyless run --observe` forces Observe on every account.
+    #[serde(default)]
+    pub management: Management,
+}
+
+/// Whether keyless may write role assignments on an account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Management {
+    /// Create, adopt and revoke role assignments.
+    #[default]
+    Manage,
+    /// Plan and report only: no role assignment write is sent.
+    Observe,
+}
+
+impl Management {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Management::Manage => "Manage",
+            Management::Observe => "Observe",
+        }
+    }
 }
 
 /// Namespaces allowed to request access. The two ways are OR-ed.
@@ -208,6 +236,51 @@ pub struct OpenAIAccountStatus {
     /// are not listed. `keyless report` shows the whole matrix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccountAccess>,
+    /// Under management Observe: the role assignment writes keyless would send now, in the order
+    /// it would send them (at most 100; `plannedWritesOmitted` counts the rest). What Manage then
+    /// does is the plan of that moment: it may differ if anything changes in between. Empty
+    /// under Manage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub planned_writes: Vec<PlannedWrite>,
+    /// How many planned writes there are beyond the list.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub planned_writes_omitted: u32,
+}
+
+/// One role assignment write keyless would send under Manage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedWrite {
+    /// Create (PUT a new assignment), Delete, or Release (re-PUT without keyless's marker).
+    pub action: PlannedAction,
+    /// The role assignment's name (a GUID).
+    pub assignment_name: String,
+    /// The principal's Entra object id.
+    pub principal_id: String,
+    /// The role definition's GUID.
+    pub role_definition_id: String,
+    /// The OpenAIAccess that declares it (creates) or why it goes (deletes and releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub because: Option<String>,
+}
+
+/// The kind of a planned write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PlannedAction {
+    Create,
+    Delete,
+    Release,
+}
+
+impl PlannedAction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PlannedAction::Create => "Create",
+            PlannedAction::Delete => "Delete",
+            PlannedAction::Release => "Release",
+        }
+    }
 }
 
 /// Who can call an account, by origin. Object ids only: names are not kept in cluster status.

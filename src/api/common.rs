@@ -53,6 +53,9 @@ pub mod condition_types {
     /// On OpenAIAccount: True when another keyless installation writes markers with this one's
     /// instance id (another fingerprint): nothing on the account is deleted while it lasts.
     pub const INSTANCE_ID_COLLISION: &str = "InstanceIdCollision";
+    /// On OpenAIAccount: True under management Manage; False (reason `Observe`) while keyless only
+    /// plans and reports.
+    pub const MANAGED: &str = "Managed";
 }
 
 /// Reasons used in conditions, per-principal status and events. A bounded set: safe as metric labels.
@@ -90,6 +93,17 @@ pub mod reasons {
     pub const STILL_GRANTED: &str = "StillGranted";
     /// The replacement of a changed principal must propagate before the old grant goes.
     pub const REPLACEMENT_PROPAGATING: &str = "ReplacementPropagating";
+    /// Management Observe: what keyless would do, and sends no write for.
+    pub const OBSERVE: &str = "Observe";
+    pub const MANAGE: &str = "Manage";
+    /// Management Observe: the role assignment keyless would create.
+    pub const WOULD_CREATE: &str = "WouldCreate";
+    /// Management Observe: an existing assignment keyless would adopt (no write either way).
+    pub const WOULD_ADOPT: &str = "WouldAdopt";
+    /// Management Observe: the role assignment keyless would delete.
+    pub const WOULD_DELETE: &str = "WouldDelete";
+    /// Management Observe: the role assignment keyless would release (deletionPolicy Retain).
+    pub const WOULD_RELEASE: &str = "WouldRelease";
 }
 
 // kube-derive marks `Option` fields `nullable: true`. On a one-of field that would let `x: null`

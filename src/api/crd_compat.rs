@@ -283,12 +283,15 @@ mod tests {
         );
         assert_eq!(
             missing_in_installed(&account, &read("openaiaccounts.keyless.dev.yaml")),
-            // allowRetain came with issue 16 and the access report's status with issue 21, after
-            // these CRDs: old CRDs would prune them silently.
+            // allowRetain came with issue 16, the access report's status with issue 21 and
+            // management with issue 20, after these CRDs: old CRDs would prune them silently.
             vec![
                 Gap("spec.allowRetain".into()),
                 Gap("spec.allowedRoles[]: value FoundryUser".into()),
-                Gap("status.access".into())
+                Gap("spec.management".into()),
+                Gap("status.access".into()),
+                Gap("status.plannedWrites".into()),
+                Gap("status.plannedWritesOmitted".into())
             ]
         );
     }

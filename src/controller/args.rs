@@ -103,6 +103,11 @@ pub struct RunArgs {
     /// How often a pass waiting for the first lists looks again.
     #[arg(long, env = "KEYLESS_VIEW_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
     pub view_poll_interval: Duration,
+    /// Management Observe on every account, whatever its spec.management says: keyless resolves,
+    /// plans and reports in status, events and metrics, and sends no role assignment write. For a
+    /// first install on a live tenant.
+    #[arg(long, env = "KEYLESS_OBSERVE")]
+    pub observe: bool,
     #[command(flatten)]
     pub azure: AzureArgs,
 }
@@ -121,6 +126,7 @@ impl RunArgs {
                 propagation_grace: self.propagation_grace,
                 federation_issuer,
                 dry_run: false,
+                observe: self.observe,
                 resolution_cache: Some(std::sync::Arc::new(ResolutionCache::new(
                     self.resolution_cache_ttl,
                 ))),

@@ -495,7 +495,23 @@ async fn reconcile_account_pass(
         condition_types::KEYLESS_ONLY,
         "False",
     );
+    let planned_news = !status.planned_writes.is_empty()
+        && account
+            .status
+            .as_ref()
+            .is_none_or(|s| s.planned_writes != status.planned_writes);
     apply_account_status(&api, &name, account.status.as_ref(), &status).await?;
+    if planned_news {
+        publish(
+            &ctx.recorder,
+            &account.object_ref(&()),
+            false,
+            "WritesPlanned",
+            "Observe",
+            planned_summary(&outcome.planned_writes),
+        )
+        .await;
+    }
     if keys_enabled_news {
         publish(&ctx.recorder, &account.object_ref(&()), true, "LocalAuthEnabled", "Reconcile", format!("the Azure account {scope} still accepts API keys: set disableLocalAuth to true so only Entra ID tokens work")).await;
     }
@@ -531,6 +547,11 @@ fn record_pass_metrics(ctx: &Context, account: &str, scope: &AccountScope, outco
         }
     }
     ctx.metrics.set_grants(account, &counts);
+    let mut planned: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for write in &outcome.planned_writes {
+        *planned.entry(write.action.as_str()).or_default() += 1;
+    }
+    ctx.metrics.set_planned_writes(account, &planned);
     let remaining = ctx.azure.arm.rate_limit_remaining(scope.subscription_id());
     for (kind, value) in [
         ("reads", remaining.reads),
@@ -820,6 +841,21 @@ fn account_status(
                 )
             }
         };
+    // Under Observe, writes keyless would send keep the account from Ready: not converged, on
+    // purpose; nothing is in progress and nothing is broken.
+    let (ready, reconciling, stalled) = if ready.0 && !outcome.planned_writes.is_empty() {
+        let message = format!(
+            "management Observe: {} role assignment writes planned and not sent (status.plannedWrites); {granted}/{total} grants in place",
+            outcome.planned_writes.len()
+        );
+        (
+            (false, reasons::OBSERVE, message.clone()),
+            (false, reasons::OBSERVE, message.clone()),
+            (false, reasons::OBSERVE, message),
+        )
+    } else {
+        (ready, reconciling, stalled)
+    };
     let mut conditions = vec![
         condition(condition_types::READY, ready, generation, previous, now),
         condition(
@@ -878,9 +914,20 @@ fn account_status(
             now,
         ));
     }
+    conditions.push(condition(
+        condition_types::MANAGED,
+        managed_verdict(account, outcome),
+        generation,
+        previous,
+        now,
+    ));
+    let shown = outcome.planned_writes.len().min(MAX_PLANNED_WRITES_SHOWN);
     OpenAIAccountStatus {
         observed_generation: generation,
         conditions,
+        planned_writes: outcome.planned_writes[..shown].to_vec(),
+        planned_writes_omitted: u32::try_from(outcome.planned_writes.len() - shown)
+            .unwrap_or(u32::MAX),
         scope: Some(scope.to_string()),
         account_name: Some(scope.account_name().to_string()),
         endpoint: info.and_then(|i| i.endpoint.clone()),
@@ -889,6 +936,46 @@ fn account_status(
         custom_sub_domain_name: info.and_then(|i| i.custom_sub_domain_name.clone()),
         summary: Some(format!("{granted}/{total} granted")),
         access,
+    }
+}
+
+// An event's note for the writes Observe holds back: counts by action.
+fn planned_summary(writes: &[crate::api::PlannedWrite]) -> String {
+    let count = |action| writes.iter().filter(|w| w.action == action).count();
+    format!(
+        "management Observe: keyless would send {} role assignment writes ({} creates, {} deletes, {} releases) and sends none",
+        writes.len(),
+        count(crate::api::PlannedAction::Create),
+        count(crate::api::PlannedAction::Delete),
+        count(crate::api::PlannedAction::Release),
+    )
+}
+
+/// The most planned writes an OpenAIAccount's status lists (the CRD's maxItems).
+const MAX_PLANNED_WRITES_SHOWN: usize = 100;
+
+// The `Managed` condition: whether keyless writes on this account, and who decided it does not.
+fn managed_verdict(account: &OpenAIAccount, outcome: &PassOutcome) -> Verdict {
+    match outcome.management {
+        crate::api::Management::Manage => (
+            true,
+            reasons::MANAGE,
+            "management Manage: keyless creates, adopts and revokes role assignments".into(),
+        ),
+        crate::api::Management::Observe => {
+            let why = if account.spec.management == crate::api::Management::Observe {
+                "spec.management is Observe"
+            } else {
+                "keyless runs with --observe"
+            };
+            (
+                false,
+                reasons::OBSERVE,
+                format!(
+                    "management Observe ({why}): keyless plans and reports, and sends no role assignment write; status.plannedWrites lists what Manage would send now"
+                ),
+            )
+        }
     }
 }
 

@@ -176,6 +176,10 @@ fn reason_of(status: &PrincipalStatus, fallback: &'static str) -> &'static str {
         reasons::ISSUER_UNKNOWN,
         reasons::STILL_GRANTED,
         reasons::REPLACEMENT_PROPAGATING,
+        reasons::WOULD_CREATE,
+        reasons::WOULD_ADOPT,
+        reasons::WOULD_DELETE,
+        reasons::WOULD_RELEASE,
         crate::plan::status::CONDITIONAL_ASSIGNMENT_EXISTS,
     ];
     status

@@ -11,7 +11,8 @@ mod tests;
 
 use crate::api::RoleName;
 use crate::api::{
-    GrantState, OpenAIAccessSpec, OpenAIAccessStatus, OpenAIAccountSpec, PrincipalStatus, reasons,
+    GrantState, Management, OpenAIAccessSpec, OpenAIAccessStatus, OpenAIAccountSpec, PlannedWrite,
+    PrincipalStatus, reasons,
 };
 use crate::azure::{
     AccountInfo, Accounts, AzureError, AzureErrorKind, Created, Directory, ManagedIdentities,
@@ -49,6 +50,9 @@ pub struct EngineConfig {
     pub federation_issuer: Option<String>,
     /// Plan only: observe and plan, write nothing.
     pub dry_run: bool,
+    /// Management Observe on every account, whatever its `spec.management` (`keyless run
+    /// --observe`): plan and report, send no ARM write.
+    pub observe: bool,
     /// Resolutions kept across passes (the controller's); None resolves everything every pass.
     pub resolution_cache: Option<std::sync::Arc<resolve::ResolutionCache>>,
     /// Delete owned grants that no input object names any more. The controller always prunes (the
@@ -115,6 +119,8 @@ pub enum WriteResult {
     Failed(AzureError),
     /// Not attempted: a plan-only pass, or the pass stopped early (throttled).
     NotAttempted,
+    /// Not sent because the account is under management Observe: a Manage pass would send it.
+    Observed,
 }
 
 /// A thing worth a Kubernetes Event or a log line.
@@ -162,6 +168,11 @@ pub struct PassOutcome {
     /// The fence refused a write: this replica may no longer lead, so the pass stopped and its
     /// outcome must not be written anywhere.
     pub fenced: Option<String>,
+    /// The management the pass ran under: the account's `spec.management`, or Observe on every
+    /// account with [`EngineConfig::observe`].
+    pub management: Management,
+    /// Under Observe: the writes a Manage pass would have sent, in order (empty under Manage).
+    pub planned_writes: Vec<PlannedWrite>,
 }
 
 impl PassOutcome {
@@ -193,7 +204,11 @@ pub async fn run_pass(
         requeue_at: None,
         held: None,
         fenced: None,
+        management: management(source, config),
+        planned_writes: Vec::new(),
     };
+    // Decided once, before anything runs: the one gate of every ARM write below.
+    let observing = outcome.management == Management::Observe;
     let scope = match AccountScope::parse(&source.account.resource_id) {
         Ok(scope) => scope,
         Err(error) => {
@@ -383,6 +398,10 @@ pub async fn run_pass(
             outcome.results.push(WriteResult::NotAttempted);
             continue;
         }
+        if observing {
+            outcome.results.push(WriteResult::Observed);
+            continue;
+        }
         if stop.is_some() || outcome.fenced.is_some() {
             outcome.results.push(WriteResult::NotAttempted);
             continue;
@@ -545,16 +564,33 @@ pub async fn run_pass(
             .iter()
             .all(|g| matches!(removals.get(g), Some(WriteResult::Done)))
     };
+    let would_send: Vec<&Write> = plan
+        .writes
+        .iter()
+        .zip(&outcome.results)
+        .filter(|(_, result)| matches!(result, WriteResult::Observed))
+        .map(|(write, _)| write)
+        .collect();
+    outcome.planned_writes = would_send
+        .iter()
+        .map(|w| crate::plan::observe::planned_write(w))
+        .collect();
     for (access_plan, source_access) in plan.accesses.iter().zip(&source.accesses) {
         let mut principals = access_plan.principals.clone();
         for status in principals.iter_mut() {
             apply_write_results(status, source_access.spec.role, &creates, now);
         }
-        let cleanup_complete = match &access_plan.cleanup {
-            Cleanup::Complete => true,
-            Cleanup::AfterWrites(grants) => removed(grants),
-            Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
-        };
+        if observing {
+            crate::plan::observe::label(&mut principals, source_access.spec.role, &would_send);
+        }
+        // Under Observe an object being deleted has nothing to wait for: keyless sends no
+        // DELETE, so its finalizer goes at once.
+        let cleanup_complete = observing && source_access.being_deleted
+            || match &access_plan.cleanup {
+                Cleanup::Complete => true,
+                Cleanup::AfterWrites(grants) => removed(grants),
+                Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
+            };
         let previous = source_access.previous.as_ref();
         let mut status = conditions::access_status(
             access_plan.generation,
@@ -599,11 +635,12 @@ pub async fn run_pass(
             cleanup_complete,
         });
     }
-    outcome.account_cleanup_complete = match &plan.account_cleanup {
-        Cleanup::Complete => true,
-        Cleanup::AfterWrites(grants) => removed(grants),
-        Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
-    };
+    outcome.account_cleanup_complete = observing && source.account_being_deleted
+        || match &plan.account_cleanup {
+            Cleanup::Complete => true,
+            Cleanup::AfterWrites(grants) => removed(grants),
+            Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
+        };
     if outcome.retry.is_none()
         && outcome.results.iter().any(
             |r| matches!(r, WriteResult::Failed(e) if e.retry() != RetryDecision::WaitForChange),
@@ -615,7 +652,7 @@ pub async fn run_pass(
     if source.paused && !plan.writes.is_empty() {
         outcome.held = Some((brake::Hold::Paused, plan.writes.len()));
     }
-    if outcome.retry.is_none() && plan.deferred_deletes > 0 {
+    if outcome.retry.is_none() && plan.deferred_deletes > 0 && !observing {
         // The rest of the deletes wait for the next pass; do not wait a whole resync for it.
         outcome.retry = Some(RetryDecision::Backoff);
     }
@@ -637,6 +674,15 @@ fn fenced_by_the_client(
     tracing::warn!(%account, why = %error, "fenced in the Azure client: stopping the pass");
     outcome.fenced = Some(error.message);
     WriteResult::NotAttempted
+}
+
+/// The management a pass runs under: `--observe` forces Observe on every account.
+pub fn management(source: &ScopeSource, config: &EngineConfig) -> Management {
+    if config.observe {
+        Management::Observe
+    } else {
+        source.account.management
+    }
 }
 
 // The audit trail: every ARM write at info, naming the grant (events collapse per account).
@@ -958,7 +1004,10 @@ fn apply_write_results(
                     status.pending_since = Some(crate::api::common::Time(now));
                 }
             }
-            WriteResult::Done | WriteResult::Skipped(_) | WriteResult::NotAttempted => {}
+            WriteResult::Done
+            | WriteResult::Skipped(_)
+            | WriteResult::NotAttempted
+            | WriteResult::Observed => {}
         }
     }
     if status.state == Some(GrantState::Granted) {

@@ -270,6 +270,7 @@ fn config() -> EngineConfig {
         propagation_grace: Duration::from_secs(300),
         federation_issuer: Some("https://oidc.example/".into()),
         dry_run: false,
+        observe: false,
         resolution_cache: None,
         prune: true,
         brake: None,
@@ -296,6 +297,7 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
             require_federation: true,
             deletion_policy: DeletionPolicy::Delete,
             allow_retain: false,
+            management: crate::api::Management::Manage,
         },
         account_being_deleted: false,
         accesses,
@@ -747,6 +749,7 @@ async fn a_plan_only_pass_writes_nothing() {
     let azure = FakeAzure::default();
     let config = EngineConfig {
         dry_run: true,
+        observe: false,
         ..config()
     };
     let outcome = run_pass(
@@ -758,6 +761,209 @@ async fn a_plan_only_pass_writes_nothing() {
     .await;
     assert!(outcome.changed());
     assert_eq!(azure.calls("put"), 0);
+}
+
+// Management Observe. The workload: object 1 granted and kept, object 2 granted and then removed
+// from the spec (a delete), object 4 new (a create), object 5 granted by someone else (an adoption).
+async fn observe_workload() -> FakeAzure {
+    let azure = granted(2).await;
+    azure.assignments.lock().unwrap().push(ObservedAssignment {
+        id: format!("{SCOPE}/providers/Microsoft.Authorization/roleAssignments/portal-5"),
+        name: "portal-5".into(),
+        scope: SCOPE.into(),
+        principal_id: oid(5),
+        principal_type: Some("ServicePrincipal".into()),
+        role_definition_id: RoleName::OpenAIUser
+            .definition_id("3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f"),
+        description: None,
+        condition: None,
+        created_on: Some("2026-11-01T00:00:00Z".parse().unwrap()),
+    });
+    azure
+}
+
+fn observe_source(management: crate::api::Management) -> ScopeSource {
+    let mut source = source(vec![access(
+        "team-a",
+        "chat",
+        vec![object(1), object(4), object(5)],
+    )]);
+    source.account.management = management;
+    source
+}
+
+fn row(outcome: &PassOutcome, n: u8) -> &PrincipalStatus {
+    outcome.accesses[0]
+        .status
+        .principals
+        .iter()
+        .find(|p| p.object_id.as_deref() == Some(oid(n).as_str()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn under_observe_no_write_is_sent_and_each_row_says_the_write_manage_would_make() {
+    use crate::api::{Management, PlannedAction};
+    let azure = observe_workload().await;
+    let writes_before = azure.calls("put") + azure.calls("delete");
+    for _ in 0..3 {
+        let outcome = run_pass(
+            azure.azure(),
+            &observe_source(Management::Observe),
+            &config(),
+            now(),
+        )
+        .await;
+        assert_eq!(outcome.management, Management::Observe);
+        let planned: Vec<(PlannedAction, String)> = outcome
+            .planned_writes
+            .iter()
+            .map(|w| (w.action, w.principal_id.clone()))
+            .collect();
+        assert_eq!(
+            planned,
+            vec![
+                (PlannedAction::Create, oid(4)),
+                (PlannedAction::Delete, oid(2))
+            ]
+        );
+        let state = |n| (row(&outcome, n).state, row(&outcome, n).reason.as_deref());
+        assert_eq!(
+            state(1),
+            (Some(GrantState::Granted), Some(reasons::GRANTED))
+        );
+        assert_eq!(
+            state(4),
+            (Some(GrantState::Pending), Some(reasons::WOULD_CREATE))
+        );
+        assert_eq!(
+            state(5),
+            (Some(GrantState::Granted), Some(reasons::WOULD_ADOPT))
+        );
+        assert!(
+            outcome
+                .results
+                .iter()
+                .all(|r| matches!(r, WriteResult::Observed))
+        );
+    }
+    assert_eq!(azure.calls("put") + azure.calls("delete"), writes_before);
+}
+
+#[tokio::test]
+async fn the_first_manage_pass_sends_exactly_the_writes_observe_listed() {
+    use crate::api::{Management, PlannedAction};
+    let azure = observe_workload().await;
+    let observed = run_pass(
+        azure.azure(),
+        &observe_source(Management::Observe),
+        &config(),
+        now(),
+    )
+    .await;
+    let before = azure.calls.lock().unwrap().len();
+    let managed = run_pass(
+        azure.azure(),
+        &observe_source(Management::Manage),
+        &config(),
+        now(),
+    )
+    .await;
+    assert!(managed.planned_writes.is_empty());
+    let sent: Vec<String> = azure.calls.lock().unwrap()[before..]
+        .iter()
+        .filter(|c| c.starts_with("put") || c.starts_with("delete"))
+        .cloned()
+        .collect();
+    let listed: Vec<String> = observed
+        .planned_writes
+        .iter()
+        .map(|w| match w.action {
+            PlannedAction::Create | PlannedAction::Release => format!("put {}", w.principal_id),
+            PlannedAction::Delete => format!(
+                "delete {SCOPE}/providers/Microsoft.Authorization/roleAssignments/{}",
+                w.assignment_name
+            ),
+        })
+        .collect();
+    assert_eq!(sent, listed);
+    assert_eq!(row(&managed, 5).reason.as_deref(), Some(reasons::ADOPTED));
+}
+
+#[tokio::test]
+async fn observe_on_the_command_line_overrides_an_account_that_says_manage() {
+    use crate::api::Management;
+    let azure = observe_workload().await;
+    let writes_before = azure.calls("put") + azure.calls("delete");
+    let config = EngineConfig {
+        observe: true,
+        ..config()
+    };
+    let outcome = run_pass(
+        azure.azure(),
+        &observe_source(Management::Manage),
+        &config,
+        now(),
+    )
+    .await;
+    assert_eq!(outcome.management, Management::Observe);
+    assert_eq!(outcome.planned_writes.len(), 2);
+    assert_eq!(azure.calls("put") + azure.calls("delete"), writes_before);
+}
+
+#[tokio::test]
+async fn an_object_deleted_under_observe_is_released_at_once_without_a_delete() {
+    use crate::api::Management;
+    let azure = granted(1).await;
+    let mut leaving = access("team-a", "chat", vec![object(1)]);
+    leaving.being_deleted = true;
+    let mut source = source(vec![leaving]);
+    source.account.management = Management::Observe;
+    let outcome = run_pass(azure.azure(), &source, &config(), now()).await;
+    assert!(outcome.accesses[0].cleanup_complete);
+    assert_eq!(azure.calls("delete"), 0);
+    assert_eq!(
+        outcome.planned_writes.len(),
+        1,
+        "the delete Manage would make is listed"
+    );
+    // The account too: its finalizer goes without a DELETE.
+    source.account_being_deleted = true;
+    let outcome = run_pass(azure.azure(), &source, &config(), now()).await;
+    assert!(outcome.account_cleanup_complete);
+    assert_eq!(azure.calls("delete"), 0);
+}
+
+#[tokio::test]
+async fn under_observe_a_mass_revocation_is_reported_held_as_under_manage_and_still_held_after_the_switch()
+ {
+    use crate::api::Management;
+    let azure = granted(10).await;
+    let brake = std::sync::Arc::new(brake::Brake::new(brake::BrakeConfig {
+        budget: 50,
+        window: Duration::from_secs(600),
+        mass_share: 0.2,
+        mass_minimum: 5,
+        prune_grace: Duration::ZERO,
+    }));
+    let config = EngineConfig {
+        brake: Some(brake),
+        ..config()
+    };
+    let mut emptied = source(vec![access("team-a", "chat", vec![object(1)])]);
+    emptied.account.management = Management::Observe;
+    let observed = run_pass(azure.azure(), &emptied, &config, now()).await;
+    let (hold, count) = observed.held.expect("held under Observe too");
+    assert_eq!((hold.reason(), count), ("RevocationsBlocked", 9));
+    assert!(
+        observed.planned_writes.is_empty(),
+        "held writes are not writes Manage would send"
+    );
+    // Switching to Manage: the brake decides the first Manage pass like any other.
+    emptied.account.management = Management::Manage;
+    let managed = run_pass(azure.azure(), &emptied, &config, now()).await;
+    assert!(managed.held.is_some());
+    assert_eq!(azure.calls("delete"), 0);
 }
 
 #[tokio::test]

@@ -66,6 +66,11 @@ pub struct FileModeArgs {
     #[arg(long)]
     pub prune: bool,
 
+    /// `apply` an OpenAIAccount whose manifest says `management: Observe` as if it said Manage.
+    /// Without it, `apply` refuses such accounts (and writes nothing); `plan` ignores it.
+    #[arg(long)]
+    pub override_management: bool,
+
     /// The most role assignments one run deletes per account; the rest wait for the next run.
     #[arg(long, env = "KEYLESS_MAX_DELETES_PER_PASS", default_value_t = 50)]
     pub max_deletes_per_pass: usize,

@@ -48,6 +48,10 @@ pub enum FilesError {
     InstanceIdRequired,
     #[error("write the output")]
     Output(#[source] std::io::Error),
+    #[error(
+        "{accounts} say management: Observe, so apply writes nothing: run `keyless plan` to see what it would change, or pass --override-management to apply them as Manage"
+    )]
+    ObserveRefused { accounts: String },
 }
 
 // Plan without --instance-id: markers name an instance nobody uses, so no existing assignment counts
@@ -57,7 +61,10 @@ const NO_INSTANCE: &str = "plan-without-instance-id";
 /// Runs `plan` or `apply` and writes the result to stdout (progress to stderr). With `--emulator`,
 /// an apply is followed by a plan against the same emulator, to show that nothing is left to change.
 pub async fn run(args: &FileModeArgs, mode: Mode) -> Result<Report, FilesError> {
-    let manifests = load::load(&args.manifests.paths, args.manifests.recursive)?;
+    let mut manifests = load::load(&args.manifests.paths, args.manifests.recursive)?;
+    if mode == Mode::Apply {
+        observe_refused(&mut manifests, args.override_management)?;
+    }
     let instance = match (&args.instance_id, args.emulator.emulator, mode) {
         (Some(id), _, _) => Some(match &args.instance_fingerprint {
             // Validated by the argument parser.
@@ -111,6 +118,33 @@ pub async fn run(args: &FileModeArgs, mode: Mode) -> Result<Report, FilesError> 
     Ok(report)
 }
 
+/// `apply` and `management: Observe`: refused before anything is read from Azure, naming every
+/// such account, unless `--override-management` makes them Manage for this run. Refusing the whole
+/// run, not only those accounts, keeps a pipeline from half-applying what it was asked to apply.
+fn observe_refused(
+    manifests: &mut load::Manifests,
+    override_management: bool,
+) -> Result<(), FilesError> {
+    let observed: Vec<String> = manifests
+        .accounts
+        .values()
+        .filter(|a| a.object.spec.management == crate::api::Management::Observe)
+        .map(|a| format!("OpenAIAccount {} ({})", a.name, a.origin))
+        .collect();
+    if observed.is_empty() {
+        return Ok(());
+    }
+    if !override_management {
+        return Err(FilesError::ObserveRefused {
+            accounts: observed.join(", "),
+        });
+    }
+    for account in manifests.accounts.values_mut() {
+        account.object.spec.management = crate::api::Management::Manage;
+    }
+    Ok(())
+}
+
 /// What one run needs besides the manifests.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -154,6 +188,7 @@ pub async fn converge(
         propagation_grace: Duration::from_secs(300),
         federation_issuer: settings.federation_issuer.clone(),
         dry_run: mode == Mode::Plan,
+        observe: false,
         prune: settings.prune,
         // One run resolves each principal once anyway.
         resolution_cache: None,

@@ -264,6 +264,8 @@ fn write_action(write: &Write, result: Option<&WriteResult>, mode: Mode) -> Acti
         (Write::Delete { .. }, Some(WriteResult::Done)) => Action::Deleted,
         (Write::Release { .. }, Some(WriteResult::Done)) => Action::Released,
         (Write::Create { .. }, Some(WriteResult::Done)) => Action::Created,
+        // Management Observe: a write not sent, like a plan's.
+        (write, Some(WriteResult::Observed)) => write_action(write, None, mode),
         (write, None | Some(WriteResult::NotAttempted)) => match (mode, write) {
             (Mode::Apply, _) => Action::NotAttempted,
             (Mode::Plan, Write::Create { .. }) => Action::Create,

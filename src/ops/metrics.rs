@@ -83,6 +83,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OriginLabels {
     origin: &'static str,
 }
@@ -110,6 +115,8 @@ struct Inner {
     grants_by_account: Mutex<GrantCounts>,
     access_grants: Family<OriginLabels, U64Gauge>,
     access_by_account: Mutex<GrantCounts>,
+    planned_writes: Family<ActionLabels, U64Gauge>,
+    planned_by_account: Mutex<GrantCounts>,
     role_assignments: Family<SubscriptionLabels, U64Gauge>,
     leader: U64Gauge,
     held: Family<ReasonLabels, U64Gauge>,
@@ -193,6 +200,12 @@ impl Metrics {
             "Role assignments that let a principal call an account or read its keys, by origin (managed, adopted, released, otherInstance, foreign, inherited), summed over all accounts",
             access_grants.clone(),
         );
+        let planned_writes = Family::<ActionLabels, U64Gauge>::default();
+        registry.register(
+            "planned_writes",
+            "Role assignment writes held back by management Observe, by action (Create, Delete, Release), summed over all accounts: what Manage would send now",
+            planned_writes.clone(),
+        );
         let role_assignments = Family::<SubscriptionLabels, U64Gauge>::default();
         registry.register(
             "role_assignments",
@@ -237,6 +250,8 @@ impl Metrics {
                 grants_by_account: Mutex::new(GrantCounts::default()),
                 access_grants,
                 access_by_account: Mutex::new(GrantCounts::default()),
+                planned_writes,
+                planned_by_account: Mutex::new(GrantCounts::default()),
                 role_assignments,
                 leader,
                 held,
@@ -313,10 +328,23 @@ impl Metrics {
         });
     }
 
+    /// Replaces one account's writes held back by management Observe, by action, and re-exports
+    /// the sums over all accounts; an empty map forgets the account (or says it is managed).
+    pub fn set_planned_writes(&self, account: &str, counts: &BTreeMap<&'static str, u64>) {
+        let mut planned = lock_counts(&self.inner.planned_by_account);
+        set_counts(&mut planned, account, counts, |action, sum| {
+            self.inner
+                .planned_writes
+                .get_or_create(&ActionLabels { action })
+                .set(sum);
+        });
+    }
+
     /// Forgets an account's grants (its object was deleted), so the sums no longer include them.
     pub fn forget_account(&self, account: &str) {
         self.set_grants(account, &BTreeMap::new());
         self.set_access_origins(account, &BTreeMap::new());
+        self.set_planned_writes(account, &BTreeMap::new());
     }
 
     /// Sets the number of role assignments last counted in a subscription.
@@ -741,6 +769,28 @@ mod tests {
                 &[("kind", "writes"), ("subscription", SUBSCRIPTION)]
             ),
             Some(1100.0)
+        );
+    }
+
+    #[test]
+    fn planned_writes_are_summed_over_accounts_and_forgotten_with_the_account() {
+        let metrics = Metrics::new();
+        metrics.set_planned_writes("prod", &counts(&[("Create", 2), ("Delete", 1)]));
+        metrics.set_planned_writes("dev", &counts(&[("Create", 1)]));
+        let samples = parse(&metrics.encode()).unwrap();
+        assert_eq!(
+            value(&samples, "keyless_planned_writes", &[("action", "Create")]),
+            Some(3.0)
+        );
+        metrics.forget_account("prod");
+        let samples = parse(&metrics.encode()).unwrap();
+        assert_eq!(
+            value(&samples, "keyless_planned_writes", &[("action", "Create")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&samples, "keyless_planned_writes", &[("action", "Delete")]),
+            Some(0.0)
         );
     }
 

@@ -116,6 +116,7 @@ mod tests {
             require_federation: required,
             deletion_policy: DeletionPolicy::Delete,
             allow_retain: false,
+            management: crate::api::Management::Manage,
         }
     }
 

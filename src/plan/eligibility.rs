@@ -174,6 +174,7 @@ mod tests {
             require_federation: true,
             deletion_policy: DeletionPolicy::Delete,
             allow_retain: false,
+            management: crate::api::Management::Manage,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod desired;
 pub mod diff;
 pub mod eligibility;
 pub mod model;
+pub mod observe;
 pub mod ownership;
 pub mod planner;
 pub mod policy;

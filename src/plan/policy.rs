@@ -117,6 +117,7 @@ mod tests {
             require_federation: true,
             deletion_policy: Default::default(),
             allow_retain: false,
+            management: crate::api::Management::Manage,
         }
     }
 

@@ -62,6 +62,7 @@ fn mk_account(namespaces: &[&str]) -> AccountInput {
             require_federation: true,
             deletion_policy: DeletionPolicy::Delete,
             allow_retain: false,
+            management: crate::api::Management::Manage,
         },
         being_deleted: false,
     }

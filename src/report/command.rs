@@ -227,6 +227,7 @@ async fn from_files(
         propagation_grace: Duration::from_secs(300),
         federation_issuer: None,
         dry_run: true,
+        observe: false,
         resolution_cache: None,
         prune: false,
         brake: None,

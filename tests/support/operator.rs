@@ -62,6 +62,7 @@ pub fn controller_config(instance: &str) -> ControllerConfig {
             propagation_grace: Duration::ZERO,
             federation_issuer: Some(ISSUER.into()),
             dry_run: false,
+            observe: false,
             prune: true,
             // The brake is off unless a test turns it on (its budget and prune grace would slow
             // the sweeps other tests assert); the controller's view and fence are always on.
