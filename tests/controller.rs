@@ -703,6 +703,156 @@ async fn a_quiet_resync_sends_no_kubernetes_write() {
     h.stop_controller().await;
 }
 
+/// The controller's reconciles so far, from its /metrics (every result).
+async fn reconciles_total(port: u16) -> u64 {
+    let scrape = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    scrape
+        .lines()
+        .filter(|l| l.starts_with("keyless_reconciles_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn merge_patch<K>(api: &Api<K>, name: &str, patch: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("patch {name}: {e}"));
+}
+
+// Issue 18: a cluster's churn costs nothing unless it changes what keyless reads. An account that
+// allows namespaces by label used to be requeued (one ARM LIST each) by every event of every
+// Namespace, and every ServiceAccount event scanned every OpenAIAccess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrelated_namespace_and_service_account_churn_costs_no_arm_request() {
+    let Some(mut h) = Harness::new().await else {
+        return;
+    };
+    let port = free_port();
+    let mut config = controller_config("cluster-1");
+    // No resync inside the test: every pass counted is one an event caused.
+    config.resync_interval = Duration::from_secs(3600);
+    config.http_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    h.start_controller_with(config);
+    h.federate_chat_backend();
+    h.account(
+        "prod",
+        OAI_PROD,
+        json!({"allowedNamespaces": {"names": [h.n("team-chat")], "selector": {"matchLabels": {"tier": "prod"}}}}),
+    )
+    .await;
+    h.service_account("team-chat", "chat-backend", CHAT_BACKEND_CLIENT)
+        .await;
+    h.access(
+        "team-chat",
+        "app",
+        json!([{"serviceAccount": "chat-backend"}]),
+    )
+    .await;
+    let unrelated: Vec<String> = {
+        let mut names = Vec::new();
+        for i in 0..10 {
+            names.push(h.env.namespace(&format!("churn-{i}")).await);
+        }
+        names
+    };
+    for i in 0..10 {
+        h.service_account("team-chat", &format!("other-{i}"), CHAT_BACKEND_CLIENT)
+            .await;
+    }
+    eventually("ready", async || h.access_ready("team-chat", "app").await).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.emulator.reset_request_counts();
+    let reconciles_before = reconciles_total(port).await;
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(h.env.client.clone());
+    let service_accounts: Api<ServiceAccount> =
+        Api::namespaced(h.env.client.clone(), &h.n("team-chat"));
+    // 200 label changes of namespaces without OpenAIAccess objects.
+    for round in 0..20 {
+        for name in &unrelated {
+            merge_patch(
+                &namespaces,
+                name,
+                json!({"metadata": {"labels": {"churn": round.to_string()}}}),
+            )
+            .await;
+        }
+    }
+    // 200 ServiceAccount updates: unnamed ones, and the named one's other annotations.
+    for round in 0..10 {
+        for i in 0..10 {
+            merge_patch(
+                &service_accounts,
+                &format!("other-{i}"),
+                json!({"metadata": {"annotations": {"churn": round.to_string()}}}),
+            )
+            .await;
+        }
+        for _ in 0..10 {
+            let value = uuid::Uuid::new_v4().to_string();
+            merge_patch(
+                &service_accounts,
+                "chat-backend",
+                json!({"metadata": {"annotations": {"churn": value}}}),
+            )
+            .await;
+        }
+    }
+    // 50 changes of the related namespace that are not its labels.
+    for round in 0..50 {
+        merge_patch(
+            &namespaces,
+            &h.n("team-chat"),
+            json!({"metadata": {"annotations": {"churn": round.to_string()}}}),
+        )
+        .await;
+    }
+    // The watch events arrive within milliseconds on loopback; the settle time is generous.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let arm = h.emulator.request_counts();
+    let arm_total: u64 = arm.values().sum();
+    let churn_reconciles = reconciles_total(port).await - reconciles_before;
+    eprintln!("churn: {arm_total} ARM requests {arm:?}, {churn_reconciles} reconciles");
+    assert_eq!(
+        arm_total, 0,
+        "unrelated churn costs no ARM request: {arm:?}"
+    );
+    assert_eq!(churn_reconciles, 0, "unrelated churn reconciles nothing");
+
+    // The one change that matters still gets through: the related namespace's labels.
+    merge_patch(
+        &namespaces,
+        &h.n("team-chat"),
+        json!({"metadata": {"labels": {"tier": "prod"}}}),
+    )
+    .await;
+    eventually("the label change reconciled the account", async || {
+        h.emulator.requests_of("RoleAssignments_ListForScope") >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let relevant = reconciles_total(port).await - reconciles_before;
+    eprintln!(
+        "one label change: {relevant} reconciles, {} LISTs",
+        h.emulator.requests_of("RoleAssignments_ListForScope")
+    );
+    assert_eq!(relevant, 1, "one reconcile of the one affected account");
+    assert_eq!(h.emulator.requests_of("RoleAssignments_ListForScope"), 1);
+    h.stop_controller().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_to_an_unregistered_account_says_so() {
     let Some(mut h) = Harness::start().await else {

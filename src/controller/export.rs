@@ -10,6 +10,7 @@ use crate::azure::ManagedIdentities;
 use crate::engine::CLIENT_ID_ANNOTATION;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 
@@ -22,7 +23,7 @@ pub const CLIENT_ID_KEY: &str = "AZURE_OPENAI_CLIENT_ID";
 pub async fn export_data(
     access: &OpenAIAccess,
     endpoint: Option<&str>,
-    service_accounts: &Store<ServiceAccount>,
+    service_accounts: &Store<PartialObjectMeta<ServiceAccount>>,
     identities: &dyn ManagedIdentities,
 ) -> BTreeMap<String, String> {
     let mut data = BTreeMap::new();

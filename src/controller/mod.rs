@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod export;
+pub mod index;
 pub mod kube_io;
 pub mod lenient;
 pub mod limits;
@@ -22,9 +23,10 @@ use crate::ops::metrics::{Metrics, status_class};
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::{BoxFuture, Shared};
+use index::{AccessIndex, Accounts, ChangeFilter};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::core::DeserializeGuard;
+use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Config as ControllerRuntimeConfig;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -73,8 +75,12 @@ pub struct Context {
     pub config: ControllerConfig,
     pub accounts: Store<DeserializeGuard<OpenAIAccount>>,
     pub accesses: Store<LenientAccess>,
-    pub service_accounts: Store<ServiceAccount>,
-    pub namespaces: Store<Namespace>,
+    /// Which OpenAIAccess objects each account has, kept beside `accesses`.
+    pub access_index: AccessIndex,
+    /// Metadata only: keyless reads a ServiceAccount's client-id annotation and nothing else.
+    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    /// Metadata only: keyless reads a Namespace's labels and nothing else.
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub recorder: Recorder,
     pub backoff: reconcile::Backoffs,
     pub metrics: Metrics,
@@ -303,14 +309,15 @@ const CHANGES_BUFFER: usize = 1024;
 struct Views {
     accounts: Store<DeserializeGuard<OpenAIAccount>>,
     accesses: Store<LenientAccess>,
-    service_accounts: Store<ServiceAccount>,
-    namespaces: Store<Namespace>,
+    access_index: AccessIndex,
+    service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Whether each store has listed and is watching; kept across terms with the stores.
     health: ViewHealth,
     account_changes: broadcast::Sender<Arc<DeserializeGuard<OpenAIAccount>>>,
     access_changes: broadcast::Sender<Arc<LenientAccess>>,
-    service_account_changes: broadcast::Sender<Arc<ServiceAccount>>,
-    namespace_changes: broadcast::Sender<Arc<Namespace>>,
+    service_account_changes: broadcast::Sender<Arc<PartialObjectMeta<ServiceAccount>>>,
+    namespace_changes: broadcast::Sender<Arc<PartialObjectMeta<Namespace>>>,
 }
 
 impl Views {
@@ -329,32 +336,59 @@ impl Views {
             },
         );
         let (accounts, account_changes) = reflect(
-            Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
-            watcher_config.clone(),
-            None,
+            watcher(
+                Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
+                watcher_config.clone(),
+            ),
+            |_| {},
             shutdown.clone(),
         );
+        let access_index = AccessIndex::new();
         let (accesses, access_changes) = reflect(
-            Api::<LenientAccess>::all(client.clone()),
-            watcher_config.clone(),
-            Some((health.clone(), ACCESS_STORE)),
+            watcher(
+                Api::<LenientAccess>::all(client.clone()),
+                watcher_config.clone(),
+            ),
+            {
+                let health = health.clone();
+                let index = access_index.clone();
+                move |event| {
+                    if let Ok(event) = event {
+                        index.apply(event);
+                    }
+                    health.observe(ACCESS_STORE, event);
+                }
+            },
             shutdown.clone(),
         );
+        // ServiceAccounts and Namespaces by their metadata only: the most numerous kinds of a
+        // cluster, of which keyless reads an annotation and the labels.
         let (service_accounts, service_account_changes) = reflect(
-            Api::<ServiceAccount>::all(client.clone()),
-            watcher_config.clone(),
-            Some((health.clone(), SERVICE_ACCOUNT_STORE)),
+            watcher(
+                Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
+                watcher_config.clone(),
+            ),
+            {
+                let health = health.clone();
+                move |event| health.observe(SERVICE_ACCOUNT_STORE, event)
+            },
             shutdown.clone(),
         );
         let (namespaces, namespace_changes) = reflect(
-            Api::<Namespace>::all(client.clone()),
-            watcher_config,
-            Some((health.clone(), NAMESPACE_STORE)),
+            watcher(
+                Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                watcher_config,
+            ),
+            {
+                let health = health.clone();
+                move |event| health.observe(NAMESPACE_STORE, event)
+            },
             shutdown,
         );
         Views {
             accounts,
             accesses,
+            access_index,
             service_accounts,
             namespaces,
             health,
@@ -367,34 +401,25 @@ impl Views {
 }
 
 /// One reflector on a task of its own: the store, and a broadcast of every object it touched.
-/// With `health`, the store reports to the view after the reflector applied each event, so
-/// "listed" is never seen before the list is in the store.
+/// `observe` sees each event after the reflector applied it (the view's health, an index), so
+/// "listed" is never seen before the list is in the store. `managedFields` are dropped before the
+/// store: keyless never reads them, and they are often the larger part of an object.
 fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    health: Option<(ViewHealth, &'static str)>,
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    observe: impl Fn(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static,
     shutdown: Shared<BoxFuture<'static, ()>>,
 ) -> (Store<K>, broadcast::Sender<Arc<K>>)
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let (changes, _) = broadcast::channel(CHANGES_BUFFER);
     let sender = changes.clone();
-    let stream = watcher(api, config)
+    let stream = events
         .default_backoff()
+        .modify(|object: &mut K| object.managed_fields_mut().clear())
         .reflect(writer)
-        .inspect(move |event| {
-            if let Some((health, kind)) = &health {
-                health.observe(kind, event);
-            }
-        })
+        .inspect(observe)
         .touched_objects()
         .take_until(shutdown);
     tokio::spawn(async move {
@@ -487,6 +512,7 @@ async fn run_controllers(
         config,
         accounts: account_store.clone(),
         accesses: access_store.clone(),
+        access_index: views.access_index.clone(),
         service_accounts: views.service_accounts.clone(),
         namespaces: views.namespaces.clone(),
         recorder: Recorder::new(
@@ -518,41 +544,27 @@ async fn run_controllers(
                 .collect(),
         }
     };
-    // ServiceAccount → the accounts of the OpenAIAccess objects in its namespace that name it.
-    let accesses_for_sa = access_store.clone();
-    let sa_to_accounts = move |sa: ServiceAccount| {
-        let namespace = sa.namespace().unwrap_or_default();
-        let name = sa.name_any();
-        accesses_for_sa
-            .state()
-            .into_iter()
-            .filter_map(|a| a.parsed.as_ref().ok().cloned())
-            .filter(|a| a.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|a| {
-                a.spec
-                    .principals
-                    .iter()
-                    .any(|p| p.service_account.as_deref() == Some(name.as_str()))
-            })
-            .map(|a| ObjectRef::new(&a.spec.account_ref.name))
-            .collect::<Vec<_>>()
+    // ServiceAccount → the accounts of the OpenAIAccess objects in its namespace that name it
+    // (from the index: no scan of the OpenAIAccess store per event).
+    let index_for_sa = views.access_index.clone();
+    let accounts_for_sa = account_store.clone();
+    let sa_to_accounts = move |sa: PartialObjectMeta<ServiceAccount>| {
+        account_refs(
+            &accounts_for_sa,
+            index_for_sa.accounts_using_service_account(
+                &sa.namespace().unwrap_or_default(),
+                &sa.name_any(),
+            ),
+        )
     };
-    // Namespace → accounts whose allowedNamespaces could change for it.
+    // Namespace → the accounts with OpenAIAccess objects in it: its labels matter to no other.
+    let index_for_ns = views.access_index.clone();
     let accounts_for_ns = account_store.clone();
-    let ns_to_accounts = move |ns: Namespace| {
-        let name = ns.name_any();
-        accounts_for_ns
-            .state()
-            .into_iter()
-            .filter_map(|a| a.0.as_ref().ok().cloned())
-            .filter(|a| {
-                a.spec
-                    .allowed_namespaces
-                    .as_ref()
-                    .is_some_and(|n| n.selector.is_some() || n.names.contains(&name))
-            })
-            .map(|a| ObjectRef::new(&a.name_any()))
-            .collect::<Vec<_>>()
+    let ns_to_accounts = move |ns: PartialObjectMeta<Namespace>| {
+        account_refs(
+            &accounts_for_ns,
+            index_for_ns.accounts_in_namespace(&ns.name_any()),
+        )
     };
 
     if let Some(interval) = context.config.assignment_count_interval {
@@ -572,15 +584,29 @@ async fn run_controllers(
         owned(changes(&views.access_changes, access_store.clone())),
         access_to_account,
     )
+    // Only what keyless reads of them: a ServiceAccount's client-id annotation, a Namespace's
+    // labels (and their creation and deletion). CI's churn of anything else costs nothing.
     .watches_stream(
-        owned(changes(
-            &views.service_account_changes,
+        owned(only_changes(
+            changes(
+                &views.service_account_changes,
+                views.service_accounts.clone(),
+            ),
             views.service_accounts.clone(),
+            |sa: &PartialObjectMeta<ServiceAccount>| {
+                sa.annotations()
+                    .get(crate::engine::CLIENT_ID_ANNOTATION)
+                    .cloned()
+            },
         )),
         sa_to_accounts,
     )
     .watches_stream(
-        owned(changes(&views.namespace_changes, views.namespaces.clone())),
+        owned(only_changes(
+            changes(&views.namespace_changes, views.namespaces.clone()),
+            views.namespaces.clone(),
+            |ns: &PartialObjectMeta<Namespace>| ns.labels().clone(),
+        )),
         ns_to_accounts,
     )
     .graceful_shutdown_on(shutdown.clone())
@@ -596,7 +622,7 @@ async fn run_controllers(
     });
 
     // The light controller over OpenAIAccess: malformed objects and missing accounts.
-    let accesses_for_account = access_store.clone();
+    let accesses_for_account = views.access_index.clone();
     let access_controller = Controller::for_shared_stream(
         everything_then_changes(&views.access_changes, access_store.clone()),
         access_store.clone(),
@@ -632,16 +658,54 @@ pub const ACCESS_STORE: &str = "OpenAIAccess";
 pub const SERVICE_ACCOUNT_STORE: &str = "ServiceAccount";
 pub const NAMESPACE_STORE: &str = "Namespace";
 
-fn accesses_referencing(
-    store: &Store<LenientAccess>,
-    account: &str,
-) -> Vec<ObjectRef<LenientAccess>> {
-    store
-        .state()
+fn accesses_referencing(index: &AccessIndex, account: &str) -> Vec<ObjectRef<LenientAccess>> {
+    index
+        .objects_of(account)
         .into_iter()
-        .filter(|a| a.may_name(account))
-        .map(|a| ObjectRef::from(a.as_ref()))
+        .map(|key| ObjectRef::new(&key.name).within(&key.namespace))
         .collect()
+}
+
+/// The accounts an index lookup names (every account, when a malformed object may name any).
+fn account_refs(
+    accounts: &Store<DeserializeGuard<OpenAIAccount>>,
+    found: Accounts,
+) -> Vec<ObjectRef<DeserializeGuard<OpenAIAccount>>> {
+    if found.any {
+        return accounts
+            .state()
+            .iter()
+            .map(|a| ObjectRef::new(&a.name_any()))
+            .collect();
+    }
+    found
+        .named
+        .iter()
+        .map(|name| ObjectRef::new(name))
+        .collect()
+}
+
+/// The objects of `stream` whose `read` part changed since this term last saw them, or that are
+/// seen for the first time, or that are gone from the store (deleted).
+fn only_changes<K, V>(
+    stream: impl futures::Stream<Item = Arc<K>> + Send + 'static,
+    store: Store<K>,
+    read: impl Fn(&K) -> V + Send + 'static,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    V: PartialEq + Send + 'static,
+{
+    let mut seen = ChangeFilter::default();
+    stream.filter(move |object| {
+        let key = crate::plan::ObjectKey {
+            namespace: object.namespace().unwrap_or_default(),
+            name: object.name_any(),
+        };
+        let present = store.get(&ObjectRef::from_obj(object.as_ref())).is_some();
+        let current = present.then(|| read(object));
+        futures::future::ready(seen.changed(key, current))
+    })
 }
 
 /// Puts this cluster's fingerprint, the `kube-system` namespace's UID, beside the instance id in

@@ -18,6 +18,7 @@ use crate::plan::{AccountScope, ObjectKey};
 use jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -211,13 +212,19 @@ async fn reconcile_account_pass(
     // before it gets one, so its deletion cannot skip the cleanup. One object's failed finalizer
     // write stays its own: that object gets no create this pass (its recorded grants are kept,
     // as for a malformed object) and the others go on.
-    let mut access_objects: Vec<OpenAIAccess> = Vec::new();
+    // Its own objects from the index, not a scan of every object in the cluster; each one read
+    // from the store (an object the index names but the store no longer holds is gone).
+    let mut access_objects: Vec<Arc<LenientAccess>> = Vec::new();
     let mut malformed: Vec<engine::MalformedObject> = Vec::new();
-    for lenient in ctx.accesses.state().iter() {
+    for key in ctx.access_index.objects_of(&name) {
+        let Some(lenient) = ctx
+            .accesses
+            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        else {
+            continue;
+        };
         match &lenient.parsed {
-            Ok(access) if access.spec.account_ref.name == name => {
-                access_objects.push(access.clone());
-            }
+            Ok(access) if access.spec.account_ref.name == name => access_objects.push(lenient),
             Ok(_) => {}
             Err(_) => {
                 if lenient.may_name(&name)
@@ -228,14 +235,23 @@ async fn reconcile_account_pass(
             }
         }
     }
-    let namespace_labels: crate::plan::policy::NamespaceLabels = ctx
-        .namespaces
-        .state()
+    let access_objects: Vec<&OpenAIAccess> = access_objects
         .iter()
-        .map(|ns| (ns.name_any(), ns.labels().clone().into_iter().collect()))
+        .filter_map(|a| a.parsed.as_ref().ok())
+        .collect();
+    // The labels of the namespaces its objects live in: the only ones its policy is asked about.
+    let namespace_labels: crate::plan::policy::NamespaceLabels = access_objects
+        .iter()
+        .filter_map(|a| a.namespace())
+        .chain(malformed.iter().map(|m| m.key.namespace.clone()))
+        .filter_map(|namespace| {
+            ctx.namespaces
+                .get(&ObjectRef::new(&namespace))
+                .map(|ns| (namespace, ns.labels().clone().into_iter().collect()))
+        })
         .collect();
     let mut accesses = Vec::with_capacity(access_objects.len());
-    for access in &access_objects {
+    for access in access_objects.iter().copied() {
         let deleting = access.metadata.deletion_timestamp.is_some();
         if deleting && !has_finalizer(access) {
             continue;
@@ -316,13 +332,22 @@ async fn reconcile_account_pass(
     };
     record_pass_metrics(&ctx, &name, &scope, &outcome);
 
-    // Status and finalizers of every OpenAIAccess.
+    // Status and finalizers of every OpenAIAccess; results paired with objects by key.
+    let by_key: HashMap<ObjectKey, &OpenAIAccess> = access_objects
+        .iter()
+        .map(|a| {
+            (
+                ObjectKey {
+                    namespace: a.namespace().unwrap_or_default(),
+                    name: a.name_any(),
+                },
+                *a,
+            )
+        })
+        .collect();
     let mut waiting_finalizers = Vec::new();
     for result in &outcome.accesses {
-        let Some(object) = access_objects.iter().find(|a| {
-            a.namespace().as_deref() == Some(result.key.namespace.as_str())
-                && a.name_any() == result.key.name
-        }) else {
+        let Some(object) = by_key.get(&result.key).copied() else {
             continue;
         };
         let namespaced: Api<OpenAIAccess> =
@@ -387,12 +412,8 @@ async fn reconcile_account_pass(
     }
     for event in &outcome.events {
         let reference = match &event.object {
-            Some(key) => access_objects
-                .iter()
-                .find(|a| {
-                    a.namespace().as_deref() == Some(key.namespace.as_str())
-                        && a.name_any() == key.name
-                })
+            Some(key) => by_key
+                .get(key)
                 .map(|a| a.object_ref(&()))
                 .unwrap_or_else(|| account.object_ref(&())),
             None => account.object_ref(&()),
