@@ -659,11 +659,10 @@ async fn many_objects_on_one_account_cost_one_list_per_resync() {
     h.stop_controller().await;
 }
 
-// Found by the fault layer's counts on the real server: every resync server-side applies each
+// Found by the fault layer's counts on the real server: every resync server-side applied each
 // access's status again (9 accesses, 2 resyncs: 18 PATCHes of openaiaccesses/status), unchanged.
 // The steady-state write budget is issue 18's; this test is its acceptance check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 18: each resync re-applies every access's unchanged status"]
 async fn a_quiet_resync_sends_no_kubernetes_write() {
     let Some(mut h) = Harness::start().await else {
         return;
@@ -850,6 +849,128 @@ async fn unrelated_namespace_and_service_account_churn_costs_no_arm_request() {
     );
     assert_eq!(relevant, 1, "one reconcile of the one affected account");
     assert_eq!(h.emulator.requests_of("RoleAssignments_ListForScope"), 1);
+    h.stop_controller().await;
+}
+
+// Issue 18: the export is applied when its data changes, not at every resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_export_is_not_applied_again_and_a_changed_one_is() {
+    let Some(mut h) = Harness::start().await else {
+        return;
+    };
+    h.federate_chat_backend();
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.service_account("team-chat", "chat-backend", CHAT_BACKEND_CLIENT)
+        .await;
+    h.access_with(
+        "team-chat",
+        "chat",
+        json!([{"serviceAccount": "chat-backend"}]),
+        json!({"exportTo": {"configMapName": "openai"}}),
+    )
+    .await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(h.env.client.clone(), &h.n("team-chat"));
+    eventually("the ConfigMap exists", async || {
+        config_maps.get_opt("openai").await.unwrap().is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.faults.reset_counts();
+    h.emulator.reset_request_counts();
+    // 700 ms resync: about three passes.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let lists = h.emulator.requests_of("RoleAssignments_ListForScope");
+    let applies = h.faults.count(Verb::Patch, "configmaps");
+    eprintln!("quiet: {lists} LISTs, {applies} ConfigMap applies");
+    assert!(lists >= 2, "the controller was resyncing: {lists} LISTs");
+    assert_eq!(applies, 0, "an unchanged export is not applied again");
+
+    let other_client = "0f0f0f0f-1111-2222-3333-444444444444";
+    let service_accounts: Api<ServiceAccount> =
+        Api::namespaced(h.env.client.clone(), &h.n("team-chat"));
+    merge_patch(
+        &service_accounts,
+        "chat-backend",
+        json!({"metadata": {"annotations": {"azure.workload.identity/client-id": other_client}}}),
+    )
+    .await;
+    eventually("the ConfigMap has the new client id", async || {
+        config_maps
+            .get("openai")
+            .await
+            .unwrap()
+            .data
+            .is_some_and(|d| {
+                d.get("AZURE_OPENAI_CLIENT_ID").map(String::as_str) == Some(other_client)
+            })
+    })
+    .await;
+    assert!(h.faults.count(Verb::Patch, "configmaps") >= 1);
+    h.stop_controller().await;
+}
+
+// Issue 18: a deleted account's series go with it, even when its cleanup never completed (its
+// finalizer removed by hand while ARM was down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_accounts_metrics_are_forgotten() {
+    let Some(mut h) = Harness::new().await else {
+        return;
+    };
+    let port = free_port();
+    let mut config = controller_config("cluster-1");
+    config.http_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    h.start_controller_with(config);
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.access("team-chat", "chat", json!([{"user": "alice@contoso.com"}]))
+        .await;
+    let scrape = async || {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    eventually("the grant is counted", async || {
+        scrape()
+            .await
+            .contains("keyless_grants{state=\"Granted\"} 1")
+    })
+    .await;
+    h.emulator.set_faults(Faults {
+        unavailable_rate: 1.0,
+        operations: vec![
+            "RoleAssignments_Delete".into(),
+            "RoleAssignments_ListForScope".into(),
+        ],
+        ..Faults::default()
+    });
+    h.accounts()
+        .delete(&h.n("prod"), &Default::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        h.get_account("prod").await.is_some(),
+        "the finalizer holds while ARM is down"
+    );
+    merge_patch(
+        &h.accounts(),
+        &h.n("prod"),
+        json!({"metadata": {"finalizers": null}}),
+    )
+    .await;
+    eventually("the account is gone", async || {
+        h.get_account("prod").await.is_none()
+    })
+    .await;
+    eventually("its grants are no longer counted", async || {
+        scrape()
+            .await
+            .contains("keyless_grants{state=\"Granted\"} 0")
+    })
+    .await;
+    h.emulator.clear_faults();
     h.stop_controller().await;
 }
 

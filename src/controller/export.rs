@@ -1,8 +1,11 @@
 //! Endpoint export: with `--enable-configmap-export`, `spec.exportTo.configMapName` makes keyless
 //! apply a ConfigMap in the object's namespace, owned by it (so it goes with it), holding what
 //! keyless-authenticated application code reads: `AZURE_OPENAI_ENDPOINT` and, when exactly one
-//! workload identity or managed identity is listed, `AZURE_OPENAI_CLIENT_ID`. Re-applied at every
-//! reconcile rather than watched cluster-wide, so keyless needs no cluster-wide ConfigMap watch.
+//! workload identity or managed identity is listed, `AZURE_OPENAI_CLIENT_ID`. Computed at every
+//! reconcile but applied only when it differs from what this term last applied
+//! ([`ExportMemo`]), rather than watched cluster-wide: keyless needs no ConfigMap watch, and a
+//! quiet resync sends no ConfigMap write. A ConfigMap deleted by hand comes back when its data
+//! changes or at the next term (restart or leader change).
 
 use super::kube_io::FIELD_MANAGER;
 use crate::api::{OpenAIAccess, PrincipalRef};
@@ -14,7 +17,8 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 
 pub const ENDPOINT_KEY: &str = "AZURE_OPENAI_ENDPOINT";
 pub const CLIENT_ID_KEY: &str = "AZURE_OPENAI_CLIENT_ID";
@@ -95,4 +99,122 @@ pub async fn apply_config_map(
     )
     .await
     .map(|_| ())
+}
+
+/// One export: the object (by uid too, so a re-created object is exported again) and its
+/// ConfigMap's name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ExportKey {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    pub config_map: String,
+}
+
+impl ExportKey {
+    pub fn of(access: &OpenAIAccess, config_map: &str) -> ExportKey {
+        ExportKey {
+            namespace: access.namespace().unwrap_or_default(),
+            name: access.name_any(),
+            uid: access.uid(),
+            config_map: config_map.to_string(),
+        }
+    }
+}
+
+type ExportData = BTreeMap<String, String>;
+
+/// The data last applied per export, by account; an account's entries are replaced by each of its
+/// passes, so objects that stopped exporting (or were deleted) are not kept.
+#[derive(Default)]
+pub struct ExportMemo(Mutex<HashMap<String, HashMap<ExportKey, ExportData>>>);
+
+impl ExportMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<ExportKey, ExportData>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether exactly `data` was applied for this export already.
+    pub fn is_applied(&self, account: &str, key: &ExportKey, data: &ExportData) -> bool {
+        self.lock()
+            .get(account)
+            .and_then(|exports| exports.get(key))
+            .is_some_and(|applied| applied == data)
+    }
+
+    /// Records a successful apply.
+    pub fn applied(&self, account: &str, key: ExportKey, data: ExportData) {
+        self.lock()
+            .entry(account.to_string())
+            .or_default()
+            .insert(key, data);
+    }
+
+    /// Keeps only the exports an account's pass still made.
+    pub fn retain(&self, account: &str, exporting: &HashSet<ExportKey>) {
+        let mut memo = self.lock();
+        if let Some(exports) = memo.get_mut(account) {
+            exports.retain(|key, _| exporting.contains(key));
+            if exports.is_empty() {
+                memo.remove(account);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn key(name: &str, uid: &str) -> ExportKey {
+        ExportKey {
+            namespace: "team".into(),
+            name: name.into(),
+            uid: Some(uid.into()),
+            config_map: "openai".into(),
+        }
+    }
+
+    fn data(endpoint: &str) -> ExportData {
+        BTreeMap::from([(ENDPOINT_KEY.to_string(), endpoint.to_string())])
+    }
+
+    #[test]
+    fn an_export_is_applied_again_only_when_its_data_or_its_object_changes() {
+        let memo = ExportMemo::default();
+        assert!(
+            !memo.is_applied("prod", &key("app", "1"), &data("a")),
+            "never applied"
+        );
+        memo.applied("prod", key("app", "1"), data("a"));
+        let cases = [
+            ("prod", key("app", "1"), data("a"), true, "unchanged"),
+            ("prod", key("app", "1"), data("b"), false, "data changed"),
+            (
+                "prod",
+                key("app", "2"),
+                data("a"),
+                false,
+                "object re-created",
+            ),
+            ("dev", key("app", "1"), data("a"), false, "another account"),
+        ];
+        for (account, key, data, want, why) in cases {
+            assert_eq!(memo.is_applied(account, &key, &data), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn exports_no_longer_made_are_forgotten() {
+        let memo = ExportMemo::default();
+        memo.applied("prod", key("app", "1"), data("a"));
+        memo.applied("prod", key("gone", "2"), data("a"));
+        memo.retain("prod", &HashSet::from([key("app", "1")]));
+        assert!(memo.is_applied("prod", &key("app", "1"), &data("a")));
+        assert!(!memo.is_applied("prod", &key("gone", "2"), &data("a")));
+        memo.retain("prod", &HashSet::new());
+        assert!(memo.lock().is_empty());
+    }
 }

@@ -83,6 +83,8 @@ pub struct Context {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub recorder: Recorder,
     pub backoff: reconcile::Backoffs,
+    /// What this term applied of each export, so an unchanged ConfigMap is not applied again.
+    pub exports: export::ExportMemo,
     pub metrics: Metrics,
     /// Whether each store has listed and is watching.
     pub view: ViewHealth,
@@ -185,7 +187,7 @@ pub async fn run(
     };
     // The stores run on every replica from the start, leader or not: a standby that takes over
     // already holds a complete view.
-    let views = Views::start(&client, &config, shutdown.clone());
+    let views = Views::start(&client, &config, &metrics, shutdown.clone());
     match config.leader.clone() {
         None => {
             // Ready once the accounts have listed.
@@ -325,6 +327,7 @@ impl Views {
     fn start(
         client: &Client,
         config: &ControllerConfig,
+        metrics: &Metrics,
         shutdown: Shared<BoxFuture<'static, ()>>,
     ) -> Views {
         let watcher_config = watcher::Config::default().any_semantic();
@@ -340,7 +343,7 @@ impl Views {
                 Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
                 watcher_config.clone(),
             ),
-            |_| {},
+            forget_deleted_accounts(metrics.clone()),
             shutdown.clone(),
         );
         let access_index = AccessIndex::new();
@@ -400,13 +403,33 @@ impl Views {
     }
 }
 
+/// The accounts' observer: a deleted account's metric series go with it, whether the deletion is
+/// seen as an event or (after the watch was down) as its absence from a relist.
+fn forget_deleted_accounts(
+    metrics: Metrics,
+) -> impl FnMut(&Result<watcher::Event<DeserializeGuard<OpenAIAccount>>, watcher::Error>) + Send + 'static
+{
+    let mut relisted = std::collections::BTreeSet::new();
+    move |event| match event {
+        Ok(watcher::Event::Delete(account)) => metrics.forget_account(&account.name_any()),
+        Ok(watcher::Event::Init) => relisted.clear(),
+        Ok(watcher::Event::InitApply(account)) => {
+            relisted.insert(account.name_any());
+        }
+        Ok(watcher::Event::InitDone) => {
+            metrics.forget_accounts_except(&std::mem::take(&mut relisted));
+        }
+        Ok(watcher::Event::Apply(_)) | Err(_) => {}
+    }
+}
+
 /// One reflector on a task of its own: the store, and a broadcast of every object it touched.
 /// `observe` sees each event after the reflector applied it (the view's health, an index), so
 /// "listed" is never seen before the list is in the store. `managedFields` are dropped before the
 /// store: keyless never reads them, and they are often the larger part of an object.
 fn reflect<K>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    observe: impl Fn(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static,
+    observe: impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static,
     shutdown: Shared<BoxFuture<'static, ()>>,
 ) -> (Store<K>, broadcast::Sender<Arc<K>>)
 where
@@ -523,6 +546,7 @@ async fn run_controllers(
             },
         ),
         backoff: reconcile::Backoffs::default(),
+        exports: export::ExportMemo::default(),
         metrics,
         view: views.health.clone(),
         fence,

@@ -346,6 +346,7 @@ async fn reconcile_account_pass(
         })
         .collect();
     let mut waiting_finalizers = Vec::new();
+    let mut exporting = std::collections::HashSet::new();
     for result in &outcome.accesses {
         let Some(object) = by_key.get(&result.key).copied() else {
             continue;
@@ -378,26 +379,34 @@ async fn reconcile_account_pass(
                     ctx.azure.identities.as_ref(),
                 )
                 .await;
-                if let Err(error) = super::export::apply_config_map(
+                let export = super::export::ExportKey::of(object, &export_to.config_map_name);
+                exporting.insert(export.clone());
+                if ctx.exports.is_applied(&name, &export, &data) {
+                    continue;
+                }
+                match super::export::apply_config_map(
                     &ctx.client,
                     object,
                     &export_to.config_map_name,
-                    data,
+                    data.clone(),
                 )
                 .await
                 {
-                    publish(
-                        &ctx.recorder,
-                        &object.object_ref(&()),
-                        true,
-                        "ExportFailed",
-                        "Export",
-                        format!(
-                            "could not apply ConfigMap {}: {error}",
-                            export_to.config_map_name
-                        ),
-                    )
-                    .await;
+                    Ok(()) => ctx.exports.applied(&name, export, data),
+                    Err(error) => {
+                        publish(
+                            &ctx.recorder,
+                            &object.object_ref(&()),
+                            true,
+                            "ExportFailed",
+                            "Export",
+                            format!(
+                                "could not apply ConfigMap {}: {error}",
+                                export_to.config_map_name
+                            ),
+                        )
+                        .await;
+                    }
                 }
             }
         } else if result.cleanup_complete {
@@ -410,6 +419,7 @@ async fn reconcile_account_pass(
             waiting_finalizers.push((object, result));
         }
     }
+    ctx.exports.retain(&name, &exporting);
     for event in &outcome.events {
         let reference = match &event.object {
             Some(key) => by_key
@@ -543,6 +553,15 @@ async fn reconcile_account_pass(
         return Ok(Action::await_change());
     }
 
+    // Deleted while this pass ran (its deletion event already forgot it): forget what this pass
+    // recorded too, or its series would outlive it.
+    if ctx
+        .accounts
+        .get(&ObjectRef::<DeserializeGuard<OpenAIAccount>>::new(&name))
+        .is_none()
+    {
+        ctx.metrics.forget_account(&name);
+    }
     Ok(next_action(&ctx, &name, &outcome, now))
 }
 

@@ -345,6 +345,31 @@ impl Metrics {
         self.set_grants(account, &BTreeMap::new());
         self.set_access_origins(account, &BTreeMap::new());
         self.set_planned_writes(account, &BTreeMap::new());
+        self.set_revocations_held(account, None);
+    }
+
+    /// Forgets every account not in `live`: after a relist, an account deleted while the watch was
+    /// down is gone without a deletion event, and its series must go with it.
+    pub fn forget_accounts_except(&self, live: &BTreeSet<String>) {
+        let mut known: BTreeSet<String> = BTreeSet::new();
+        for counts in [
+            &self.inner.grants_by_account,
+            &self.inner.access_by_account,
+            &self.inner.planned_by_account,
+        ] {
+            known.extend(lock_counts(counts).by_account.keys().cloned());
+        }
+        known.extend(
+            self.inner
+                .held_by_account
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned(),
+        );
+        for account in known.difference(live) {
+            self.forget_account(account);
+        }
     }
 
     /// Sets the number of role assignments last counted in a subscription.
@@ -792,6 +817,32 @@ mod tests {
             value(&samples, "keyless_planned_writes", &[("action", "Delete")]),
             Some(0.0)
         );
+    }
+
+    #[test]
+    fn accounts_gone_from_the_cluster_are_forgotten_in_every_series() {
+        let metrics = Metrics::new();
+        for account in ["kept", "gone"] {
+            metrics.set_grants(account, &counts(&[("Granted", 2)]));
+            metrics.set_access_origins(account, &counts(&[("managed", 2)]));
+            metrics.set_planned_writes(account, &counts(&[("create", 1)]));
+            metrics.set_revocations_held(account, Some("ViewIncomplete"));
+        }
+        metrics.forget_accounts_except(&BTreeSet::from(["kept".to_string()]));
+        let samples = parse(&metrics.encode()).unwrap();
+        let cases = [
+            ("keyless_grants", ("state", "Granted"), 2.0),
+            ("keyless_access_grants", ("origin", "managed"), 2.0),
+            ("keyless_planned_writes", ("action", "create"), 1.0),
+            (
+                "keyless_accounts_with_revocations_held",
+                ("reason", "ViewIncomplete"),
+                1.0,
+            ),
+        ];
+        for (name, label, want) in cases {
+            assert_eq!(value(&samples, name, &[label]), Some(want), "{name}");
+        }
     }
 
     #[test]
