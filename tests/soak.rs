@@ -686,13 +686,7 @@ fn kill_during_deletions<'a>(
         let before = world.arm_requests();
         let restarted = world.process();
         let mut figures = world.finish(sizes, before).await;
-        let gone = tokio::time::timeout(sizes.deadline, async {
-            while !world.accesses_gone().await {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
-        if gone.is_err() {
+        if !world.accesses_gone_within(sizes.deadline).await {
             figures.converged = false;
         }
         drop(restarted);
