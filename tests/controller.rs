@@ -771,9 +771,17 @@ async fn unrelated_namespace_and_service_account_churn_costs_no_arm_request() {
             .await;
     }
     eventually("ready", async || h.access_ready("team-chat", "app").await).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Quiet first: a pass retried under load (a conflict, a slow answer) must not be counted as
+    // caused by the churn. Quiet = no reconcile for a whole second.
+    let last = std::sync::atomic::AtomicU64::new(reconciles_total(port).await);
+    eventually("no reconcile for a second", async || {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let now = reconciles_total(port).await;
+        last.swap(now, std::sync::atomic::Ordering::Relaxed) == now
+    })
+    .await;
+    let reconciles_before = last.load(std::sync::atomic::Ordering::Relaxed);
     h.emulator.reset_request_counts();
-    let reconciles_before = reconciles_total(port).await;
 
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(h.env.client.clone());
     let service_accounts: Api<ServiceAccount> =
