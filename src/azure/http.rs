@@ -425,14 +425,10 @@ impl ApiClient {
                         // ARM throttles the bucket, not the request: every call of this type on
                         // the subscription waits out the Retry-After, not only this one's retry
                         // (another pass must not send the same LIST a moment later).
-                        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                            if let Some(wait) = retry_after(&headers) {
-                                pacer.hold(
-                                    subscription,
-                                    *class,
-                                    wait.min(self.retry.max_retry_after),
-                                );
-                            }
+                        if status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                            && let Some(wait) = retry_after(&headers)
+                        {
+                            pacer.hold(subscription, *class, wait.min(self.retry.max_retry_after));
                         }
                     }
                     if is_retryable_status(status) && attempts_left {
