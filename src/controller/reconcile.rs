@@ -762,6 +762,22 @@ async fn access_report(
     Some(gather::account_access(&grants))
 }
 
+// The list enforcement Exclusive keeps in status: the pass's, or the previous one when the pass
+// planned nothing (its clocks must survive a pass that could not read the account).
+fn exclusive_revocations(
+    account: &OpenAIAccount,
+    _outcome: &PassOutcome,
+) -> Vec<crate::api::ExclusiveRevocation> {
+    let previous = || {
+        account
+            .status
+            .as_ref()
+            .map(|s| s.exclusive_revocations.clone())
+            .unwrap_or_default()
+    };
+    previous()
+}
+
 fn account_status(
     account: &OpenAIAccount,
     scope: &AccountScope,
@@ -928,6 +944,7 @@ fn account_status(
         planned_writes: outcome.planned_writes[..shown].to_vec(),
         planned_writes_omitted: u32::try_from(outcome.planned_writes.len() - shown)
             .unwrap_or(u32::MAX),
+        exclusive_revocations: exclusive_revocations(account, outcome),
         scope: Some(scope.to_string()),
         account_name: Some(scope.account_name().to_string()),
         endpoint: info.and_then(|i| i.endpoint.clone()),

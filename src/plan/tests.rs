@@ -63,6 +63,9 @@ fn mk_account(namespaces: &[&str]) -> AccountInput {
             deletion_policy: DeletionPolicy::Delete,
             allow_retain: false,
             management: crate::api::Management::Manage,
+            enforcement: crate::api::Enforcement::Additive,
+            exclusive_exemptions: Vec::new(),
+            exclusive_exempt_creators: Vec::new(),
         },
         being_deleted: false,
     }
