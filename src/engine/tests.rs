@@ -275,6 +275,7 @@ fn config() -> EngineConfig {
         prune: true,
         brake: None,
         fence: None,
+        exclusive_grace: std::time::Duration::ZERO,
     }
 }
 
@@ -318,6 +319,7 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
         malformed: Vec::new(),
         paused: false,
         confirmed_revocations: None,
+        exclusive_reported: Vec::new(),
     }
 }
 

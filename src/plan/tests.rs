@@ -205,6 +205,7 @@ struct World {
     view: ViewCompleteness,
     malformed: Vec<MalformedObject>,
     instance: InstanceId,
+    exclusive: super::exclusive::ExclusiveContext,
 }
 
 impl World {
@@ -218,6 +219,7 @@ impl World {
             view: ViewCompleteness::Complete,
             malformed: Vec::new(),
             instance: us(),
+            exclusive: Default::default(),
         }
     }
 
@@ -237,6 +239,7 @@ impl World {
             propagation_grace: Duration::from_secs(300),
             view: &self.view,
             malformed: &self.malformed,
+            exclusive: &self.exclusive,
         })
     }
 }
