@@ -189,8 +189,10 @@ pub fn exclusive(
             .find(|r| r.assignment_name.eq_ignore_ascii_case(&a.name))
             .map(|r| r.reported_at.0)
     };
-    let mut ordered: Vec<(&ObservedAssignment, Option<Timestamp>)> =
-        candidates.into_iter().map(|a| (a, reported_at(a))).collect();
+    let mut ordered: Vec<(&ObservedAssignment, Option<Timestamp>)> = candidates
+        .into_iter()
+        .map(|a| (a, reported_at(a)))
+        .collect();
     ordered.sort_by_key(|(a, at)| (at.is_none(), *at, a.name.to_ascii_lowercase()));
     ordered.truncate(MAX_LISTED);
 
@@ -257,7 +259,9 @@ fn held(
     instance_collision: Option<&str>,
 ) -> Option<String> {
     if let super::view::ViewCompleteness::Incomplete { reason } = input.view {
-        return Some(format!("keyless's view of the cluster is incomplete ({reason})"));
+        return Some(format!(
+            "keyless's view of the cluster is incomplete ({reason})"
+        ));
     }
     if let Some(malformed) = input.malformed.first() {
         return Some(format!(

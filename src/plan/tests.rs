@@ -1323,3 +1323,6 @@ proptest! {
         prop_assert!(again.is_noop(), "second plan: {:?}", again.writes);
     }
 }
+
+// Enforcement Exclusive, one row per rule.
+mod exclusive;

@@ -310,7 +310,8 @@ fn classify_one(input: &ClassifyInput<'_>, a: &ObservedAssignment) -> Option<Cla
     let id = a.id.to_ascii_lowercase();
     let declared = input.declarations.by_assignment.get(&id);
     let at_account = input.scope.matches(&a.scope);
-    let other_instance = crate::plan::ownership::other_instance(a.description.as_deref(), input.instance);
+    let other_instance =
+        crate::plan::ownership::other_instance(a.description.as_deref(), input.instance);
     let origin = if !at_account {
         Origin::Inherited
     } else if is_owned_by(a.description.as_deref(), input.instance) {
