@@ -272,6 +272,7 @@ async fn prune_removes_only_this_instances_orphans_on_the_accounts_in_the_files(
             principal_type: Some("User".into()),
             description: Some("keyless:v1 instance=cluster-b declared-by=x/y".into()),
             condition: None,
+            created_by: None,
         })
         .unwrap();
     // This instance's grant on an account the files do not name: never touched.
@@ -284,6 +285,7 @@ async fn prune_removes_only_this_instances_orphans_on_the_accounts_in_the_files(
             principal_type: Some("User".into()),
             description: Some("keyless:v1 instance=ci declared-by=old/object".into()),
             condition: None,
+            created_by: None,
         })
         .unwrap();
     let account = account_yaml("oai-prod", "team-a");
@@ -645,6 +647,7 @@ async fn an_apply_killed_part_way_and_run_again_leaves_every_grant_exactly_once(
             principal_type: Some("User".into()),
             description: Some("keyless:v1 instance=cluster-b declared-by=x/y".into()),
             condition: None,
+            created_by: None,
         })
         .unwrap();
     let before: Vec<RoleAssignment> = handle.role_assignments();
