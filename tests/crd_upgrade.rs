@@ -69,7 +69,7 @@ async fn run_refuses_to_start_on_the_previous_crds_and_starts_once_they_are_upgr
     for expected in [
         "the installed keyless CRDs are older than this keyless",
         "openaiaccounts.keyless.dev lacks spec.allowRetain, spec.allowedRoles[]: value FoundryUser",
-        "openaiaccesses.keyless.dev lacks spec.role: value FoundryUser, status.roleDisplayName",
+        "openaiaccesses.keyless.dev lacks spec.role: value FoundryUser, status.principals[].replaces, status.principals[].role, status.roleDisplayName",
         "keyless crd | kubectl apply -f -",
         "Helm",
     ] {

@@ -10,6 +10,7 @@ mod support;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use keyless::api::{GrantState, OpenAIAccess, OpenAIAccount, PrincipalStatus, condition_types};
 use keyless::emulator::EmulatorHandle;
+use keyless::emulator::journal::WriteKind;
 use keyless::emulator::state::AdminRoleAssignment;
 use keyless::plan::InstanceId;
 use keyless::plan::ownership::ownership_marker;
@@ -412,10 +413,20 @@ async fn two_instances_on_one_account_never_write_or_delete_each_others_grants()
         json!({}),
     )
     .await;
-    // Started together: each one's first LIST may or may not show the other's fresh grant (a
-    // lagging LIST). Either way their PUTs are named per instance: a 409 and adoption, never an
-    // overwrite of the other's marker.
+    // cluster-1 grants alice first. Then ARM's LIST lags (a read replica behind the write):
+    // cluster-2's LIST does not show cluster-1's fresh grant, so it PUTs alice under its own name
+    // and meets the grant: a 409 and adoption, never an overwrite of the other's marker.
     one.start(&emulator, "cluster-1");
+    eventually("cluster-1 grants alice", async || {
+        one.state("team-chat", "chat", "user:alice@contoso.com")
+            .await
+            == Some(GrantState::Granted)
+    })
+    .await;
+    let mut lagging = emulator.faults();
+    lagging.list_lag = Duration::from_secs(3600);
+    emulator.set_faults(lagging);
+    let conflicts_before = emulator.request_count("RoleAssignments_Create", 409);
     two.start(&emulator, "cluster-2");
     eventually("both objects are granted", async || {
         one.state("team-chat", "chat", "user:alice@contoso.com")
@@ -453,11 +464,28 @@ async fn two_instances_on_one_account_never_write_or_delete_each_others_grants()
             write.name
         );
     }
-    let alice_writes = writes.iter().filter(|w| w.principal_id == ALICE).count();
+    // Created once, by cluster-1. (While the LIST lags, each instance PUTs its own grants again
+    // under their own names each pass: ARM answers 200, same marker; a cost, not a change.)
+    let alice_creates = writes
+        .iter()
+        .filter(|w| w.principal_id == ALICE && w.kind == WriteKind::Created)
+        .count();
     assert_eq!(
-        alice_writes, 1,
-        "alice's grant was written once: {writes:?}"
+        alice_creates, 1,
+        "alice's grant was created once: {writes:?}"
     );
+    assert!(
+        writes.iter().filter(|w| w.principal_id == ALICE).all(|w| w
+            .description
+            .as_deref()
+            .is_some_and(|d| d.contains("instance=cluster-1 "))),
+        "only cluster-1 ever wrote alice's grant: {writes:?}"
+    );
+    assert!(
+        emulator.request_count("RoleAssignments_Create", 409) > conflicts_before,
+        "the lagging LIST sent cluster-2 to a PUT that met cluster-1's grant"
+    );
+    emulator.clear_faults();
 
     // cluster-2 stops; its object goes away behind its back. cluster-1 sees cluster-2's summarizer
     // grant declared by nobody it knows: not its to delete.

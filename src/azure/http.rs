@@ -420,8 +420,16 @@ impl ApiClient {
             );
             match outcome {
                 Ok((status, headers, body)) => {
-                    if let (Some(pacer), Some((subscription, _))) = (pacer, &call.pacing) {
+                    if let (Some(pacer), Some((subscription, class))) = (pacer, &call.pacing) {
                         pacer.observe(subscription, &headers);
+                        // ARM throttles the bucket, not the request: every call of this type on
+                        // the subscription waits out the Retry-After, not only this one's retry
+                        // (another pass must not send the same LIST a moment later).
+                        if status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                            && let Some(wait) = retry_after(&headers)
+                        {
+                            pacer.hold(subscription, *class, wait.min(self.retry.max_retry_after));
+                        }
                     }
                     if is_retryable_status(status) && attempts_left {
                         let delay =

@@ -91,6 +91,8 @@ struct Bucket {
     limits: BucketLimits,
     tokens: f64,
     updated: Instant,
+    /// Closed by a 429 until this instant: ARM's Retry-After for the whole bucket.
+    closed_until: Option<Instant>,
 }
 
 impl Bucket {
@@ -99,6 +101,7 @@ impl Bucket {
             limits,
             tokens: f64::from(limits.capacity),
             updated: now,
+            closed_until: None,
         }
     }
 
@@ -111,6 +114,12 @@ impl Bucket {
 
     /// Takes one token, or says how long until one is there.
     fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        if let Some(until) = self.closed_until {
+            if until > now {
+                return Err(until - now);
+            }
+            self.closed_until = None;
+        }
         self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -230,6 +239,18 @@ impl Pacer {
         }
     }
 
+    /// Closes the subscription's bucket for this operation type for `wait` (a 429's Retry-After):
+    /// no call of that type goes out before, whoever makes it.
+    pub fn hold(&self, subscription: &str, class: OperationClass, wait: Duration) {
+        let now = Instant::now();
+        let until = now + wait;
+        let mut buckets = lock(&self.buckets);
+        let bucket = buckets
+            .entry((subscription.to_ascii_lowercase(), class))
+            .or_insert_with(|| Bucket::full(self.config.limits(class), now));
+        bucket.closed_until = Some(bucket.closed_until.map_or(until, |u| u.max(until)));
+    }
+
     /// What ARM last reported as remaining for this subscription.
     pub fn remaining(&self, subscription: &str) -> RateLimitRemaining {
         lock(&self.remaining)
@@ -295,6 +316,29 @@ mod tests {
         assert!(
             waited >= Duration::from_millis(990) && waited <= Duration::from_millis(1010),
             "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_closes_the_bucket_for_every_caller_until_its_retry_after() {
+        let pacer = Pacer::new(small(100, 10.0));
+        let start = Instant::now();
+        pacer.hold(SUB, OperationClass::Read, Duration::from_secs(2));
+        // A shorter hold never shortens a longer one.
+        pacer.hold(
+            &SUB.to_uppercase(),
+            OperationClass::Read,
+            Duration::from_secs(1),
+        );
+        pacer.acquire(SUB, OperationClass::Write).await;
+        assert_eq!(Instant::now(), start, "other operation types are not held");
+        pacer.acquire(SUB, OperationClass::Read).await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(2));
+        pacer.acquire(SUB, OperationClass::Read).await;
+        assert_eq!(
+            Instant::now() - start,
+            Duration::from_secs(2),
+            "once reopened, the bucket's tokens are there"
         );
     }
 

@@ -956,10 +956,25 @@ fn list_assignments(
     ) {
         return reply;
     }
+    // The lag fault: what was created within the lag is not on this replica yet. `createdOn` was
+    // stamped with the skew, so the cut-off is too.
+    let (lag, skew) = {
+        let faults = shared.lock_faults();
+        (faults.faults.list_lag, faults.faults.clock_skew_seconds)
+    };
+    let visible_before = (!lag.is_zero()).then(|| {
+        jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_secs(skew))
+            .and_then(|now| {
+                now.checked_sub(jiff::SignedDuration::try_from(lag).unwrap_or_default())
+            })
+            .unwrap_or_else(|_| jiff::Timestamp::now())
+    });
     let items = world
         .role_assignments
         .related_to(scope)
         .into_iter()
+        .filter(|a| visible_before.is_none_or(|cutoff| a.created_on <= cutoff))
         .filter(|a| matches_filter(world, a, scope, &filter))
         .map(assignment_json)
         .collect();

@@ -136,6 +136,10 @@ pub struct Faults {
     /// Added to the `createdOn`/`updatedOn` of role assignments written through ARM, in seconds
     /// (negative: ARM's clock is behind keyless's): clock skew between keyless and ARM.
     pub clock_skew_seconds: i64,
+    /// A lagging read replica: ARM's role assignment LIST leaves out assignments created within
+    /// this long (a PUT of the same grant still meets them: 409 RoleAssignmentExists).
+    #[serde(with = "millis")]
+    pub list_lag: Duration,
 }
 
 /// One injected failure, consumed by the next matching request.
