@@ -17,7 +17,7 @@ use kube::api::Api;
 use serde_json::json;
 use std::time::Duration;
 use support::cluster::{RunningController, TestEnv};
-use support::kube_faults::KubeFaults;
+use support::kube_faults::{Fault, KubeFaults, Verb};
 use support::operator::{azure_clients, controller_config, emulator};
 
 const RG: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod";
@@ -331,6 +331,44 @@ async fn exclusive_revokes_nothing_while_a_declaration_is_unresolved_or_another_
         h.present().contains(&GINAS.to_string()),
         "refused: Gina's stays"
     );
+    assert_eq!(h.deleted(), vec![CAROLS.to_string()]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclusive_revokes_nothing_from_an_incomplete_view() {
+    let Some(mut h) = Harness::start().await else {
+        return;
+    };
+    // The Namespace watch is forbidden: keyless cannot know every declaration.
+    h.faults
+        .inject(Fault::on(Verb::Watch).resource("namespaces").respond(403));
+    h.run(Duration::ZERO);
+    eventually("Exclusive is held by the view", async || {
+        h.condition(condition_types::EXCLUSIVE_ENFORCED)
+            .await
+            .is_some_and(|(status, reason, message)| {
+                status == "False" && reason == "Held" && message.contains("incomplete")
+            })
+    })
+    .await;
+    h.passes(3).await;
+    assert!(
+        h.deleted().is_empty(),
+        "nothing revoked from an incomplete view"
+    );
+    assert!(h.present().contains(&CAROLS.to_string()));
+
+    // The same account and objects with the watch allowed again (a fresh controller, not to wait
+    // for the watcher's backoff): Carol's goes.
+    h.stop().await;
+    h.faults.clear_faults();
+    h.run(Duration::ZERO);
+    eventually(
+        "Carol's assignment is revoked once the view is whole",
+        async || !h.present().contains(&CAROLS.to_string()),
+    )
+    .await;
     assert_eq!(h.deleted(), vec![CAROLS.to_string()]);
     h.stop().await;
 }
