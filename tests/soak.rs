@@ -237,6 +237,7 @@ async fn setup(env: TestEnv, sizes: &Sizes, rng: &mut StdRng, run: usize, tweak:
                 principal_type: Some("ServicePrincipal".into()),
                 description,
                 condition: None,
+                created_by: None,
             })
             .unwrap()
     };
