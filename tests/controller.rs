@@ -1084,6 +1084,7 @@ async fn an_owned_assignment_nothing_declares_is_swept_but_another_instances_is_
                     "keyless:v1 instance={instance} declared-by=gone/forced"
                 )),
                 condition: None,
+                created_by: None,
             })
             .unwrap()
     };
@@ -1523,6 +1524,7 @@ async fn a_subscription_near_arms_assignment_limit_is_warned_about() {
                 principal_type: Some("ServicePrincipal".into()),
                 description: None,
                 condition: None,
+                created_by: None,
             })
             .unwrap();
     }

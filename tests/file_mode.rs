@@ -272,6 +272,7 @@ async fn prune_removes_only_this_instances_orphans_on_the_accounts_in_the_files(
             principal_type: Some("User".into()),
             description: Some("keyless:v1 instance=cluster-b declared-by=x/y".into()),
             condition: None,
+            created_by: None,
         })
         .unwrap();
     // This instance's grant on an account the files do not name: never touched.
@@ -284,6 +285,7 @@ async fn prune_removes_only_this_instances_orphans_on_the_accounts_in_the_files(
             principal_type: Some("User".into()),
             description: Some("keyless:v1 instance=ci declared-by=old/object".into()),
             condition: None,
+            created_by: None,
         })
         .unwrap();
     let account = account_yaml("oai-prod", "team-a");
@@ -645,6 +647,7 @@ async fn an_apply_killed_part_way_and_run_again_leaves_every_grant_exactly_once(
             principal_type: Some("User".into()),
             description: Some("keyless:v1 instance=cluster-b declared-by=x/y".into()),
             condition: None,
+            created_by: None,
         })
         .unwrap();
     let before: Vec<RoleAssignment> = handle.role_assignments();
@@ -919,4 +922,58 @@ async fn apply_refuses_an_account_under_observe_unless_told_to_override_and_plan
     .unwrap();
     assert_eq!(applied.summary.create, 1, "{applied:#?}");
     assert_eq!(holds(&handle, "oai-prod", ALICE), 1);
+}
+
+#[tokio::test]
+async fn an_exclusive_account_needs_prune_and_with_it_apply_revokes_what_no_file_declares() {
+    let handle = emulator(|_| {}).await;
+    let account = format!(
+        "{}  enforcement: Exclusive\n---\n",
+        account_yaml("oai-prod", "team-chat")
+    );
+    let dir = manifests(&[
+        ("account.yaml", &account),
+        (
+            "access.yaml",
+            &access_yaml("team-chat", "chat", "oai-prod", &[object_id(ALICE, "User")]),
+        ),
+    ]);
+    let present = |name: &str| {
+        at(&handle, "oai-prod")
+            .iter()
+            .any(|a| a.name.eq_ignore_ascii_case(name))
+    };
+    assert!(present(BOB_BICEP), "the seed's Bicep grant for Bob");
+
+    let refused = keyless(&handle, "apply", dir.path(), &["--instance-id", "ci-x"])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, FilesError::ExclusiveNeedsPrune { .. }),
+        "{refused:?}"
+    );
+    let message = refused.to_string();
+    assert!(
+        message.contains("OpenAIAccount oai-prod") && message.contains("--prune"),
+        "{message}"
+    );
+    assert!(
+        handle.assignment_writes().is_empty(),
+        "refused before any write"
+    );
+
+    let applied = keyless(
+        &handle,
+        "apply",
+        dir.path(),
+        &["--instance-id", "ci-x", "--prune"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(applied.summary.create, 1, "{applied:#?}");
+    assert_eq!(holds(&handle, "oai-prod", ALICE), 1);
+    assert!(
+        !present(BOB_BICEP),
+        "Bob's grant, declared by no file, is revoked"
+    );
 }

@@ -521,6 +521,7 @@ async fn two_clusters_with_one_instance_id_delete_nothing_and_say_so() {
             principal_type: Some("Group".into()),
             description: Some(ownership_marker(&twin, "team-x/elsewhere")),
             condition: None,
+            created_by: None,
         })
         .unwrap();
     w.account("prod", OAI_PROD, json!({})).await;
@@ -650,6 +651,7 @@ async fn an_unfingerprinted_name_is_read_before_it_is_written_so_a_twins_marker_
             principal_type: Some("User".into()),
             description: Some(first.into()),
             condition: None,
+            created_by: None,
         })
         .unwrap();
     let second = NewAssignment {

@@ -67,6 +67,7 @@ impl Harness {
                     harness.namespace
                 )),
                 condition: None,
+                created_by: None,
             })
             .unwrap();
         let mut spec =

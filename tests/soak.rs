@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event;
 use keyless::api::{OpenAIAccess, OpenAIAccount};
 use keyless::emulator::config::{EmulatorConfig, Faults};
 use keyless::emulator::journal::{AssignmentWrite, WriteKind};
@@ -236,6 +237,7 @@ async fn setup(env: TestEnv, sizes: &Sizes, rng: &mut StdRng, run: usize, tweak:
                 principal_type: Some("ServicePrincipal".into()),
                 description,
                 condition: None,
+                created_by: None,
             })
             .unwrap()
     };
@@ -487,6 +489,7 @@ impl World {
         // Late writes (a leak swept twice, a revoke after a restart) show within a few resyncs.
         tokio::time::sleep(RESYNC * 3).await;
         let expect = self.expectation();
+        self.assert_no_secret_in_statuses_or_events().await;
         let mut violations = soak::check(&expect, &self.held(), &self.journal());
         let (too_soon, fastest_retry) = soak::check_retries(&self.emulator.requests(), RETRY_FLOOR);
         violations.extend(too_soon);
@@ -519,6 +522,31 @@ impl World {
             .await
             .unwrap();
         self.allowed = [true, false];
+    }
+
+    /// No token, assertion or JWT in any status or event after a run through faults (the logs are
+    /// scanned at TRACE by the controller tests; here the faults make the error paths run).
+    async fn assert_no_secret_in_statuses_or_events(&self) {
+        let mut outputs = support::secrets::Outputs::new();
+        let accesses: Api<OpenAIAccess> = Api::all(self.env.client.clone());
+        for access in accesses.list(&ListParams::default()).await.unwrap().items {
+            outputs.add(
+                "access status",
+                serde_json::to_string(&access.status).unwrap(),
+            );
+        }
+        let accounts: Api<OpenAIAccount> = Api::all(self.env.client.clone());
+        for account in accounts.list(&ListParams::default()).await.unwrap().items {
+            outputs.add(
+                "account status",
+                serde_json::to_string(&account.status).unwrap(),
+            );
+        }
+        let events: Api<Event> = Api::all(self.env.client.clone());
+        for event in events.list(&ListParams::default()).await.unwrap().items {
+            outputs.add("event", serde_json::to_string(&event).unwrap());
+        }
+        outputs.assert_no_secret(&self.emulator.secrets());
     }
 
     /// Waits until [`World::accesses_gone`], at most `deadline`.

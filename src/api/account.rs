@@ -104,6 +104,55 @@ pub struct OpenAIAccountSpec {
     /// Observe loses its finalizer at once. `keyless run --observe` forces Observe on every account.
     #[serde(default)]
     pub management: Management,
+
+    /// Additive (default): keyless adds and revokes only the role assignments it made; others are
+    /// left alone and counted in `status.access`. Exclusive: the OpenAIAccess objects are the only
+    /// way in — a role assignment made outside keyless (the portal, a script) at exactly this
+    /// account's scope, of a role keyless manages, that no eligible OpenAIAccess declares, is
+    /// revoked. Never one inherited from above, one another keyless instance made, one with an
+    /// ABAC condition, one keyless released (Retain), or one listed in `exclusiveExemptions`.
+    /// Each is first listed in `status.exclusiveRevocations` (condition
+    /// ExclusiveRevocationsPending) and revoked only once the controller's `--exclusive-grace` has
+    /// passed since; nothing is revoked while keyless's view is incomplete or a declaration on the
+    /// account is unresolved or unreadable. Refused (nothing revoked) while another keyless
+    /// instance has grants on the account. Revokes only under management Manage.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+
+    /// Under Exclusive: principal object ids whose assignments on the account are never revoked
+    /// (break-glass access).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 36), pattern(patterns::GUID)))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub exclusive_exemptions: Vec<String>,
+
+    /// Under Exclusive: object ids of creators (ARM's `createdBy`) whose assignments are never
+    /// revoked — for instance the service principal Privileged Identity Management activates
+    /// eligible roles with, in your tenant. PIM-activated assignments carry no keyless marker and
+    /// end by themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 36), pattern(patterns::GUID)))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub exclusive_exempt_creators: Vec<String>,
+}
+
+/// Whether keyless's declarations are the only way to get a role on the account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Enforcement {
+    /// Add and revoke only what keyless made; assignments made elsewhere stay.
+    #[default]
+    Additive,
+    /// Also revoke undeclared assignments made elsewhere at the account's scope, after a grace.
+    Exclusive,
+}
+
+impl Enforcement {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Additive => "Additive",
+            Enforcement::Exclusive => "Exclusive",
+        }
+    }
 }
 
 /// Whether keyless may write role assignments on an account.
@@ -246,6 +295,29 @@ pub struct OpenAIAccountStatus {
     /// How many planned writes there are beyond the list.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub planned_writes_omitted: u32,
+    /// Under enforcement Exclusive: the assignments made outside keyless that keyless will revoke,
+    /// each with when it was first reported here. Revoked once the controller's grace has passed
+    /// since then; an assignment not listed here is never revoked. At most 100.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub exclusive_revocations: Vec<ExclusiveRevocation>,
+}
+
+/// An assignment enforcement Exclusive will revoke.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExclusiveRevocation {
+    /// The role assignment's name (a GUID).
+    pub assignment_name: String,
+    /// The principal's Entra object id.
+    pub principal_id: String,
+    /// The role definition's GUID.
+    pub role_definition_id: String,
+    /// Who made it (ARM's `createdBy` object id), when ARM says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// When keyless first reported it: it is revoked once the grace has passed since.
+    pub reported_at: crate::api::common::Time,
 }
 
 /// One role assignment write keyless would send under Manage.

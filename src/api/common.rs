@@ -56,6 +56,13 @@ pub mod condition_types {
     /// On OpenAIAccount: True under management Manage; False (reason `Observe`) while keyless only
     /// plans and reports.
     pub const MANAGED: &str = "Managed";
+    /// On OpenAIAccount under enforcement Exclusive: True while assignments made outside keyless
+    /// are listed for revocation (status.exclusiveRevocations) and the grace has not passed; its
+    /// message says which and when.
+    pub const EXCLUSIVE_REVOCATIONS_PENDING: &str = "ExclusiveRevocationsPending";
+    /// On OpenAIAccount: False when enforcement Exclusive revokes nothing this pass (another
+    /// instance on the account, an incomplete view, an unresolved declaration); its message says why.
+    pub const EXCLUSIVE_ENFORCED: &str = "ExclusiveEnforced";
 }
 
 /// Reasons used in conditions, per-principal status and events. A bounded set: safe as metric labels.
@@ -74,6 +81,8 @@ pub mod reasons {
     pub const AZURE_ACCOUNT_NOT_FOUND: &str = "AzureAccountNotFound";
     pub const EXPIRED: &str = "Expired";
     pub const REVOKED: &str = "Revoked";
+    /// A delete of an assignment made outside keyless, under enforcement Exclusive.
+    pub const NOT_DECLARED: &str = "NotDeclared";
     pub const RETAINED: &str = "Retained";
     pub const STILL_DECLARED: &str = "StillDeclaredElsewhere";
     pub const DELETE_LIMIT: &str = "DeleteLimitReached";

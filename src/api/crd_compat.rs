@@ -284,12 +284,18 @@ mod tests {
         assert_eq!(
             missing_in_installed(&account, &read("openaiaccounts.keyless.dev.yaml")),
             // allowRetain came with issue 16, the access report's status with issue 21 and
-            // management with issue 20, after these CRDs: old CRDs would prune them silently.
+            // management with issue 20, enforcement with issue 22, after these CRDs: old CRDs
+            // would prune them silently (enforcement then reads Additive, and a pruned
+            // exclusiveRevocations restarts every grace: both fail safe).
             vec![
                 Gap("spec.allowRetain".into()),
                 Gap("spec.allowedRoles[]: value FoundryUser".into()),
+                Gap("spec.enforcement".into()),
+                Gap("spec.exclusiveExemptCreators".into()),
+                Gap("spec.exclusiveExemptions".into()),
                 Gap("spec.management".into()),
                 Gap("status.access".into()),
+                Gap("status.exclusiveRevocations".into()),
                 Gap("status.plannedWrites".into()),
                 Gap("status.plannedWritesOmitted".into())
             ]

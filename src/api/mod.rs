@@ -17,8 +17,8 @@ pub use access::{
     Principal, PrincipalRef, PrincipalStatus, ReplacedGrant,
 };
 pub use account::{
-    AccountAccess, AllowedNamespaces, Management, OpenAIAccount, OpenAIAccountSpec,
-    OpenAIAccountStatus, PlannedAction, PlannedWrite, PrincipalKind,
+    AccountAccess, AllowedNamespaces, Enforcement, ExclusiveRevocation, Management, OpenAIAccount,
+    OpenAIAccountSpec, OpenAIAccountStatus, PlannedAction, PlannedWrite, PrincipalKind,
 };
 pub use common::{CLEANUP_FINALIZER, DeletionPolicy, GROUP, condition_types, reasons};
 pub use roles::RoleName;

@@ -108,6 +108,11 @@ pub struct RunArgs {
     /// first install on a live tenant.
     #[arg(long, env = "KEYLESS_OBSERVE")]
     pub observe: bool,
+    /// Enforcement Exclusive: how long an assignment made outside keyless is listed in the
+    /// account's status.exclusiveRevocations (condition ExclusiveRevocationsPending) before it is
+    /// revoked. The time it was first listed is kept in status, so a restart does not reset it.
+    #[arg(long, env = "KEYLESS_EXCLUSIVE_GRACE", value_parser = parse_duration, default_value = "10m")]
+    pub exclusive_grace: Duration,
     #[command(flatten)]
     pub azure: AzureArgs,
 }
@@ -142,6 +147,7 @@ impl RunArgs {
                 }))),
                 // Set by `run` from the leader election, when there is one.
                 fence: None,
+                exclusive_grace: self.exclusive_grace,
             },
             view_failure_threshold: self.watch_failure_threshold,
             view_failure_ttl: self.watch_failure_ttl,

@@ -312,6 +312,11 @@ async fn reconcile_account_pass(
             .annotations()
             .get(engine::brake::CONFIRM_ANNOTATION)
             .and_then(|v| v.trim().parse().ok()),
+        exclusive_reported: account
+            .status
+            .as_ref()
+            .map(|s| s.exclusive_revocations.clone())
+            .unwrap_or_default(),
     };
     let azure = Azure {
         assignments: ctx.azure.role_assignments.as_ref(),
@@ -802,6 +807,114 @@ async fn access_report(
     Some(gather::account_access(&grants))
 }
 
+// The list enforcement Exclusive keeps in status: the pass's, or the previous one when the pass
+// planned nothing (its clocks must survive a pass that could not read the account).
+fn exclusive_revocations(
+    account: &OpenAIAccount,
+    outcome: &PassOutcome,
+) -> Vec<crate::api::ExclusiveRevocation> {
+    match &outcome.plan {
+        Some(plan) => plan.exclusive.listed.clone(),
+        None => account
+            .status
+            .as_ref()
+            .map(|s| s.exclusive_revocations.clone())
+            .unwrap_or_default(),
+    }
+}
+
+// The two Exclusive conditions, only while the account asks for Exclusive.
+fn exclusive_conditions(
+    account: &OpenAIAccount,
+    outcome: &PassOutcome,
+) -> Vec<(&'static str, Verdict)> {
+    use crate::plan::exclusive::ExclusiveVerdict;
+    if account.spec.enforcement != crate::api::Enforcement::Exclusive {
+        return Vec::new();
+    }
+    let Some(plan) = &outcome.plan else {
+        return Vec::new();
+    };
+    let listed = &plan.exclusive.listed;
+    let list = || {
+        let mut names: Vec<String> = listed
+            .iter()
+            .take(10)
+            .map(|r| {
+                format!(
+                    "{} (principal {}, created by {})",
+                    r.assignment_name,
+                    r.principal_id,
+                    r.created_by.as_deref().unwrap_or("unknown")
+                )
+            })
+            .collect();
+        if listed.len() > 10 {
+            names.push(format!("and {} more", listed.len() - 10));
+        }
+        names.join(", ")
+    };
+    let observing = outcome.management == crate::api::Management::Observe;
+    let enforced: Verdict = match &plan.exclusive.verdict {
+        ExclusiveVerdict::Off => return Vec::new(),
+        ExclusiveVerdict::Refused(why) => (false, "OtherInstance", why.clone()),
+        ExclusiveVerdict::Held(why) => (
+            false,
+            "Held",
+            format!("enforcement Exclusive revokes nothing this pass: {why}"),
+        ),
+        _ if observing => (
+            false,
+            reasons::OBSERVE,
+            "management Observe: enforcement Exclusive only plans its revocations (status.plannedWrites)"
+                .to_string(),
+        ),
+        _ => (
+            true,
+            "Enforced",
+            "only role assignments an OpenAIAccess declares (and exempt ones) stay on this account"
+                .to_string(),
+        ),
+    };
+    let pending: Verdict = match &plan.exclusive.verdict {
+        ExclusiveVerdict::Pending { next } => (
+            true,
+            "GraceRunning",
+            format!(
+                "{} role assignments made outside keyless will be revoked, the first at {next}: {}",
+                listed.len(),
+                list()
+            ),
+        ),
+        ExclusiveVerdict::Revoking { count } => (
+            true,
+            "Revoking",
+            format!(
+                "{count} role assignments made outside keyless revoked or due this pass; listed: {}",
+                list()
+            ),
+        ),
+        ExclusiveVerdict::Held(_) if !listed.is_empty() => (
+            true,
+            "Held",
+            format!(
+                "{} role assignments listed for revocation, held this pass: {}",
+                listed.len(),
+                list()
+            ),
+        ),
+        _ => (
+            false,
+            "NothingPending",
+            "no role assignment made outside keyless is waiting for revocation".to_string(),
+        ),
+    };
+    vec![
+        (condition_types::EXCLUSIVE_ENFORCED, enforced),
+        (condition_types::EXCLUSIVE_REVOCATIONS_PENDING, pending),
+    ]
+}
+
 fn account_status(
     account: &OpenAIAccount,
     scope: &AccountScope,
@@ -961,6 +1074,9 @@ fn account_status(
         previous,
         now,
     ));
+    for (kind, verdict) in exclusive_conditions(account, outcome) {
+        conditions.push(condition(kind, verdict, generation, previous, now));
+    }
     let shown = outcome.planned_writes.len().min(MAX_PLANNED_WRITES_SHOWN);
     OpenAIAccountStatus {
         observed_generation: generation,
@@ -968,6 +1084,7 @@ fn account_status(
         planned_writes: outcome.planned_writes[..shown].to_vec(),
         planned_writes_omitted: u32::try_from(outcome.planned_writes.len() - shown)
             .unwrap_or(u32::MAX),
+        exclusive_revocations: exclusive_revocations(account, outcome),
         scope: Some(scope.to_string()),
         account_name: Some(scope.account_name().to_string()),
         endpoint: info.and_then(|i| i.endpoint.clone()),

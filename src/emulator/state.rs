@@ -566,6 +566,9 @@ pub struct AdminRoleAssignment {
     pub description: Option<String>,
     #[serde(default)]
     pub condition: Option<String>,
+    /// ARM's read-only `createdBy` (an object id): who made it, as ARM would report.
+    #[serde(default)]
+    pub created_by: Option<String>,
 }
 
 /// Changes to a directory object; absent fields stay as they are.
@@ -1395,8 +1398,8 @@ impl World {
             condition: new.condition,
             created_on: now,
             updated_on: now,
-            created_by: None,
-            updated_by: None,
+            updated_by: new.created_by.clone(),
+            created_by: new.created_by,
             delegated_managed_identity_resource_id: None,
         };
         self.role_assignments.remove_named(&name);

@@ -65,6 +65,9 @@ pub struct EngineConfig {
     pub brake: Option<std::sync::Arc<brake::Brake>>,
     /// Checked just before each ARM write: a replica that may no longer lead writes nothing.
     pub fence: Option<std::sync::Arc<dyn Fence>>,
+    /// Enforcement Exclusive: how long an assignment made outside keyless is reported
+    /// (`status.exclusiveRevocations`) before it is revoked.
+    pub exclusive_grace: Duration,
 }
 
 /// Whether this process may still write. The controller's is the leader lease: it answers Err
@@ -101,6 +104,9 @@ pub struct ScopeSource {
     pub paused: bool,
     /// `keyless.dev/confirm-revocations` on the account, when it is a number.
     pub confirmed_revocations: Option<usize>,
+    /// The account's `status.exclusiveRevocations` from the previous pass: enforcement
+    /// Exclusive's clocks (empty in file mode, which keeps no status).
+    pub exclusive_reported: Vec<crate::api::ExclusiveRevocation>,
 }
 
 /// What happened to one write.
@@ -321,6 +327,16 @@ pub async fn run_pass(
         spec: source.account.clone(),
         being_deleted: source.account_being_deleted,
     };
+    let exclusive = crate::plan::exclusive::ExclusiveContext {
+        created_by: outcome
+            .listing
+            .as_ref()
+            .map(|l| l.created_by.clone())
+            .unwrap_or_default(),
+        reported: source.exclusive_reported.clone(),
+        grace: config.exclusive_grace,
+        observing,
+    };
     let plan_input = PlanInput {
         scope: &scope,
         account: &account,
@@ -334,6 +350,7 @@ pub async fn run_pass(
         propagation_grace: config.propagation_grace,
         view: &source.view,
         malformed: &source.malformed,
+        exclusive: &exclusive,
     };
     let plan = plan(&plan_input);
     for (object, note) in &plan.findings {
@@ -496,15 +513,33 @@ pub async fn run_pass(
                             if let Some(brake) = &config.brake {
                                 brake.deleted(&source.account_name, &assignment.id, now);
                             }
-                            outcome.events.push(EngineEvent {
-                                object: None,
-                                warning: false,
-                                reason: "RoleAssignmentDeleted",
-                                action: "Delete",
-                                note: format!(
+                            let note = if *reason == reasons::NOT_DECLARED {
+                                let created_by = exclusive
+                                    .created_by
+                                    .get(&assignment.id.to_ascii_lowercase())
+                                    .map_or("unknown", String::as_str);
+                                format!(
+                                    "enforcement Exclusive revoked role assignment {} of {} (role {}), created by {created_by}, which no OpenAIAccess declares",
+                                    assignment.name,
+                                    assignment.principal_id,
+                                    crate::plan::observe::role_guid(&assignment.role_definition_id)
+                                )
+                            } else {
+                                format!(
                                     "revoked role assignment {} of {} ({reason})",
                                     assignment.name, assignment.principal_id
-                                ),
+                                )
+                            };
+                            outcome.events.push(EngineEvent {
+                                object: None,
+                                warning: *reason == reasons::NOT_DECLARED,
+                                reason: if *reason == reasons::NOT_DECLARED {
+                                    "ExclusiveRevocation"
+                                } else {
+                                    "RoleAssignmentDeleted"
+                                },
+                                action: "Delete",
+                                note,
                             });
                             WriteResult::Done
                         }
@@ -657,6 +692,9 @@ pub async fn run_pass(
         outcome.retry = Some(RetryDecision::Backoff);
     }
     outcome.requeue_at = next_deadline(source, &outcome.accesses, config, now);
+    if let Some(next) = plan.exclusive.next_revocation() {
+        outcome.requeue_at = Some(outcome.requeue_at.map_or(next, |at| at.min(next)));
+    }
     if let Some(lifts) = holds.values().filter_map(brake::Hold::lifts_at).min() {
         outcome.requeue_at = Some(outcome.requeue_at.map_or(lifts, |at| at.min(lifts)));
     }

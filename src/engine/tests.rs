@@ -275,6 +275,7 @@ fn config() -> EngineConfig {
         prune: true,
         brake: None,
         fence: None,
+        exclusive_grace: std::time::Duration::ZERO,
     }
 }
 
@@ -298,6 +299,9 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
             deletion_policy: DeletionPolicy::Delete,
             allow_retain: false,
             management: crate::api::Management::Manage,
+            enforcement: crate::api::Enforcement::Additive,
+            exclusive_exemptions: Vec::new(),
+            exclusive_exempt_creators: Vec::new(),
         },
         account_being_deleted: false,
         accesses,
@@ -315,6 +319,7 @@ fn source(accesses: Vec<AccessSource>) -> ScopeSource {
         malformed: Vec::new(),
         paused: false,
         confirmed_revocations: None,
+        exclusive_reported: Vec::new(),
     }
 }
 
@@ -1564,4 +1569,122 @@ mod warm_and_cold {
             prop_assert_eq!(&warm.1, &cold.1, "status");
         }
     }
+}
+
+// Enforcement Exclusive through the engine: portal-6 is made outside keyless and declared by
+// nobody.
+async fn exclusive_workload() -> FakeAzure {
+    let azure = observe_workload().await;
+    azure.assignments.lock().unwrap().push(ObservedAssignment {
+        id: format!("{SCOPE}/providers/Microsoft.Authorization/roleAssignments/portal-6"),
+        name: "portal-6".into(),
+        scope: SCOPE.into(),
+        principal_id: oid(6),
+        principal_type: Some("User".into()),
+        role_definition_id: RoleName::OpenAIUser
+            .definition_id("3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f"),
+        description: None,
+        condition: None,
+        created_on: Some("2026-11-01T00:00:00Z".parse().unwrap()),
+    });
+    azure
+}
+
+fn exclusive_source(management: crate::api::Management) -> ScopeSource {
+    let mut source = observe_source(management);
+    source.account.enforcement = crate::api::Enforcement::Exclusive;
+    source
+}
+
+fn exclusive_config() -> EngineConfig {
+    EngineConfig {
+        exclusive_grace: Duration::from_secs(3600),
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn under_observe_exclusive_plans_its_revocation_as_a_delete_and_sends_nothing() {
+    use crate::api::{Management, PlannedAction};
+    let azure = exclusive_workload().await;
+    let outcome = run_pass(
+        azure.azure(),
+        &exclusive_source(Management::Observe),
+        &exclusive_config(),
+        now(),
+    )
+    .await;
+    let planned: Vec<(PlannedAction, String, Option<String>)> = outcome
+        .planned_writes
+        .iter()
+        .filter(|w| w.principal_id == oid(6))
+        .map(|w| (w.action, w.assignment_name.clone(), w.because.clone()))
+        .collect();
+    assert_eq!(
+        planned,
+        vec![(
+            PlannedAction::Delete,
+            "portal-6".to_string(),
+            Some(reasons::NOT_DECLARED.to_string())
+        )]
+    );
+    assert_eq!(azure.calls("delete"), 0);
+}
+
+#[tokio::test]
+async fn under_manage_exclusive_first_lists_and_revokes_on_a_pass_after_the_grace() {
+    use crate::api::Management;
+    let azure = exclusive_workload().await;
+    let first = run_pass(
+        azure.azure(),
+        &exclusive_source(Management::Manage),
+        &exclusive_config(),
+        now(),
+    )
+    .await;
+    let listed = first.plan.as_ref().unwrap().exclusive.listed.clone();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|r| r.assignment_name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["portal-6"]
+    );
+    let deletes_before = azure.calls("delete");
+    assert!(
+        !first
+            .events
+            .iter()
+            .any(|e| e.reason == "ExclusiveRevocation"),
+        "the first pass only lists"
+    );
+    assert!(
+        first
+            .requeue_at
+            .is_some_and(|at| at <= now() + jiff::SignedDuration::from_hours(1))
+    );
+
+    let mut source = exclusive_source(Management::Manage);
+    source.exclusive_reported = listed;
+    let later = now() + jiff::SignedDuration::from_hours(2);
+    let second = run_pass(azure.azure(), &source, &exclusive_config(), later).await;
+    assert_eq!(azure.calls("delete"), deletes_before + 1);
+    assert!(
+        !azure
+            .assignments
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|a| a.name == "portal-6")
+    );
+    let event = second
+        .events
+        .iter()
+        .find(|e| e.reason == "ExclusiveRevocation")
+        .unwrap();
+    assert!(
+        event.note.contains("portal-6") && event.note.contains("created by"),
+        "{}",
+        event.note
+    );
 }

@@ -52,6 +52,31 @@ pub enum FilesError {
         "{accounts} say management: Observe, so apply writes nothing: run `keyless plan` to see what it would change, or pass --override-management to apply them as Manage"
     )]
     ObserveRefused { accounts: String },
+    #[error(
+        "{accounts} say enforcement: Exclusive, which revokes every assignment on the account the files do not declare: pass --prune to say the files hold everything declared for these accounts, or set enforcement: Additive"
+    )]
+    ExclusiveNeedsPrune { accounts: String },
+}
+
+/// Exclusive revokes what the input does not declare; files may hold only part of what is
+/// declared, so it needs `--prune`, the pipeline's statement that they hold all of it.
+pub fn exclusive_refused(manifests: &load::Manifests, prune: bool) -> Result<(), FilesError> {
+    if prune {
+        return Ok(());
+    }
+    let exclusive: Vec<String> = manifests
+        .accounts
+        .values()
+        .filter(|a| a.object.spec.enforcement == crate::api::Enforcement::Exclusive)
+        .map(|a| format!("OpenAIAccount {}", a.name))
+        .collect();
+    if exclusive.is_empty() {
+        Ok(())
+    } else {
+        Err(FilesError::ExclusiveNeedsPrune {
+            accounts: exclusive.join(", "),
+        })
+    }
 }
 
 // Plan without --instance-id: markers name an instance nobody uses, so no existing assignment counts
@@ -65,6 +90,7 @@ pub async fn run(args: &FileModeArgs, mode: Mode) -> Result<Report, FilesError> 
     if mode == Mode::Apply {
         observe_refused(&mut manifests, args.override_management)?;
     }
+    exclusive_refused(&manifests, args.prune)?;
     let instance = match (&args.instance_id, args.emulator.emulator, mode) {
         (Some(id), _, _) => Some(match &args.instance_fingerprint {
             // Validated by the argument parser.
@@ -194,6 +220,9 @@ pub async fn converge(
         resolution_cache: None,
         brake: None,
         fence: None,
+        // No status keeps a clock between runs: `keyless plan` is the report, and an apply with
+        // --prune revokes what it lists at once.
+        exclusive_grace: std::time::Duration::ZERO,
     };
 
     // An OpenAIAccess naming an account the files do not register cannot be planned.
@@ -246,6 +275,7 @@ pub async fn converge(
             malformed: Vec::new(),
             paused: false,
             confirmed_revocations: None,
+            exclusive_reported: Vec::new(),
         })
         .collect();
 

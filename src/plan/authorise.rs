@@ -117,6 +117,9 @@ mod tests {
             deletion_policy: DeletionPolicy::Delete,
             allow_retain: false,
             management: crate::api::Management::Manage,
+            enforcement: crate::api::Enforcement::Additive,
+            exclusive_exemptions: Vec::new(),
+            exclusive_exempt_creators: Vec::new(),
         }
     }
 

@@ -5,13 +5,14 @@
 //! - [`ownership`]: deterministic grant names and the ownership marker.
 //! - [`policy`]: what an OpenAIAccount allows.
 //! - [`planner`]: one pass over one scope, in stages: [`eligibility`] → [`resolution`] →
-//!   [`authorise`] → [`desired`] → [`diff`] → [`status`].
+//!   [`authorise`] → [`desired`] → [`diff`] → [`exclusive`] → [`status`].
 //! - [`view`]: the front end's view of the objects: complete or not, and the malformed ones.
 
 pub mod authorise;
 pub mod desired;
 pub mod diff;
 pub mod eligibility;
+pub mod exclusive;
 pub mod model;
 pub mod observe;
 pub mod ownership;

@@ -44,8 +44,8 @@ pub fn planned_write(write: &Write) -> PlannedWrite {
     }
 }
 
-// The GUID at the end of either form of role definition id.
-fn role_guid(role_definition_id: &str) -> String {
+/// The GUID at the end of either form of role definition id, in lower case.
+pub fn role_guid(role_definition_id: &str) -> String {
     role_definition_id
         .rsplit('/')
         .next()

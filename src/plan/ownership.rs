@@ -206,6 +206,25 @@ pub fn is_owned_by(description: Option<&str>, instance: &InstanceId) -> bool {
     marker_of(description, instance) == Marker::Ours
 }
 
+/// The instance a keyless marker names, when it is not `this` one and the description is that
+/// instance's marker (not released, not garbled).
+pub fn other_instance(description: Option<&str>, this: &InstanceId) -> Option<String> {
+    let text = description?;
+    let named = text
+        .split(' ')
+        .nth(1)?
+        .strip_prefix("instance=")
+        .and_then(|id| InstanceId::new(id).ok())?;
+    (named != *this && is_owned_by(Some(text), &named)).then(|| named.to_string())
+}
+
+/// Whether the description is a released marker: keyless made it and let go (Retain).
+pub fn is_released(description: Option<&str>) -> bool {
+    let released = released_marker("");
+    let prefix = released.split(' ').next().unwrap_or_default();
+    description.is_some_and(|d| d.split(' ').next() == Some(prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

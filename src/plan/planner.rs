@@ -93,6 +93,8 @@ pub struct PlanInput<'a> {
     pub view: &'a ViewCompleteness,
     /// Objects that may name this account but could not be decoded.
     pub malformed: &'a [MalformedObject],
+    /// What enforcement Exclusive keeps between passes, and its grace.
+    pub exclusive: &'a super::exclusive::ExclusiveContext,
 }
 
 /// A grant: (principal object id in lower case, role) at the plan's scope.
@@ -170,6 +172,8 @@ pub struct Plan {
     /// Another installation writes markers with this instance id: the `InstanceIdCollision`
     /// condition's message. Deletes and releases stop on the account while it lasts.
     pub instance_collision: Option<String>,
+    /// Enforcement Exclusive's decision; its deletes are in `writes` too, after the diff's.
+    pub exclusive: super::exclusive::ExclusivePlan,
 }
 
 impl Plan {
@@ -197,7 +201,21 @@ impl Write {
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let decisions = super::desired::decide(input);
     let desired = super::desired::desired(input, &decisions);
-    let diff = super::diff::diff(input, &decisions, &desired);
+    let mut diff = super::diff::diff(input, &decisions, &desired);
+    let deletes_so_far = diff
+        .writes
+        .iter()
+        .filter(|w| matches!(w, Write::Delete { .. }))
+        .count();
+    let exclusive = super::exclusive::exclusive(
+        input,
+        &decisions,
+        &desired,
+        diff.instance_collision.as_deref(),
+        deletes_so_far,
+    );
+    diff.writes.extend(exclusive.deletes.iter().cloned());
+    diff.deferred_deletes += exclusive.deferred;
     let accesses = super::status::project(input, &decisions, &desired, &diff);
     let account_cleanup = super::status::account_cleanup(input, &diff);
     let findings = input
@@ -222,6 +240,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         deferred_deletes: diff.deferred_deletes,
         deletions_blocked: diff.deletions_blocked,
         instance_collision: diff.instance_collision,
+        exclusive,
     }
 }
 

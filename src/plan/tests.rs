@@ -63,6 +63,9 @@ fn mk_account(namespaces: &[&str]) -> AccountInput {
             deletion_policy: DeletionPolicy::Delete,
             allow_retain: false,
             management: crate::api::Management::Manage,
+            enforcement: crate::api::Enforcement::Additive,
+            exclusive_exemptions: Vec::new(),
+            exclusive_exempt_creators: Vec::new(),
         },
         being_deleted: false,
     }
@@ -202,6 +205,7 @@ struct World {
     view: ViewCompleteness,
     malformed: Vec<MalformedObject>,
     instance: InstanceId,
+    exclusive: super::exclusive::ExclusiveContext,
 }
 
 impl World {
@@ -215,6 +219,7 @@ impl World {
             view: ViewCompleteness::Complete,
             malformed: Vec::new(),
             instance: us(),
+            exclusive: Default::default(),
         }
     }
 
@@ -234,6 +239,7 @@ impl World {
             propagation_grace: Duration::from_secs(300),
             view: &self.view,
             malformed: &self.malformed,
+            exclusive: &self.exclusive,
         })
     }
 }
@@ -1317,3 +1323,6 @@ proptest! {
         prop_assert!(again.is_noop(), "second plan: {:?}", again.writes);
     }
 }
+
+// Enforcement Exclusive, one row per rule.
+mod exclusive;

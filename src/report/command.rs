@@ -232,6 +232,7 @@ async fn from_files(
         prune: false,
         brake: None,
         fence: None,
+        exclusive_grace: std::time::Duration::ZERO,
     };
     let azure = Azure {
         assignments: clients.role_assignments.as_ref(),
@@ -266,6 +267,7 @@ async fn from_files(
             malformed: Vec::new(),
             paused: false,
             confirmed_revocations: None,
+            exclusive_reported: Vec::new(),
         };
         let outcome = run_pass(azure, &source, &config, now).await;
         let (Some(scope), Some(listing)) = (outcome.scope.clone(), outcome.listing.clone()) else {

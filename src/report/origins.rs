@@ -7,7 +7,7 @@
 //! owns it by the same test.
 
 use crate::plan::ObservedAssignment;
-use crate::plan::ownership::{InstanceId, is_owned_by, released_marker};
+use crate::plan::ownership::{InstanceId, is_owned_by};
 use crate::plan::scope::AccountScope;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -310,14 +310,15 @@ fn classify_one(input: &ClassifyInput<'_>, a: &ObservedAssignment) -> Option<Cla
     let id = a.id.to_ascii_lowercase();
     let declared = input.declarations.by_assignment.get(&id);
     let at_account = input.scope.matches(&a.scope);
-    let other_instance = other_instance(a.description.as_deref(), input.instance);
+    let other_instance =
+        crate::plan::ownership::other_instance(a.description.as_deref(), input.instance);
     let origin = if !at_account {
         Origin::Inherited
     } else if is_owned_by(a.description.as_deref(), input.instance) {
         Origin::Managed
     } else if other_instance.is_some() {
         Origin::OtherInstance
-    } else if is_released(a.description.as_deref()) {
+    } else if crate::plan::ownership::is_released(a.description.as_deref()) {
         Origin::Released
     } else if declared.is_some_and(|d| d.adopted) {
         Origin::Adopted
@@ -347,24 +348,6 @@ fn classify_one(input: &ClassifyInput<'_>, a: &ObservedAssignment) -> Option<Cla
         created_by: input.created_by.get(&id).cloned(),
         description: a.description.clone(),
     })
-}
-
-// The instance a keyless marker names, when it is not `this` one and `is_owned_by` confirms the
-// description is that instance's marker.
-fn other_instance(description: Option<&str>, this: &InstanceId) -> Option<String> {
-    let text = description?;
-    let named = text
-        .split(' ')
-        .nth(1)?
-        .strip_prefix("instance=")
-        .and_then(|id| InstanceId::new(id).ok())?;
-    (named != *this && is_owned_by(Some(text), &named)).then(|| named.to_string())
-}
-
-fn is_released(description: Option<&str>) -> bool {
-    let released = released_marker("");
-    let prefix = released.split(' ').next().unwrap_or_default();
-    description.is_some_and(|d| d.split(' ').next() == Some(prefix))
 }
 
 /// Counts by origin and the principals of foreign and inherited grants, capped.

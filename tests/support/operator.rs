@@ -68,6 +68,7 @@ pub fn controller_config(instance: &str) -> ControllerConfig {
             // the sweeps other tests assert); the controller's view and fence are always on.
             brake: None,
             fence: None,
+            exclusive_grace: std::time::Duration::ZERO,
             resolution_cache: Some(std::sync::Arc::new(keyless::engine::ResolutionCache::new(
                 Duration::from_secs(600),
             ))),

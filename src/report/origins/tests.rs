@@ -1,5 +1,6 @@
 use super::*;
 use crate::plan::ownership::ownership_marker;
+use crate::plan::ownership::released_marker;
 
 const SUB: &str = "3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f";
 const ACCOUNT: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai/providers/Microsoft.CognitiveServices/accounts/oai";
