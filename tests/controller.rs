@@ -772,12 +772,19 @@ async fn unrelated_namespace_and_service_account_churn_costs_no_arm_request() {
     }
     eventually("ready", async || h.access_ready("team-chat", "app").await).await;
     // Quiet first: a pass retried under load (a conflict, a slow answer) must not be counted as
-    // caused by the churn. Quiet = no reconcile for a whole second.
+    // caused by the churn. Quiet = for 1.5 s, no reconcile finished and no Azure request sent (a
+    // slow pass in flight sends requests before it finishes).
+    let azure_requests = || h.emulator.request_counts().values().sum::<u64>();
     let last = std::sync::atomic::AtomicU64::new(reconciles_total(port).await);
-    eventually("no reconcile for a second", async || {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+    let last_azure = std::sync::atomic::AtomicU64::new(azure_requests());
+    eventually("no reconcile and no Azure request for 1.5 s", async || {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let now = reconciles_total(port).await;
-        last.swap(now, std::sync::atomic::Ordering::Relaxed) == now
+        let azure_now = azure_requests();
+        let quiet_reconciles = last.swap(now, std::sync::atomic::Ordering::Relaxed) == now;
+        let quiet_azure =
+            last_azure.swap(azure_now, std::sync::atomic::Ordering::Relaxed) == azure_now;
+        quiet_reconciles && quiet_azure
     })
     .await;
     let reconciles_before = last.load(std::sync::atomic::Ordering::Relaxed);

@@ -709,8 +709,9 @@ fn account_refs(
         .collect()
 }
 
-/// The objects of `stream` whose `read` part changed since this term last saw them, or that are
-/// seen for the first time, or that are gone from the store (deleted).
+/// The objects of `stream` whose `read` part changed since this term last saw them (or since the
+/// store held them when the term began), or that are new, or gone from the store (deleted).
+/// `stream` must be subscribed before this is called (it is, as an argument).
 fn only_changes<K, V>(
     stream: impl futures::Stream<Item = Arc<K>> + Send + 'static,
     store: Store<K>,
@@ -720,12 +721,20 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     V: PartialEq + Send + 'static,
 {
+    let key_of = |object: &K| crate::plan::ObjectKey {
+        namespace: object.namespace().unwrap_or_default(),
+        name: object.name_any(),
+    };
+    // Seeded from the store as it is now, after `stream` subscribed: an object the term has not
+    // seen change is not "new" to it (its first unrelated event would cost a pass). A change
+    // already in the store at this moment is seen by the term's first pass of every account,
+    // which reads the store later.
     let mut seen = ChangeFilter::default();
+    for object in store.state() {
+        seen.changed(key_of(&object), Some(read(&object)));
+    }
     stream.filter(move |object| {
-        let key = crate::plan::ObjectKey {
-            namespace: object.namespace().unwrap_or_default(),
-            name: object.name_any(),
-        };
+        let key = key_of(object);
         let present = store.get(&ObjectRef::from_obj(object.as_ref())).is_some();
         let current = present.then(|| read(object));
         futures::future::ready(seen.changed(key, current))
