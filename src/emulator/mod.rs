@@ -304,14 +304,10 @@ impl EmulatorHandle {
             .unwrap_or(0)
     }
 
-    /// How many requests of `operation` were seen, whatever the answer.
+    /// How many requests of `operation` were seen, whatever the answer (or none yet): counted on
+    /// arrival, so a test that observes a request's effect also sees it counted.
     pub fn requests_of(&self, operation: &str) -> u64 {
-        self.shared
-            .counts()
-            .iter()
-            .filter(|((op, _), _)| op == operation)
-            .map(|(_, n)| n)
-            .sum()
+        self.shared.arrivals_of(operation)
     }
 
     /// Every role assignment write made through ARM so far, in order (see [`journal`]).

@@ -152,6 +152,9 @@ pub struct Shared {
     faults: Mutex<FaultState>,
     throttling: Mutex<(Throttling, Buckets)>,
     counts: Mutex<RequestCounts>,
+    /// Requests by operation, counted on arrival (before the world changes): a test that sees a
+    /// change has seen its request counted.
+    arrivals: Mutex<BTreeMap<String, u64>>,
     // Every token and client assertion the emulator issued or read, so tests can assert that none
     // of them ever appears in a log line, a status, an event, an error or CLI output.
     secrets: Mutex<BTreeSet<String>>,
@@ -188,6 +191,7 @@ impl Shared {
             faults: Mutex::new(faults),
             throttling: Mutex::new((throttling, Buckets::default())),
             counts: Mutex::new(BTreeMap::new()),
+            arrivals: Mutex::new(BTreeMap::new()),
             secrets: Mutex::new(BTreeSet::new()),
             journal: Mutex::new(Vec::new()),
             requests: Mutex::new(VecDeque::new()),
@@ -226,8 +230,14 @@ impl Shared {
         lock(&self.counts).clone()
     }
 
+    /// Requests of `operation` that arrived so far, answered or not.
+    pub fn arrivals_of(&self, operation: &str) -> u64 {
+        lock(&self.arrivals).get(operation).copied().unwrap_or(0)
+    }
+
     pub fn reset_counts(&self) {
         lock(&self.counts).clear();
+        lock(&self.arrivals).clear();
         lock(&self.requests).clear();
     }
 
@@ -679,6 +689,7 @@ pub async fn serve(
         )));
     }
     let operation = operation_of(surface, &parts.method, &path);
+    *lock(&shared.arrivals).entry(operation.clone()).or_insert(0) += 1;
     let arrival = Arrival {
         operation: operation.clone(),
         target: format!(
