@@ -611,6 +611,9 @@ impl World {
     /// The fault has ended: measure convergence, let a few resyncs pass, check everything.
     async fn finish(&self, sizes: &Sizes, fault_ended_requests: u64) -> RunFigures {
         let converged = self.converge(sizes.deadline).await;
+        if converged.is_none() {
+            self.print_account_conditions().await;
+        }
         let arm_requests_after_fault = self.arm_requests() - fault_ended_requests;
         // Late writes (a leak swept twice, a revoke after a restart) show within a few passes. A
         // pass begins with its LIST and passes of one account do not overlap, so the LIST after
@@ -633,6 +636,27 @@ impl World {
             converge_after_fault: converged.unwrap_or(sizes.deadline),
             converged: converged.is_some(),
             fastest_retry,
+        }
+    }
+
+    /// What the account's status says, for a run that did not converge.
+    async fn print_account_conditions(&self) {
+        let api: Api<OpenAIAccount> = Api::all(self.env.client.clone());
+        let status = api
+            .get_opt(&self.account)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|a| a.status);
+        for condition in status.map(|s| s.conditions).unwrap_or_default() {
+            eprintln!(
+                "account {}: {} {} {}: {}",
+                self.account,
+                condition.type_,
+                condition.status,
+                condition.reason,
+                condition.message
+            );
         }
     }
 
