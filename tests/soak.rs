@@ -3,7 +3,10 @@
 //!
 //! Each scenario is one test: it sets up a world (an OpenAIAccount, accesses in two namespaces
 //! declaring `KEYLESS_SOAK_GRANTS` grants, plus assignments keyless must never touch: adopted,
-//! released, foreign, another instance's; and orphans of this instance it must sweep), starts the
+//! released, foreign, another instance's; and orphans of this instance it must sweep — or, for
+//! the account under enforcement Exclusive, its own world: no other instance's marker, foreign
+//! grants to revoke after the grace, and adopted, released, exempt, conditioned and inherited
+//! ones to keep), starts the
 //! controller — the real `keyless run` binary where it is killed with SIGKILL, the in-process
 //! `controller::run` where the Kubernetes fault layer or leader election is needed — applies the
 //! fault, ends it, and measures how long and how many ARM requests convergence takes after it. It
@@ -14,14 +17,19 @@
 //!
 //! Sizes and faults are parameters (environment):
 //! - `KEYLESS_SOAK_SEED` (random when unset, always printed: a failure replays with it),
-//!   `KEYLESS_SOAK_RUNS` (default 3), `KEYLESS_SOAK_GRANTS` (default 60);
-//! - `KEYLESS_SOAK_FAULT_SECS` (how long a timed fault lasts, default 3), `KEYLESS_SOAK_STALL_SECS`
-//!   (default 6; the 30), `KEYLESS_SOAK_TOKEN_OUTAGE_SECS` (default 4; the 120),
-//!   `KEYLESS_SOAK_REPLICATION_SECS` (default 4; the 60), `KEYLESS_SOAK_DEADLINE_SECS`
-//!   (convergence deadline per run, default 120).
+//!   `KEYLESS_SOAK_RUNS` (default 5), `KEYLESS_SOAK_GRANTS` (default 100): the small size;
+//! - in seconds, fractions allowed: `KEYLESS_SOAK_FAULT_SECS` (how long a timed fault lasts,
+//!   default 1.5: several passes at the 400 ms resync), `KEYLESS_SOAK_STALL_SECS` (default 3,
+//!   over the 2 s ARM timeout; the 30), `KEYLESS_SOAK_TOKEN_OUTAGE_SECS` (default 2; the
+//!   issue's 120), `KEYLESS_SOAK_REPLICATION_SECS` (default 2; the 60),
+//!   `KEYLESS_SOAK_DEADLINE_SECS` (convergence deadline per run, default 120).
+//!
+//! Each run prints its phases (`soak: <scenario> run <n>: setup, drive, clear`) and each row the
+//! scenario's whole time. A run's fixed cost is mostly the settling after convergence: the final
+//! check waits for three more whole passes of the account (a late write shows within them).
 //!
 //! Full size, by hand (one scenario at a time is fine too):
-//! `KEYLESS_SOAK_RUNS=50 KEYLESS_SOAK_GRANTS=1000 KEYLESS_SOAK_STALL_SECS=30 KEYLESS_SOAK_TOKEN_OUTAGE_SECS=120 KEYLESS_SOAK_REPLICATION_SECS=60 KEYLESS_SOAK_DEADLINE_SECS=1800 cargo test --release --test soak -- --include-ignored --test-threads=1`
+//! `KEYLESS_SOAK_RUNS=50 KEYLESS_SOAK_GRANTS=1000 KEYLESS_SOAK_FAULT_SECS=10 KEYLESS_SOAK_STALL_SECS=30 KEYLESS_SOAK_TOKEN_OUTAGE_SECS=120 KEYLESS_SOAK_REPLICATION_SECS=60 KEYLESS_SOAK_DEADLINE_SECS=1800 cargo test --release --test soak -- --include-ignored --test-threads=1`
 //!
 //! Scenarios run one at a time (a lock): the `keyless run` child watches the whole control plane,
 //! and every run deletes its objects (finalizers stripped) before the next one starts.
@@ -965,6 +973,11 @@ fn kill_during_exclusive_revocations<'a>(
             .until(sizes.deadline, |w| w.exclusive_revoked() >= revocations)
             .await;
         restarted.kill_9();
+        eprintln!(
+            "soak: Exclusive: killed with {}/{} foreign grants revoked",
+            world.exclusive_revoked(),
+            world.revocable.len()
+        );
         let before = world.arm_requests();
         let again = world.process();
         let figures = world.finish(sizes, before).await;
