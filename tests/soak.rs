@@ -1306,6 +1306,8 @@ async fn kube_status_writes_422() {
 
 /// How long kube-apiserver stays down in the restart scenario.
 const API_SERVER_DOWN: Duration = Duration::from_secs(2);
+/// How long its graceful shutdown may take before it is killed.
+const API_SERVER_STOP_WITHIN: Duration = Duration::from_secs(3);
 
 /// Part-way through convergence, with a random quarter of the accesses deleted (revocations in
 /// flight), kube-apiserver is stopped and started again: every watch breaks, every status and
@@ -1324,17 +1326,28 @@ fn api_server_restarted<'a>(
         for index in &indexes {
             world.delete_access(*index).await;
         }
+        let restarting = Instant::now();
         world
             .env
             .cluster
-            .restart_apiserver(API_SERVER_DOWN)
+            .restart_apiserver(API_SERVER_DOWN, API_SERVER_STOP_WITHIN)
             .await
             .unwrap();
+        eprintln!(
+            "soak: API server restarted in {:.1}s (down for {:.1}s)",
+            restarting.elapsed().as_secs_f64(),
+            API_SERVER_DOWN.as_secs_f64()
+        );
         let before = world.arm_requests();
         let mut figures = world.finish(sizes, before).await;
+        let finalizers = Instant::now();
         if !world.accesses_gone_within(sizes.deadline).await {
             figures.converged = false;
         }
+        eprintln!(
+            "soak: API server restarted: deleted accesses gone {:.1}s after convergence",
+            finalizers.elapsed().as_secs_f64()
+        );
         controller.kill();
         figures
     })
