@@ -134,6 +134,9 @@ pub struct ControllerBenchArgs {
     /// Exit non-zero when a request ratio misses its target (time and memory never fail it).
     #[arg(long)]
     pub check: bool,
+    /// The controller processes' --log-level (their logs go to --log-dir).
+    #[arg(long, default_value = "warn")]
+    pub controller_log_level: String,
     /// Where the controller processes' logs go (default: a new directory under the temp dir).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
@@ -797,7 +800,7 @@ impl Bench<'_> {
         let child = Command::new(exe)
             .args(&args)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("KEYLESS_LOG_LEVEL", "warn")
+            .env("KEYLESS_LOG_LEVEL", &self.args.controller_log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
