@@ -23,21 +23,13 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::time::Duration;
 use support::cluster::{ISSUER, RunningController, TestEnv};
+use support::example_seed::{
+    AIS_DEV, ALICE, BOB, CHAT_BACKEND, CHAT_BACKEND_CLIENT, CHAT_BACKEND_ID, GROUP, OAI_PROD,
+    OPENAI_USER, SUB, SUMMARIZER, SUMMARIZER_CLIENT, SUMMARIZER_ID,
+};
 use support::kube_faults::{Fault, KubeFaults, Verb};
 use support::operator::{azure_clients, controller_config, emulator};
-
-const SUB: &str = "3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f";
-const OAI_PROD: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-prod";
-const ALICE: &str = "82f6c951-ea04-4434-a839-f80b32aa6337";
-const BOB: &str = "16cb6f20-2462-4c3e-91e6-df2449d889ba";
-const GROUP: &str = "d81d0366-c3d7-4b8d-92f3-1be6d6479d9a";
-const SUMMARIZER: &str = "95ce509f-d768-4c1d-b9ae-4595afb90593";
-const CHAT_BACKEND: &str = "119b5110-65ac-46fc-92d3-7aea0a858ce8";
-const CHAT_BACKEND_CLIENT: &str = "4b3c0789-1890-448c-aca3-a44e891753f7";
-const CHAT_BACKEND_ID: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-chat-backend";
-const OPENAI_USER: &str = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd";
-/// How long `eventually` waits: the real server and the emulator share two cores with the build.
-const EVENTUALLY_WITHIN: Duration = Duration::from_secs(30);
+use support::wait::{EVENTUALLY_WITHIN, eventually, eventually_within};
 
 /// One test's world: its namespaces (`team-chat`, `team-search`, `team-other`, each suffixed with
 /// the test's id), its emulator, and the controller under test. Methods take the logical names the
@@ -285,20 +277,6 @@ fn ready(access: &OpenAIAccess) -> bool {
             .any(|c| c.type_ == condition_types::READY && c.status == "True")
             && s.observed_generation == access.metadata.generation
     })
-}
-
-async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
-    eventually_within(EVENTUALLY_WITHIN, what, check).await;
-}
-
-async fn eventually_within(within: Duration, what: &str, check: impl AsyncFn() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn sorted(mut ids: Vec<&str>) -> Vec<String> {
@@ -1194,10 +1172,6 @@ async fn a_malformed_access_is_reported_and_does_not_stall_the_others() {
 }
 
 // ---- Part 2: federation, posture, export, operations ----
-
-const SUMMARIZER_ID: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-summarizer";
-const SUMMARIZER_CLIENT: &str = "abfae246-2b2d-4cc2-b528-9067a57d93af";
-const AIS_DEV: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/ais-dev";
 
 async fn principal_state(h: &Harness, namespace: &str, name: &str) -> Option<(GrantState, String)> {
     let status = h.get_access(namespace, name).await?.status?;
