@@ -1242,3 +1242,81 @@ fn print_rows(rows: &[Row], phase: &str) {
     let these: Vec<Row> = rows.iter().filter(|r| r.phase == phase).cloned().collect();
     eprint!("{}", figures::table(&these));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn bench_args(args: &[&str]) -> Result<crate::files::bench::BenchArgs, clap::Error> {
+        let mut argv = vec!["keyless", "bench"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Bench(args) => Ok(args),
+            other => panic!("not bench: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_defaults_are_the_issues_full_size() {
+        let args = bench_args(&["--controller", "--kubeconfig", "kc"]).unwrap();
+        let c = &args.controller;
+        assert!(c.controller);
+        assert_eq!(args.accounts, None, "20 accounts is --controller's default");
+        assert_eq!(
+            (c.subscriptions, c.objects, c.principals),
+            (5, 250, 2),
+            "20 accounts over 5 subscriptions × 250 objects × 2 principals"
+        );
+        assert_eq!(
+            (
+                c.memory_objects,
+                c.memory_service_accounts,
+                c.memory_namespaces
+            ),
+            (10_000, 20_000, 2_000)
+        );
+        assert_eq!(
+            (
+                c.churn_namespaces * c.churn_rounds,
+                c.churn_service_accounts * c.churn_rounds
+            ),
+            (1000, 1000)
+        );
+        assert!(!c.check);
+    }
+
+    #[test]
+    fn kubeconfig_is_a_controller_flag_and_phases_can_be_skipped() {
+        assert!(bench_args(&["--kubeconfig", "kc"]).is_err());
+        let args = bench_args(&[
+            "--controller",
+            "--kubeconfig",
+            "kc",
+            "--skip",
+            "takeover,memory",
+        ])
+        .unwrap();
+        assert_eq!(args.controller.skip, vec![Phase::Takeover, Phase::Memory]);
+        // File mode is unchanged.
+        let file_mode = bench_args(&["--grants", "10"]).unwrap();
+        assert!(!file_mode.controller.controller);
+    }
+
+    #[test]
+    fn objects_are_spread_over_the_workload_namespaces_and_their_accounts_known() {
+        let w = Workload {
+            accounts: 2,
+            objects: 3,
+            principals: 1,
+            namespaces: 4,
+            grants: 6,
+            account_subscriptions: vec![],
+        };
+        // Account 0's objects in namespaces 0, 1, 2; account 1's in 3, 0, 1.
+        assert_eq!(w.accounts_in_namespace(0), BTreeSet::from([0, 1]));
+        assert_eq!(w.accounts_in_namespace(2), BTreeSet::from([0]));
+        assert_eq!(w.accounts_in_namespace(3), BTreeSet::from([1]));
+    }
+}
