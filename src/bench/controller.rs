@@ -1046,8 +1046,15 @@ impl Bench<'_> {
         let args = self.args;
         let w = &self.workload;
         let c = args.kube_concurrency;
-        // Namespaces: the workload's, the churn's and the lease's count.
-        let existing_ns = w.namespaces + args.churn_namespaces + 1;
+        // Namespaces: the workload's, the churn's (when it ran) and the lease's count.
+        let churned = !args.skip.contains(&Phase::Churn);
+        let churn_namespaces = if churned { args.churn_namespaces } else { 0 };
+        let churn_service_accounts = if churned {
+            args.churn_service_accounts
+        } else {
+            0
+        };
+        let existing_ns = w.namespaces + churn_namespaces + 1;
         let extra_ns = args.memory_namespaces.saturating_sub(existing_ns);
         let names: Vec<String> = (0..extra_ns).map(|i| format!("kb-m-{i}")).collect();
         let namespaces = names
@@ -1069,7 +1076,7 @@ impl Bench<'_> {
         // kube-controller-manager, so none is assumed.
         let extra_sa = args
             .memory_service_accounts
-            .saturating_sub(args.churn_service_accounts);
+            .saturating_sub(churn_service_accounts);
         let sas = (0..extra_sa)
             .map(|i| service_account(&all_ns[i as usize % all_ns.len()], &format!("kb-m-{i}")))
             .collect::<Result<Vec<_>>>()?;
@@ -1116,7 +1123,7 @@ impl Bench<'_> {
         .await?;
         Ok((
             u64::from(existing.max(args.memory_objects)),
-            u64::from(args.churn_service_accounts + extra_sa),
+            u64::from(churn_service_accounts + extra_sa),
             u64::from(existing_ns + extra_ns),
         ))
     }
