@@ -820,7 +820,14 @@ async fn with_cluster_fingerprint(
 
 /// `keyless run`: connect to the cluster and Azure, then reconcile until SIGTERM or Ctrl-C.
 pub async fn run_from_args(args: args::RunArgs) -> Result<(), RunError> {
-    let client = Client::try_default().await.map_err(RunError::Connect)?;
+    // Every request counted by verb and resource (`keyless_kube_requests_total`).
+    let kube_config = kube::Config::infer()
+        .await
+        .map_err(|e| RunError::Connect(kube::Error::InferConfig(e)))?;
+    let client = kube::client::ClientBuilder::try_from(kube_config)
+        .map_err(RunError::Connect)?
+        .with_layer(&crate::ops::kube_requests::layer())
+        .build();
     let azure = AzureClients::from_config(&args.azure.to_config()).map_err(RunError::Azure)?;
     if let Some(decision) = &azure.credential {
         tracing::info!(credential = ?decision, "azure credential chosen");
