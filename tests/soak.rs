@@ -3,7 +3,10 @@
 //!
 //! Each scenario is one test: it sets up a world (an OpenAIAccount, accesses in two namespaces
 //! declaring `KEYLESS_SOAK_GRANTS` grants, plus assignments keyless must never touch: adopted,
-//! released, foreign, another instance's; and orphans of this instance it must sweep), starts the
+//! released, foreign, another instance's; and orphans of this instance it must sweep — or, for
+//! the account under enforcement Exclusive, its own world: no other instance's marker, foreign
+//! grants to revoke after the grace, and adopted, released, exempt, conditioned and inherited
+//! ones to keep), starts the
 //! controller — the real `keyless run` binary where it is killed with SIGKILL, the in-process
 //! `controller::run` where the Kubernetes fault layer or leader election is needed — applies the
 //! fault, ends it, and measures how long and how many ARM requests convergence takes after it. It
@@ -14,14 +17,19 @@
 //!
 //! Sizes and faults are parameters (environment):
 //! - `KEYLESS_SOAK_SEED` (random when unset, always printed: a failure replays with it),
-//!   `KEYLESS_SOAK_RUNS` (default 3), `KEYLESS_SOAK_GRANTS` (default 60);
-//! - `KEYLESS_SOAK_FAULT_SECS` (how long a timed fault lasts, default 3), `KEYLESS_SOAK_STALL_SECS`
-//!   (default 6; the issue's 30), `KEYLESS_SOAK_TOKEN_OUTAGE_SECS` (default 4; the issue's 120),
-//!   `KEYLESS_SOAK_REPLICATION_SECS` (default 4; the issue's 60), `KEYLESS_SOAK_DEADLINE_SECS`
-//!   (convergence deadline per run, default 120).
+//!   `KEYLESS_SOAK_RUNS` (default 5), `KEYLESS_SOAK_GRANTS` (default 100): the issue's small size;
+//! - in seconds, fractions allowed: `KEYLESS_SOAK_FAULT_SECS` (how long a timed fault lasts,
+//!   default 1.5: several passes at the 400 ms resync), `KEYLESS_SOAK_STALL_SECS` (default 3,
+//!   over the 2 s ARM timeout; the issue's 30), `KEYLESS_SOAK_TOKEN_OUTAGE_SECS` (default 2; the
+//!   issue's 120), `KEYLESS_SOAK_REPLICATION_SECS` (default 2; the issue's 60),
+//!   `KEYLESS_SOAK_DEADLINE_SECS` (convergence deadline per run, default 120).
+//!
+//! Each run prints its phases (`soak: <scenario> run <n>: setup, drive, clear`) and each row the
+//! scenario's whole time. A run's fixed cost is mostly the settling after convergence: the final
+//! check waits for three more whole passes of the account (a late write shows within them).
 //!
 //! Full size, by hand (one scenario at a time is fine too):
-//! `KEYLESS_SOAK_RUNS=50 KEYLESS_SOAK_GRANTS=1000 KEYLESS_SOAK_STALL_SECS=30 KEYLESS_SOAK_TOKEN_OUTAGE_SECS=120 KEYLESS_SOAK_REPLICATION_SECS=60 KEYLESS_SOAK_DEADLINE_SECS=1800 cargo test --release --test soak -- --include-ignored --test-threads=1`
+//! `KEYLESS_SOAK_RUNS=50 KEYLESS_SOAK_GRANTS=1000 KEYLESS_SOAK_FAULT_SECS=10 KEYLESS_SOAK_STALL_SECS=30 KEYLESS_SOAK_TOKEN_OUTAGE_SECS=120 KEYLESS_SOAK_REPLICATION_SECS=60 KEYLESS_SOAK_DEADLINE_SECS=1800 cargo test --release --test soak -- --include-ignored --test-threads=1`
 //!
 //! Scenarios run one at a time (a lock): the `keyless run` child watches the whole control plane,
 //! and every run deletes its objects (finalizers stripped) before the next one starts.
@@ -48,11 +56,27 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::cluster::{ISSUER, KeylessProcess, RunningController, TestEnv};
 use support::kube_faults::{Fault, KubeFaults, Verb};
-use support::operator::{azure_clients, controller_config};
-use support::soak::{self, Expectation, Grant, Held, Row, RunFigures};
+use support::operator::{azure_config, controller_config};
+use support::soak::{self, ExclusiveRule, Expectation, Grant, Held, Row, RunFigures};
 
 const OAI_PROD: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-prod";
 const OPENAI_USER: &str = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd";
+const RESOURCE_GROUP: &str =
+    "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod";
+/// The built-in roles keyless manages (Azure's GUIDs, written out: the oracle does not read
+/// keyless's role table): Cognitive Services OpenAI User and Contributor, Cognitive Services
+/// User, Azure AI (Foundry) User.
+const MANAGED_ROLES: [&str; 4] = [
+    OPENAI_USER,
+    "a001fd3d-188f-4b5d-821b-7da978bf7442",
+    "a97b65f3-24c7-4388-baec-2e87135dc908",
+    "53ca6127-db72-4b80-b1b0-d745d6d5456d",
+];
+/// Who clicked the Exclusive world's foreign grants in the portal (ARM's `createdBy`).
+const PORTAL_ADMIN: &str = "adadadad-0000-4000-8000-0000000000ad";
+/// Enforcement Exclusive's `--exclusive-grace` in the scenarios: a foreign grant is listed in the
+/// account's status at least this long before it is revoked.
+const EXCLUSIVE_GRACE: Duration = Duration::from_secs(1);
 /// The seed's Bicep-made assignment of bob on oai-prod: foreign, undeclared.
 const BOB_BICEP: &str = "486f9612-51c0-5f11-a5cd-84378ffd1469";
 const INSTANCE: &str = "soak";
@@ -61,8 +85,17 @@ const SOAK_LABEL: &str = "soak.keyless.dev/run";
 /// The issue's bound: after a fault ends, at most this many ARM requests per grant to converge.
 const MAX_REQUESTS_PER_GRANT: f64 = 3.0;
 const PRINCIPALS_PER_ACCESS: usize = 5;
-/// The test-sized resync of the controller (`support::operator::controller_config`).
-const RESYNC: Duration = Duration::from_millis(700);
+/// The controller's resync: a pass of the account at least this often. Shorter than the other
+/// tests' 700 ms (`support::operator::controller_config`): the settling after convergence waits
+/// for whole passes, so this sets most of a run's fixed cost.
+const RESYNC: Duration = Duration::from_millis(400);
+/// After convergence, this many more whole passes of the account must go by before the final
+/// check: a late write (a leak swept twice, a revoke after a restart) shows within them.
+const SETTLE_PASSES: u64 = 3;
+/// The ARM client's timeout (per attempt). The stall scenario's stalls must outlast it.
+const ARM_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the tests look at the emulator's state while waiting for convergence.
+const POLL: Duration = Duration::from_millis(50);
 /// The soonest a client may send a failed request again: the lower half of the first backoff
 /// ("equal jitter") of the scenarios' 10 ms `--azure-initial-backoff`; the controller's requeue
 /// backoff starts higher (50 ms). A loop that ignores its backoff comes back in under a millisecond
@@ -97,16 +130,24 @@ impl Sizes {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| rand::rng().random::<u32>().into());
-        let secs = |name, default| Duration::from_secs(env_number(name, default));
+        // Seconds, fractions allowed.
+        let secs = |name: &str, default: f64| {
+            let value = std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .unwrap_or(default);
+            Duration::from_secs_f64(value)
+        };
         Sizes {
             seed,
-            runs: env_number("KEYLESS_SOAK_RUNS", 3).max(1) as usize,
-            grants: env_number("KEYLESS_SOAK_GRANTS", 60).max(10) as usize,
-            fault: secs("KEYLESS_SOAK_FAULT_SECS", 3),
-            stall: secs("KEYLESS_SOAK_STALL_SECS", 6),
-            token_outage: secs("KEYLESS_SOAK_TOKEN_OUTAGE_SECS", 4),
-            replication: secs("KEYLESS_SOAK_REPLICATION_SECS", 4),
-            deadline: secs("KEYLESS_SOAK_DEADLINE_SECS", 120),
+            runs: env_number("KEYLESS_SOAK_RUNS", 5).max(1) as usize,
+            grants: env_number("KEYLESS_SOAK_GRANTS", 100).max(10) as usize,
+            fault: secs("KEYLESS_SOAK_FAULT_SECS", 1.5),
+            stall: secs("KEYLESS_SOAK_STALL_SECS", 3.0),
+            token_outage: secs("KEYLESS_SOAK_TOKEN_OUTAGE_SECS", 2.0),
+            replication: secs("KEYLESS_SOAK_REPLICATION_SECS", 2.0),
+            deadline: secs("KEYLESS_SOAK_DEADLINE_SECS", 120.0),
         }
     }
 }
@@ -147,7 +188,38 @@ struct World {
     /// Namespaces the account still allows.
     allowed: [bool; 2],
     protected: Vec<Held>,
+    /// Under enforcement Exclusive: its rule, and the names of the assignments made outside
+    /// keyless that it must revoke.
+    exclusive: Option<ExclusiveRule>,
+    revocable: BTreeSet<String>,
     faults: KubeFaults,
+}
+
+/// The account's enforcement, and so the world a scenario sets up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Enforcement {
+    /// The shared world: adopted, released, foreign and other instances' assignments, all left
+    /// alone, and orphans of this instance swept.
+    Additive,
+    /// Exclusive has its own: another instance's marker would make it refuse, and a foreign
+    /// grant is revoked, so the world holds no other instance's marker, a share of foreign
+    /// grants to revoke, and what Exclusive must leave alone by its rule (adopted, released,
+    /// exempt, conditioned, inherited from the resource group).
+    Exclusive,
+}
+
+/// An assignment of OpenAIUser for the emulator's admin API, unmarked unless `description`.
+fn assignment(scope: &str, principal: &str, description: Option<String>) -> AdminRoleAssignment {
+    AdminRoleAssignment {
+        name: None,
+        scope: scope.into(),
+        role_definition_id: OPENAI_USER.into(),
+        principal_id: principal.into(),
+        principal_type: Some("ServicePrincipal".into()),
+        description,
+        condition: None,
+        created_by: None,
+    }
 }
 
 fn guid(rng: &mut StdRng) -> String {
@@ -159,7 +231,14 @@ fn guid(rng: &mut StdRng) -> String {
 /// What to change in the emulator's configuration for a scenario.
 type Tweak = fn(&mut EmulatorConfig, &Sizes);
 
-async fn setup(env: TestEnv, sizes: &Sizes, rng: &mut StdRng, run: usize, tweak: Tweak) -> World {
+async fn setup(
+    env: TestEnv,
+    sizes: &Sizes,
+    rng: &mut StdRng,
+    run: usize,
+    tweak: Tweak,
+    enforcement: Enforcement,
+) -> World {
     clear_previous_runs(&env).await;
     let mut config = EmulatorConfig::new(Seed::example().unwrap());
     config.rng_seed = rng.random();
@@ -172,10 +251,16 @@ async fn setup(env: TestEnv, sizes: &Sizes, rng: &mut StdRng, run: usize, tweak:
         env.namespace(&format!("b{run}")).await,
     ];
     let account = env.name(&format!("soak{run}"));
+    let exempt = guid(rng);
+    let mut spec = json!({"resourceId": OAI_PROD, "allowedNamespaces": {"names": namespaces}, "deletionPolicy": "Delete"});
+    if enforcement == Enforcement::Exclusive {
+        spec["enforcement"] = json!("Exclusive");
+        spec["exclusiveExemptions"] = json!([exempt]);
+    }
     let account_object: OpenAIAccount = serde_json::from_value(json!({
         "apiVersion": "keyless.dev/v1alpha1", "kind": "OpenAIAccount",
         "metadata": {"name": account, "labels": {SOAK_LABEL: "true"}},
-        "spec": {"resourceId": OAI_PROD, "allowedNamespaces": {"names": namespaces}, "deletionPolicy": "Delete"}
+        "spec": spec
     }))
     .unwrap();
     env.create(&account_object).await;
@@ -227,46 +312,79 @@ async fn setup(env: TestEnv, sizes: &Sizes, rng: &mut StdRng, run: usize, tweak:
     }
 
     // What keyless must leave alone, and the orphans it must sweep.
+    let put_at = |new: AdminRoleAssignment| emulator.put_role_assignment(new).unwrap();
     let put = |principal: &str, description: Option<String>| {
-        emulator
-            .put_role_assignment(AdminRoleAssignment {
-                name: None,
-                scope: OAI_PROD.into(),
-                role_definition_id: OPENAI_USER.into(),
-                principal_id: principal.into(),
-                principal_type: Some("ServicePrincipal".into()),
-                description,
-                condition: None,
-                created_by: None,
-            })
-            .unwrap()
+        put_at(assignment(OAI_PROD, principal, description))
     };
     let mut protected = Vec::new();
-    // Adopted: declared grants someone else already made (unmarked, another instance's).
-    protected.push(Held::from(&put(
-        &principals[1].object_id,
-        Some("made by Bicep".into()),
-    )));
-    protected.push(Held::from(&put(
-        &principals[2].object_id,
-        Some("keyless:v1 instance=cluster-2 declared-by=x/y".to_string()),
-    )));
-    // Foreign, released and another instance's, none declared.
-    for description in [
-        None,
-        Some("keyless:released declared-by=old/gone".to_string()),
-        Some("keyless:v1 instance=cluster-2 declared-by=x/z".to_string()),
-        Some(format!("keyless:v1 instance={INSTANCE}-2 declared-by=x/z")),
-    ] {
-        let principal = guid(rng);
-        protected.push(Held::from(&put(&principal, description)));
+    let mut revocable = BTreeSet::new();
+    let mut exclusive = None;
+    if enforcement == Enforcement::Additive {
+        // Adopted: declared grants someone else already made (unmarked, another instance's).
+        protected.push(Held::from(&put(
+            &principals[1].object_id,
+            Some("made by Bicep".into()),
+        )));
+        protected.push(Held::from(&put(
+            &principals[2].object_id,
+            Some("keyless:v1 instance=cluster-2 declared-by=x/y".to_string()),
+        )));
+        // Foreign, released and another instance's, none declared.
+        for description in [
+            None,
+            Some("keyless:released declared-by=old/gone".to_string()),
+            Some("keyless:v1 instance=cluster-2 declared-by=x/z".to_string()),
+            Some(format!("keyless:v1 instance={INSTANCE}-2 declared-by=x/z")),
+        ] {
+            let principal = guid(rng);
+            protected.push(Held::from(&put(&principal, description)));
+        }
+        let bob = emulator
+            .role_assignments()
+            .into_iter()
+            .find(|a| a.name == BOB_BICEP)
+            .unwrap();
+        protected.push(Held::from(&bob));
+    } else {
+        // Adopted: a declared grant made in the portal; declared, so it stays.
+        protected.push(Held::from(&put(
+            &principals[1].object_id,
+            Some("made by Bicep".into()),
+        )));
+        // Released (Retain promised that no keyless deletes it), exempt (break-glass), with an
+        // ABAC condition, and inherited from the resource group: none declared, all kept.
+        protected.push(Held::from(&put(
+            &guid(rng),
+            Some("keyless:released declared-by=old/gone".to_string()),
+        )));
+        protected.push(Held::from(&put(&exempt, None)));
+        protected.push(Held::from(&put_at(AdminRoleAssignment {
+            condition: Some(
+                "@Resource[Microsoft.CognitiveServices/accounts/deployments:name] StringEquals 'gpt'"
+                    .into(),
+            ),
+            ..assignment(OAI_PROD, &guid(rng), None)
+        })));
+        protected.push(Held::from(&put_at(assignment(
+            RESOURCE_GROUP,
+            &guid(rng),
+            None,
+        ))));
+        // Made outside keyless, undeclared, not exempt: revoked after the grace. The seed's Bicep
+        // assignment of bob, and one in five grants' worth clicked in the portal.
+        revocable.insert(BOB_BICEP.to_string());
+        for _ in 0..sizes.grants / 5 {
+            let made = put_at(AdminRoleAssignment {
+                created_by: Some(PORTAL_ADMIN.into()),
+                ..assignment(OAI_PROD, &guid(rng), None)
+            });
+            revocable.insert(made.name);
+        }
+        exclusive = Some(ExclusiveRule {
+            roles: MANAGED_ROLES.iter().map(|r| r.to_string()).collect(),
+            exempt: BTreeSet::from([exempt.clone()]),
+        });
     }
-    let bob = emulator
-        .role_assignments()
-        .into_iter()
-        .find(|a| a.name == BOB_BICEP)
-        .unwrap();
-    protected.push(Held::from(&bob));
     // Orphans of this instance: nothing declares them, so they must be swept.
     for _ in 0..2 {
         let principal = guid(rng);
@@ -287,6 +405,8 @@ async fn setup(env: TestEnv, sizes: &Sizes, rng: &mut StdRng, run: usize, tweak:
         deleted: BTreeSet::new(),
         allowed: [true, true],
         protected,
+        exclusive,
+        revocable,
         faults: KubeFaults::new(),
     }
 }
@@ -326,6 +446,7 @@ impl World {
             scopes: BTreeSet::from([Grant::new(OAI_PROD, "x", "x").scope]),
             declared,
             protected: self.protected.clone(),
+            exclusive: self.exclusive.clone(),
         }
     }
 
@@ -366,6 +487,14 @@ impl World {
             .count()
     }
 
+    /// Revocations by enforcement Exclusive so far.
+    fn exclusive_revoked(&self) -> usize {
+        self.journal()
+            .iter()
+            .filter(|w| w.kind == WriteKind::Deleted && self.revocable.contains(&w.name))
+            .count()
+    }
+
     fn deletes(&self) -> usize {
         self.journal()
             .iter()
@@ -387,7 +516,7 @@ impl World {
     fn in_process(&self) -> RunningController {
         RunningController::spawn(
             self.env.controller_client(&self.faults),
-            azure_clients(&self.emulator),
+            soak_azure_clients(&self.emulator),
             soak_config(),
         )
     }
@@ -403,6 +532,9 @@ impl World {
             format!("{}ms", RESYNC.as_millis()),
             "--propagation-grace".into(),
             "0s".into(),
+            // A restarted process waits for its first lists; the default looks again every 1 s.
+            "--view-poll-interval".into(),
+            "100ms".into(),
             "--retry-initial".into(),
             "50ms".into(),
             "--retry-max".into(),
@@ -434,7 +566,7 @@ impl World {
                 .display()
                 .to_string(),
             "--azure-timeout".into(),
-            "5s".into(),
+            format!("{}ms", ARM_TIMEOUT.as_millis()),
             "--azure-max-attempts".into(),
             "2".into(),
             "--azure-initial-backoff".into(),
@@ -446,6 +578,8 @@ impl World {
             "--no-assignment-count".into(),
             // The scenarios delete many objects on purpose (a person who would confirm): the
             // mass-revocation hold and the per-window budget are tested in tests/controller.rs.
+            "--exclusive-grace".into(),
+            format!("{}ms", EXCLUSIVE_GRACE.as_millis()),
             "--mass-revocation-percent".into(),
             "100".into(),
             "--delete-budget".into(),
@@ -470,7 +604,7 @@ impl World {
             if started.elapsed() > deadline {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -485,9 +619,19 @@ impl World {
     /// The fault has ended: measure convergence, let a few resyncs pass, check everything.
     async fn finish(&self, sizes: &Sizes, fault_ended_requests: u64) -> RunFigures {
         let converged = self.converge(sizes.deadline).await;
+        if converged.is_none() {
+            self.print_account_conditions().await;
+        }
         let arm_requests_after_fault = self.arm_requests() - fault_ended_requests;
-        // Late writes (a leak swept twice, a revoke after a restart) show within a few resyncs.
-        tokio::time::sleep(RESYNC * 3).await;
+        // Late writes (a leak swept twice, a revoke after a restart) show within a few passes. A
+        // pass begins with its LIST and passes of one account do not overlap, so the LIST after
+        // the next SETTLE_PASSES marks that many whole passes since convergence. Bounded, in case
+        // passes stop (that would show as a failure elsewhere, not as a hang here).
+        let lists = self.emulator.requests_of("RoleAssignments_ListForScope");
+        self.until(RESYNC * 10 * SETTLE_PASSES as u32, |w| {
+            w.emulator.requests_of("RoleAssignments_ListForScope") > lists + SETTLE_PASSES
+        })
+        .await;
         let expect = self.expectation();
         self.assert_no_secret_in_statuses_or_events().await;
         let mut violations = soak::check(&expect, &self.held(), &self.journal());
@@ -500,6 +644,27 @@ impl World {
             converge_after_fault: converged.unwrap_or(sizes.deadline),
             converged: converged.is_some(),
             fastest_retry,
+        }
+    }
+
+    /// What the account's status says, for a run that did not converge.
+    async fn print_account_conditions(&self) {
+        let api: Api<OpenAIAccount> = Api::all(self.env.client.clone());
+        let status = api
+            .get_opt(&self.account)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|a| a.status);
+        for condition in status.map(|s| s.conditions).unwrap_or_default() {
+            eprintln!(
+                "account {}: {} {} {}: {}",
+                self.account,
+                condition.type_,
+                condition.status,
+                condition.reason,
+                condition.message
+            );
         }
     }
 
@@ -583,7 +748,17 @@ impl World {
 fn soak_config() -> keyless::controller::ControllerConfig {
     let mut config = controller_config(INSTANCE);
     config.resync_interval = RESYNC;
+    config.engine.exclusive_grace = EXCLUSIVE_GRACE;
     config
+}
+
+/// The tests' Azure clients (`support::operator`) with the soak's ARM timeout.
+fn soak_azure_clients(emulator: &EmulatorHandle) -> keyless::azure::AzureClients {
+    let config = keyless::azure::AzureConfig {
+        timeout: ARM_TIMEOUT,
+        ..azure_config(emulator)
+    };
+    keyless::azure::AzureClients::from_config_with_env(&config, &|_| None).unwrap()
 }
 
 fn free_port() -> u16 {
@@ -610,6 +785,10 @@ type Drive = for<'a> fn(
 ) -> futures::future::BoxFuture<'a, RunFigures>;
 
 async fn soak_scenario(scenario: &str, tweak: Tweak, drive: Drive) {
+    soak_scenario_under(scenario, Enforcement::Additive, tweak, drive).await;
+}
+
+async fn soak_scenario_under(scenario: &str, enforcement: Enforcement, tweak: Tweak, drive: Drive) {
     let _one = ONE_AT_A_TIME.lock().await;
     // Namespace deletion needs the namespace controller; the first scenario starts the cluster.
     support::cluster::want_controller_manager();
@@ -619,13 +798,18 @@ async fn soak_scenario(scenario: &str, tweak: Tweak, drive: Drive) {
         scenario: scenario.into(),
         seed: sizes.seed,
         runs: Vec::new(),
+        elapsed: Duration::ZERO,
     };
+    let scenario_started = Instant::now();
     for run in 0..sizes.runs {
         let Some(env) = TestEnv::start().await else {
             return;
         };
-        let mut world = setup(env, &sizes, &mut rng, run, tweak).await;
+        let run_started = Instant::now();
+        let mut world = setup(env, &sizes, &mut rng, run, tweak, enforcement).await;
+        let set_up = run_started.elapsed();
         let figures = drive(&mut world, &sizes, &mut rng).await;
+        let driven = run_started.elapsed() - set_up;
         if !figures.violations.is_empty() {
             eprintln!(
                 "{scenario} run {run} (KEYLESS_SOAK_SEED={}): {:?}",
@@ -633,9 +817,19 @@ async fn soak_scenario(scenario: &str, tweak: Tweak, drive: Drive) {
                 figures.violations.iter().take(5).collect::<Vec<_>>()
             );
         }
+        let converged = figures.converge_after_fault;
         row.runs.push(figures);
+        let cleared_from = Instant::now();
         clear_previous_runs(&world.env).await;
+        eprintln!(
+            "soak: {scenario} run {run}: setup {:.1}s, drive {:.1}s (converge after fault {:.1}s), clear {:.1}s",
+            set_up.as_secs_f64(),
+            driven.as_secs_f64(),
+            converged.as_secs_f64(),
+            cleared_from.elapsed().as_secs_f64()
+        );
     }
+    row.elapsed = scenario_started.elapsed();
     let table = format!("{}\n{}", Row::header(), row.line());
     eprintln!("{table}");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("soak");
@@ -755,6 +949,50 @@ async fn kill_9_during_convergence() {
         "kill-9 during convergence",
         no_tweak,
         kill_during_convergence,
+    )
+    .await;
+}
+
+/// Enforcement Exclusive: kills the process once a random share of the declared grants is made,
+/// restarts it, kills it again once a random share of the foreign grants is revoked, restarts it.
+/// The grace's clock is in the account's status, so the restarts must not reset it, nor revoke
+/// anything declared, exempt or inherited.
+fn kill_during_exclusive_revocations<'a>(
+    world: &'a mut World,
+    sizes: &'a Sizes,
+    rng: &'a mut StdRng,
+) -> futures::future::BoxFuture<'a, RunFigures> {
+    Box::pin(async move {
+        let target = world.creates_target(rng);
+        let process = world.process();
+        world.until(sizes.deadline, |w| w.created() >= target).await;
+        process.kill_9();
+        let restarted = world.process();
+        let revocations = (world.revocable.len() as f64 * rng.random_range(0.1..0.9)) as usize;
+        world
+            .until(sizes.deadline, |w| w.exclusive_revoked() >= revocations)
+            .await;
+        restarted.kill_9();
+        eprintln!(
+            "soak: Exclusive: killed with {}/{} foreign grants revoked",
+            world.exclusive_revoked(),
+            world.revocable.len()
+        );
+        let before = world.arm_requests();
+        let again = world.process();
+        let figures = world.finish(sizes, before).await;
+        drop(again);
+        figures
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_exclusive_convergence_and_revocations() {
+    soak_scenario_under(
+        "Exclusive: kill-9 mid-revocation",
+        Enforcement::Exclusive,
+        no_tweak,
+        kill_during_exclusive_revocations,
     )
     .await;
 }
@@ -1068,6 +1306,8 @@ async fn kube_status_writes_422() {
 
 /// How long kube-apiserver stays down in the restart scenario.
 const API_SERVER_DOWN: Duration = Duration::from_secs(2);
+/// How long its graceful shutdown may take before it is killed.
+const API_SERVER_STOP_WITHIN: Duration = Duration::from_secs(3);
 
 /// Part-way through convergence, with a random quarter of the accesses deleted (revocations in
 /// flight), kube-apiserver is stopped and started again: every watch breaks, every status and
@@ -1086,17 +1326,28 @@ fn api_server_restarted<'a>(
         for index in &indexes {
             world.delete_access(*index).await;
         }
+        let restarting = Instant::now();
         world
             .env
             .cluster
-            .restart_apiserver(API_SERVER_DOWN)
+            .restart_apiserver(API_SERVER_DOWN, API_SERVER_STOP_WITHIN)
             .await
             .unwrap();
+        eprintln!(
+            "soak: API server restarted in {:.1}s (down for {:.1}s)",
+            restarting.elapsed().as_secs_f64(),
+            API_SERVER_DOWN.as_secs_f64()
+        );
         let before = world.arm_requests();
         let mut figures = world.finish(sizes, before).await;
+        let finalizers = Instant::now();
         if !world.accesses_gone_within(sizes.deadline).await {
             figures.converged = false;
         }
+        eprintln!(
+            "soak: API server restarted: deleted accesses gone {:.1}s after convergence",
+            finalizers.elapsed().as_secs_f64()
+        );
         controller.kill();
         figures
     })
@@ -1186,7 +1437,7 @@ async fn leader_killed_mid_pass() {
                     });
                     replicas.push(Some(RunningController::spawn(
                         world.env.controller_client(&world.faults),
-                        azure_clients(&world.emulator),
+                        soak_azure_clients(&world.emulator),
                         config,
                     )));
                 }
@@ -1238,6 +1489,7 @@ mod invariant {
             name: name.into(),
             grant: grant(principal),
             description: description.map(str::to_string),
+            conditioned: false,
         }
     }
 
@@ -1267,6 +1519,18 @@ mod invariant {
             scopes: BTreeSet::from([SCOPE.to_string()]),
             declared: declared.iter().map(|p| grant(p)).collect(),
             protected,
+            exclusive: None,
+        }
+    }
+
+    /// Under enforcement Exclusive, role "r" managed, principal "px" exempt.
+    fn exclusive(declared: &[&str]) -> Expectation {
+        Expectation {
+            exclusive: Some(ExclusiveRule {
+                roles: BTreeSet::from(["r".to_string()]),
+                exempt: BTreeSet::from(["px".to_string()]),
+            }),
+            ..expect(declared, vec![])
         }
     }
 
@@ -1341,8 +1605,103 @@ mod invariant {
                     name: "x".into(),
                     grant: Grant::new("/elsewhere", "p1", "r"),
                     description: Some("keyless:v1 instance=me".into()),
+                    conditioned: false,
                 }],
                 vec![],
+            ),
+        ];
+        for (name, expectation, state, expected) in cases {
+            assert_eq!(
+                kinds(&check_state(&expectation, &state)),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn under_exclusive_an_undeclared_grant_made_outside_keyless_must_be_gone_unless_its_rule_keeps_it()
+     {
+        let foreign = |name: &str, principal: &str| held(name, principal, None);
+        let cases: Vec<(&str, Expectation, Vec<Held>, Vec<&str>)> = vec![
+            (
+                "an undeclared foreign grant left behind",
+                exclusive(&["p1"]),
+                vec![ours("1", "p1"), foreign("f", "p2")],
+                vec!["exclusive-not-revoked"],
+            ),
+            (
+                "the same grant under Additive is left alone",
+                expect(&["p1"], vec![]),
+                vec![ours("1", "p1"), foreign("f", "p2")],
+                vec![],
+            ),
+            (
+                "a declared grant made outside keyless is adopted, not revoked",
+                exclusive(&["p1"]),
+                vec![held("1", "p1", Some("made by Bicep"))],
+                vec![],
+            ),
+            (
+                "an exempt principal's grant stays",
+                exclusive(&[]),
+                vec![foreign("x", "px")],
+                vec![],
+            ),
+            (
+                "a grant with an ABAC condition stays",
+                exclusive(&[]),
+                vec![Held {
+                    conditioned: true,
+                    ..foreign("c", "p3")
+                }],
+                vec![],
+            ),
+            (
+                "a released grant stays",
+                exclusive(&[]),
+                vec![held("r", "p4", Some("keyless:released declared-by=a/b"))],
+                vec![],
+            ),
+            (
+                "another instance's grant stays (Exclusive refuses)",
+                exclusive(&[]),
+                vec![held(
+                    "o",
+                    "p5",
+                    Some("keyless:v1 instance=other declared-by=a/b"),
+                )],
+                vec![],
+            ),
+            (
+                "a role keyless does not manage stays",
+                exclusive(&[]),
+                vec![Held {
+                    grant: Grant::new(SCOPE, "p6", "owner"),
+                    ..foreign("o", "p6")
+                }],
+                vec![],
+            ),
+            (
+                "a grant inherited from another scope stays",
+                exclusive(&[]),
+                vec![Held {
+                    grant: Grant::new("/subscriptions/s/resourcegroups/rg", "p7", "r"),
+                    ..foreign("g", "p7")
+                }],
+                vec![],
+            ),
+            (
+                "this instance's undeclared grant is a leak, not a foreign grant",
+                exclusive(&[]),
+                vec![ours("1", "p1")],
+                vec!["leaked"],
+            ),
+            (
+                "a description merely mentioning the marker is foreign",
+                exclusive(&[]),
+                vec![held("m", "p8", Some("made by keyless:v1 instance=me"))],
+                vec!["exclusive-not-revoked"],
             ),
         ];
         for (name, expectation, state, expected) in cases {

@@ -215,7 +215,11 @@ pub fn other_instance(description: Option<&str>, this: &InstanceId) -> Option<St
         .nth(1)?
         .strip_prefix("instance=")
         .and_then(|id| InstanceId::new(id).ok())?;
-    (named != *this && is_owned_by(Some(text), &named)).then(|| named.to_string())
+    // Compared by id alone: `named` carries no fingerprint, so comparing whole ids made this
+    // instance's own fingerprinted markers (every grant `keyless run` makes) "another instance's",
+    // and Exclusive refused on every account keyless had granted on. Our id with another
+    // fingerprint is a collision, which `marker_of` reports, not another instance.
+    (named.as_str() != this.as_str() && is_owned_by(Some(text), &named)).then(|| named.to_string())
 }
 
 /// Whether the description is a released marker: keyless made it and let go (Retain).

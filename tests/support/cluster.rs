@@ -174,10 +174,15 @@ impl Cluster {
         config_from(&self.kubeconfig).await.unwrap()
     }
 
-    /// Stops kube-apiserver (SIGTERM), waits `down_for`, starts it again with the same command
-    /// line and returns once it answers. Every watch and request in flight breaks, as in a
-    /// control-plane upgrade; etcd keeps every object.
-    pub async fn restart_apiserver(&self, down_for: Duration) -> Result<(), String> {
+    /// Stops kube-apiserver (SIGTERM; SIGKILL if it has not stopped within `stop_within`: its
+    /// graceful shutdown can wait a minute for long requests), waits `down_for`, starts it again
+    /// with the same command line and returns once it answers. Every watch and request in flight
+    /// breaks, as in a control-plane upgrade; etcd keeps every object.
+    pub async fn restart_apiserver(
+        &self,
+        down_for: Duration,
+        stop_within: Duration,
+    ) -> Result<(), String> {
         use std::os::unix::process::CommandExt;
         let pid_file = self.dir.join("kube-apiserver.pid");
         let pid = std::fs::read_to_string(&pid_file)
@@ -197,6 +202,8 @@ impl Cluster {
             .status()
             .map_err(|e| format!("kill {pid}: {e}"))?;
         let deadline = tokio::time::Instant::now() + APISERVER_RESTART_WITHIN;
+        let kill_at = tokio::time::Instant::now() + stop_within;
+        let mut killed = false;
         // Stopped: gone, or a zombie (its parent, the exited up.sh, left it to an init that may not
         // reap).
         let running = |pid: &str| {
@@ -211,6 +218,13 @@ impl Cluster {
         while running(&pid) {
             if tokio::time::Instant::now() > deadline {
                 return Err(format!("kube-apiserver {pid} did not stop"));
+            }
+            if !killed && tokio::time::Instant::now() > kill_at {
+                killed = true;
+                Command::new("kill")
+                    .args(["-KILL", &pid])
+                    .status()
+                    .map_err(|e| format!("kill -9 {pid}: {e}"))?;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -4,7 +4,11 @@
 //! After every run, for the account scopes under test:
 //! 1. every declared, eligible grant (scope, principal, role) exists exactly once — none missing,
 //!    no duplicate triple;
-//! 2. no assignment marked by this instance remains that nothing declares (a leak);
+//! 2. no assignment marked by this instance remains that nothing declares (a leak); on an account
+//!    under enforcement Exclusive also (by Exclusive's own rule, [`ExclusiveRule`]) no assignment
+//!    made outside keyless at the account's scope, of a role keyless manages, that nothing
+//!    declares — unless its principal is exempt, it carries an ABAC condition, or it is released
+//!    or marked by another instance;
 //! 3. nothing protected — adopted (a declared grant someone else made), released, foreign, or
 //!    marked by another instance — was written or deleted, and each is still there unchanged;
 //! 4. no grant was deleted and then created again (a DELETE→PUT pair of the same triple): a
@@ -44,6 +48,8 @@ pub struct Held {
     pub name: String,
     pub grant: Grant,
     pub description: Option<String>,
+    /// It carries an ABAC condition (Exclusive never revokes those).
+    pub conditioned: bool,
 }
 
 impl From<&RoleAssignment> for Held {
@@ -52,6 +58,7 @@ impl From<&RoleAssignment> for Held {
             name: a.name.to_lowercase(),
             grant: Grant::new(&a.scope, &a.principal_id, &a.role_definition_guid),
             description: a.description.clone(),
+            conditioned: a.condition.is_some(),
         }
     }
 }
@@ -62,6 +69,7 @@ impl From<&AssignmentWrite> for Held {
             name: w.name.to_lowercase(),
             grant: Grant::new(&w.scope, &w.principal_id, &w.role_definition_guid),
             description: w.description.clone(),
+            conditioned: false,
         }
     }
 }
@@ -78,6 +86,40 @@ pub struct Expectation {
     pub declared: BTreeSet<Grant>,
     /// Assignments keyless must never write or delete, as they were before the run.
     pub protected: Vec<Held>,
+    /// The accounts' enforcement Exclusive, when they are under it.
+    pub exclusive: Option<ExclusiveRule>,
+}
+
+/// Enforcement Exclusive's rule, as the oracle reads it: at the account scopes, an assignment of
+/// one of `roles` that nothing declares must be gone at the end, unless this instance made it
+/// (then it is a leak, check 2), it is released or marked by another keyless instance, it carries
+/// an ABAC condition, or its principal is in `exempt`.
+#[derive(Clone, Debug, Default)]
+pub struct ExclusiveRule {
+    /// Role definition GUIDs keyless manages (lower case).
+    pub roles: BTreeSet<String>,
+    /// `exclusiveExemptions`: principal object ids (lower case).
+    pub exempt: BTreeSet<String>,
+}
+
+impl ExclusiveRule {
+    /// True when Exclusive must have revoked `held` (it is in scope and undeclared).
+    fn must_revoke(&self, held: &Held, instance: &str) -> bool {
+        let description = held.description.as_deref();
+        self.roles.contains(&held.grant.role)
+            && !self.exempt.contains(&held.grant.principal)
+            && !held.conditioned
+            && !marked_by(description, instance)
+            && !keyless_marked(description)
+    }
+}
+
+/// True when the description is any keyless marker: another instance's, or a released grant's.
+fn keyless_marked(description: Option<&str>) -> bool {
+    matches!(
+        description.unwrap_or_default().split(' ').next(),
+        Some("keyless:v1" | "keyless:released")
+    )
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +130,9 @@ pub enum Violation {
     Duplicate { grant: Grant, count: usize },
     /// An assignment of this instance remains that nothing declares.
     Leaked { name: String, grant: Grant },
+    /// Under enforcement Exclusive, an assignment made outside keyless remains that nothing
+    /// declares and nothing exempts.
+    NotRevoked { name: String, grant: Grant },
     /// A protected assignment is gone, or its description changed.
     ProtectedChanged { name: String },
     /// keyless wrote or deleted a protected assignment.
@@ -111,6 +156,7 @@ impl Violation {
             Violation::Missing(_) => "missing",
             Violation::Duplicate { .. } => "duplicate",
             Violation::Leaked { .. } => "leaked",
+            Violation::NotRevoked { .. } => "exclusive-not-revoked",
             Violation::ProtectedChanged { .. } => "protected-changed",
             Violation::ProtectedWritten { .. } => "protected-written",
             Violation::DeletedThenCreated { .. } => "delete-then-create",
@@ -155,10 +201,18 @@ pub fn check_state(expect: &Expectation, assignments: &[Held]) -> Vec<Violation>
         }
     }
     for held in &in_scope {
-        if marked_by(held.description.as_deref(), &expect.instance)
-            && !expect.declared.contains(&held.grant)
-        {
+        if expect.declared.contains(&held.grant) {
+            continue;
+        }
+        if marked_by(held.description.as_deref(), &expect.instance) {
             violations.push(Violation::Leaked {
+                name: held.name.clone(),
+                grant: held.grant.clone(),
+            });
+        } else if let Some(rule) = &expect.exclusive
+            && rule.must_revoke(held, &expect.instance)
+        {
+            violations.push(Violation::NotRevoked {
                 name: held.name.clone(),
                 grant: held.grant.clone(),
             });
@@ -319,6 +373,8 @@ pub struct Row {
     pub scenario: String,
     pub seed: u64,
     pub runs: Vec<RunFigures>,
+    /// The scenario's wall time, all runs with their setup and clearing.
+    pub elapsed: Duration,
 }
 
 impl Row {
@@ -331,7 +387,7 @@ impl Row {
 
     pub fn header() -> String {
         format!(
-            "{:<34} {:>4} {:>6} {:<28} {:>10} {:>10} {:>10} {:>10} {:>20}",
+            "{:<34} {:>4} {:>6} {:<28} {:>10} {:>10} {:>10} {:>10} {:>8} {:>20}",
             "scenario",
             "runs",
             "grants",
@@ -340,10 +396,11 @@ impl Row {
             "converge",
             "converge",
             "retry",
+            "time",
             "seed"
         ) + &format!(
-            "\n{:<34} {:>4} {:>6} {:<28} {:>10} {:>10} {:>10} {:>10} {:>20}",
-            "", "", "", "", "(max)", "(median)", "(max)", "(soonest)", ""
+            "\n{:<34} {:>4} {:>6} {:<28} {:>10} {:>10} {:>10} {:>10} {:>8} {:>20}",
+            "", "", "", "", "(max)", "(median)", "(max)", "(soonest)", "(all)", ""
         )
     }
 
@@ -369,7 +426,7 @@ impl Row {
             .min()
             .map_or("-".to_string(), |d| format!("{}ms", d.as_millis()));
         format!(
-            "{:<34} {:>4} {:>6} {:<28} {:>10.2} {:>9.1}s {:>9.1}s {:>10} {:>20}",
+            "{:<34} {:>4} {:>6} {:<28} {:>10.2} {:>9.1}s {:>9.1}s {:>10} {:>7.0}s {:>20}",
             self.scenario,
             self.runs.len(),
             self.runs.first().map_or(0, |r| r.grants),
@@ -378,6 +435,7 @@ impl Row {
             median.as_secs_f64(),
             max.as_secs_f64(),
             soonest_retry,
+            self.elapsed.as_secs_f64(),
             self.seed
         )
     }

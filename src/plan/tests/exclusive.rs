@@ -305,6 +305,34 @@ fn a_held_pass_keeps_the_clocks_and_a_refused_one_lists_nothing() {
     assert!(refused.exclusive.listed.is_empty());
 }
 
+// Found by the soak: `keyless run` fingerprints its instance with the cluster's UID, and its own
+// markers (with or without a fingerprint) were read as another instance's, so Exclusive refused on
+// every account it had granted on.
+#[test]
+fn this_instances_own_grants_do_not_make_exclusive_refuse_whatever_their_fingerprint() {
+    let fingerprinted = |n: u8| {
+        let name = assignment_name(&scope(), &oid(n), RoleName::OpenAIUser).to_string();
+        mk_observed(
+            n,
+            &name,
+            Some(ownership_marker(&us_fingerprinted(), "team-a/earlier")),
+        )
+    };
+    let mut world = exclusive_world(
+        vec![mk_access("team-a", "chat", &[1, 2])],
+        vec![fingerprinted(1), ours(2), portal(3, A)],
+    );
+    world.instance = us_fingerprinted();
+    let plan = world.plan();
+    assert_eq!(
+        plan.exclusive.verdict,
+        ExclusiveVerdict::Revoking { count: 1 },
+        "{:?}",
+        plan.exclusive.verdict
+    );
+    assert_eq!(deleted_names(&plan), vec![A.to_string()]);
+}
+
 #[test]
 fn exclusive_revocations_share_the_per_pass_delete_limit() {
     let mut world = exclusive_world(Vec::new(), vec![portal(1, A), portal(2, B)]);
