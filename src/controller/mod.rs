@@ -316,10 +316,10 @@ struct Views {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Whether each store has listed and is watching; kept across terms with the stores.
     health: ViewHealth,
-    account_changes: broadcast::Sender<Arc<DeserializeGuard<OpenAIAccount>>>,
-    access_changes: broadcast::Sender<Arc<LenientAccess>>,
-    service_account_changes: broadcast::Sender<Arc<PartialObjectMeta<ServiceAccount>>>,
-    namespace_changes: broadcast::Sender<Arc<PartialObjectMeta<Namespace>>>,
+    account_changes: broadcast::Sender<Touched<DeserializeGuard<OpenAIAccount>>>,
+    access_changes: broadcast::Sender<Touched<LenientAccess>>,
+    service_account_changes: broadcast::Sender<Touched<PartialObjectMeta<ServiceAccount>>>,
+    namespace_changes: broadcast::Sender<Touched<PartialObjectMeta<Namespace>>>,
 }
 
 impl Views {
@@ -423,6 +423,16 @@ fn forget_deleted_accounts(
     }
 }
 
+/// An object a store touched, and whether it came with the store's first list. Nothing reads a
+/// store before its first list is complete (a pass waits for every store; a term starts with
+/// every account), so what the first list brings is no change to anyone: a change filter only
+/// learns it, and a cold start costs each account one pass, not one per kind that listed late.
+#[derive(Clone)]
+struct Touched<K> {
+    object: Arc<K>,
+    first_list: bool,
+}
+
 /// One reflector on a task of its own: the store, and a broadcast of every object it touched.
 /// `observe` sees each event after the reflector applied it (the view's health, an index), so
 /// "listed" is never seen before the list is in the store. `managedFields` are dropped before the
@@ -431,7 +441,7 @@ fn reflect<K>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     observe: impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static,
     shutdown: Shared<BoxFuture<'static, ()>>,
-) -> (Store<K>, broadcast::Sender<Arc<K>>)
+) -> (Store<K>, broadcast::Sender<Touched<K>>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
@@ -443,16 +453,29 @@ where
         .modify(|object: &mut K| object.managed_fields_mut().clear())
         .reflect(writer)
         .inspect(observe)
-        .touched_objects()
         .take_until(shutdown);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        while let Some(touched) = stream.next().await {
+        let mut listed = false;
+        while let Some(event) = stream.next().await {
             // Watch errors are already counted by the view; the watcher retries with backoff.
-            if let Ok(object) = touched {
-                // No receiver (no term running, on a standby) is fine: the store holds it.
-                let _ = sender.send(Arc::new(object));
-            }
+            let (object, first_list) = match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                    (object, false)
+                }
+                // A relist's objects are changes: the watch may have missed them.
+                Ok(watcher::Event::InitApply(object)) => (object, !listed),
+                Ok(watcher::Event::InitDone) => {
+                    listed = true;
+                    continue;
+                }
+                Ok(watcher::Event::Init) | Err(_) => continue,
+            };
+            // No receiver (no term running, on a standby) is fine: the store holds it.
+            let _ = sender.send(Touched {
+                object: Arc::new(object),
+                first_list,
+            });
         }
     });
     (store, changes)
@@ -461,9 +484,9 @@ where
 /// What the store touched from now on, for one term's controller. A receiver that fell behind
 /// the buffer gets every object in the store instead of the ones it missed.
 fn changes<K>(
-    changes: &broadcast::Sender<Arc<K>>,
+    changes: &broadcast::Sender<Touched<K>>,
     store: Store<K>,
-) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+) -> impl futures::Stream<Item = Touched<K>> + Send + 'static
 where
     K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
@@ -474,8 +497,14 @@ where
         let store = store.clone();
         async move {
             match receiver.recv().await {
-                Ok(object) => Some((vec![object], receiver)),
-                Err(broadcast::error::RecvError::Lagged(_)) => Some((store.state(), receiver)),
+                Ok(touched) => Some((vec![touched], receiver)),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let everything = store.state().into_iter().map(|object| Touched {
+                        object,
+                        first_list: false,
+                    });
+                    Some((everything.collect(), receiver))
+                }
                 Err(broadcast::error::RecvError::Closed) => None,
             }
         }
@@ -500,6 +529,13 @@ where
     })
     .flatten()
     .chain(later)
+}
+
+/// Every touched object, those of the first list included.
+fn objects<K>(
+    stream: impl futures::Stream<Item = Touched<K>> + Send + 'static,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+    stream.map(|touched| touched.object)
 }
 
 /// A shared stream as the `watches_stream` input the mappers take (owned objects).
@@ -662,13 +698,16 @@ async fn run_controllers(
     let accesses_for_account = views.access_index.clone();
     let access_controller = Controller::for_shared_stream(
         everything_then_changes(
-            changes(&views.access_changes, access_store.clone()),
+            objects(changes(&views.access_changes, access_store.clone())),
             access_store.clone(),
         ),
         access_store.clone(),
     )
     .watches_stream(
-        owned(changes(&views.account_changes, account_store.clone())),
+        owned(objects(changes(
+            &views.account_changes,
+            account_store.clone(),
+        ))),
         move |account| {
             let name = account.name_any();
             accesses_referencing(&accesses_for_account, &name)
@@ -727,14 +766,14 @@ fn account_refs(
 
 /// What an account pass reads of an OpenAIAccount or OpenAIAccess besides what the store gives it
 /// at pass time: a change to any of these is a reason for a pass. The generation moves with the
-/// spec and on deletion (the API server bumps it when it sets `deletionTimestamp`); finalizers
-/// and annotations (pause, confirmed revocations) are metadata. A status write — keyless's own,
-/// at the end of every pass that changed something — moves none of them.
+/// spec and on deletion (the API server bumps it when it sets `deletionTimestamp`); annotations
+/// (pause, confirmed revocations) are metadata. Keyless's own writes move none of them: the
+/// status at the end of a pass that changed something, and the finalizer it adds on first sight
+/// (one someone removed by hand comes back at the next pass; its removal is no reason for one).
 #[derive(PartialEq)]
 struct PassInputs {
     generation: Option<i64>,
     deleting: bool,
-    finalizers: Vec<String>,
     annotations: std::collections::BTreeMap<String, String>,
 }
 
@@ -744,7 +783,6 @@ impl PassInputs {
         PassInputs {
             generation: meta.generation,
             deleting: meta.deletion_timestamp.is_some(),
-            finalizers: meta.finalizers.clone().unwrap_or_default(),
             annotations: meta.annotations.clone().unwrap_or_default(),
         }
     }
@@ -754,7 +792,7 @@ impl PassInputs {
 /// store held them when the term began), or that are new, or gone from the store (deleted).
 /// `stream` must be subscribed before this is called (it is, as an argument).
 fn only_changes<K, V>(
-    stream: impl futures::Stream<Item = Arc<K>> + Send + 'static,
+    stream: impl futures::Stream<Item = Touched<K>> + Send + 'static,
     store: Store<K>,
     read: impl Fn(&K) -> V + Send + 'static,
 ) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
@@ -774,11 +812,17 @@ where
     for object in store.state() {
         seen.changed(key_of(&object), Some(read(&object)));
     }
-    stream.filter(move |object| {
-        let key = key_of(object);
-        let present = store.get(&ObjectRef::from_obj(object.as_ref())).is_some();
-        let current = present.then(|| read(object));
-        futures::future::ready(seen.changed(key, current))
+    stream.filter_map(move |Touched { object, first_list }| {
+        let key = key_of(&object);
+        let changed = if first_list {
+            seen.changed(key, Some(read(&object)));
+            false
+        } else {
+            let present = store.get(&ObjectRef::from_obj(object.as_ref())).is_some();
+            let current = present.then(|| read(&object));
+            seen.changed(key, current)
+        };
+        futures::future::ready(changed.then_some(object))
     })
 }
 

@@ -148,9 +148,9 @@ async fn reconcile_account_pass(
     }
     fence(&ctx)?;
     if !being_deleted && !has_finalizer(account) {
+        // The pass goes on in the same reconcile: the finalizer is in place before any grant
+        // (the patch's own watch event is no reason for another pass, see `PassInputs`).
         set_finalizer(&api, account, true).await?;
-        // The patch is seen as a watch event and reconciled again with the finalizer in place.
-        return Ok(Action::await_change());
     }
 
     let Ok(scope) = AccountScope::parse(&account.spec.resource_id) else {
