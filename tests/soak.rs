@@ -1309,9 +1309,16 @@ const API_SERVER_DOWN: Duration = Duration::from_secs(2);
 /// How long its graceful shutdown may take before it is killed.
 const API_SERVER_STOP_WITHIN: Duration = Duration::from_secs(3);
 
-/// Part-way through convergence, with a random quarter of the accesses deleted (revocations in
-/// flight), kube-apiserver is stopped and started again: every watch breaks, every status and
-/// finalizer write fails for a while, etcd keeps everything.
+/// ARM's latency while kube-apiserver restarts. Writes on a scope are one at a time, so with it
+/// the grants still to make take longer than the server takes to stop: without it 100 grants were
+/// all made before the server had stopped, and the restart no longer landed mid-convergence.
+const API_SERVER_RESTART_ARM_LATENCY: Duration = Duration::from_millis(200);
+
+/// Part-way through convergence (10–60 % of the grants made), with a random quarter of the
+/// accesses deleted (revocations in flight), kube-apiserver is stopped and started again: every
+/// watch breaks, every status and finalizer write fails for a while, etcd keeps everything. ARM
+/// answers slowly from the restart's start until the server is back, so convergence outlasts the
+/// stop; the run asserts that declared grants were still missing when the server had stopped.
 fn api_server_restarted<'a>(
     world: &'a mut World,
     sizes: &'a Sizes,
@@ -1319,24 +1326,49 @@ fn api_server_restarted<'a>(
 ) -> futures::future::BoxFuture<'a, RunFigures> {
     Box::pin(async move {
         let controller = world.in_process();
-        let target = world.creates_target(rng);
+        let creates = world.expectation().declared.len().saturating_sub(2);
+        let target = (creates as f64 * rng.random_range(0.1..0.6)) as usize;
         world.until(sizes.deadline, |w| w.created() >= target).await;
+        let faults = world.emulator.faults();
+        world.emulator.set_faults(Faults {
+            latency: API_SERVER_RESTART_ARM_LATENCY,
+            ..faults.clone()
+        });
         let mut indexes: Vec<usize> = (0..world.accesses.len()).collect();
         indexes.retain(|_| rng.random_bool(0.25));
         for index in &indexes {
             world.delete_access(*index).await;
         }
         let restarting = Instant::now();
-        world
+        let stopped = world
             .env
             .cluster
-            .restart_apiserver(API_SERVER_DOWN, API_SERVER_STOP_WITHIN)
+            .stop_apiserver(API_SERVER_STOP_WITHIN)
             .await
             .unwrap();
+        let stopped_after = restarting.elapsed();
+        // The fault landed mid-convergence: declared grants not yet made, or undeclared ones of
+        // this instance not yet revoked, when the server had stopped.
+        let expect = world.expectation();
+        let held: BTreeSet<Grant> = world.held().into_iter().map(|h| h.grant).collect();
+        let missing = expect.declared.difference(&held).count();
+        let to_revoke = world.to_revoke();
+        tokio::time::sleep(API_SERVER_DOWN).await;
+        world.env.cluster.start_apiserver(stopped).await.unwrap();
+        world.emulator.set_faults(faults);
         eprintln!(
-            "soak: API server restarted in {:.1}s (down for {:.1}s)",
+            "soak: API server stopped in {:.1}s with {missing} of {} grants still to make and \
+             {to_revoke} to revoke; back {:.1}s after the stop began",
+            stopped_after.as_secs_f64(),
+            expect.declared.len(),
             restarting.elapsed().as_secs_f64(),
-            API_SERVER_DOWN.as_secs_f64()
+        );
+        assert!(
+            missing > 0,
+            "the API server restart did not land mid-convergence: every declared grant was made \
+             before the server had stopped ({:.1}s after SIGTERM; KEYLESS_SOAK_SEED={})",
+            stopped_after.as_secs_f64(),
+            sizes.seed
         );
         let before = world.arm_requests();
         let mut figures = world.finish(sizes, before).await;

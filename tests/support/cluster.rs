@@ -183,7 +183,14 @@ impl Cluster {
         down_for: Duration,
         stop_within: Duration,
     ) -> Result<(), String> {
-        use std::os::unix::process::CommandExt;
+        let stopped = self.stop_apiserver(stop_within).await?;
+        tokio::time::sleep(down_for).await;
+        self.start_apiserver(stopped).await
+    }
+
+    /// The first half of [`Cluster::restart_apiserver`]: SIGTERM, SIGKILL past `stop_within`,
+    /// returns once the process has stopped, with what [`Cluster::start_apiserver`] needs.
+    pub async fn stop_apiserver(&self, stop_within: Duration) -> Result<StoppedApiServer, String> {
         let pid_file = self.dir.join("kube-apiserver.pid");
         let pid = std::fs::read_to_string(&pid_file)
             .map_err(|e| format!("read {}: {e}", pid_file.display()))?
@@ -228,7 +235,22 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(down_for).await;
+        Ok(StoppedApiServer {
+            program: program.clone(),
+            args: args.to_vec(),
+            deadline,
+        })
+    }
+
+    /// Starts kube-apiserver again with the command line it had; returns once it answers.
+    pub async fn start_apiserver(&self, stopped: StoppedApiServer) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let StoppedApiServer {
+            program,
+            args,
+            deadline,
+        } = stopped;
+        let pid_file = self.dir.join("kube-apiserver.pid");
         let log = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -258,6 +280,14 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// A kube-apiserver [`Cluster::stop_apiserver`] stopped: its command line, and the deadline of
+/// the whole restart.
+pub struct StoppedApiServer {
+    program: String,
+    args: Vec<String>,
+    deadline: tokio::time::Instant,
 }
 
 async fn config_from(kubeconfig: &Path) -> Result<kube::Config, String> {
