@@ -10,6 +10,7 @@ pub mod kube_io;
 pub mod lenient;
 pub mod limits;
 pub mod reconcile;
+pub mod trim;
 pub mod view;
 
 use crate::api::OpenAIAccount;
@@ -343,6 +344,7 @@ impl Views {
                 Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
                 watcher_config.clone(),
             ),
+            trim::managed_fields,
             forget_deleted_accounts(metrics.clone()),
             shutdown.clone(),
         );
@@ -352,6 +354,7 @@ impl Views {
                 Api::<LenientAccess>::all(client.clone()),
                 watcher_config.clone(),
             ),
+            trim::access,
             {
                 let health = health.clone();
                 let index = access_index.clone();
@@ -371,6 +374,7 @@ impl Views {
                 Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
                 watcher_config.clone(),
             ),
+            trim::service_account,
             {
                 let health = health.clone();
                 move |event| health.observe(SERVICE_ACCOUNT_STORE, event)
@@ -382,6 +386,7 @@ impl Views {
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 watcher_config,
             ),
+            trim::namespace,
             {
                 let health = health.clone();
                 move |event| health.observe(NAMESPACE_STORE, event)
@@ -425,10 +430,11 @@ fn forget_deleted_accounts(
 
 /// One reflector on a task of its own: the store, and a broadcast of every object it touched.
 /// `observe` sees each event after the reflector applied it (the view's health, an index), so
-/// "listed" is never seen before the list is in the store. `managedFields` are dropped before the
-/// store: keyless never reads them, and they are often the larger part of an object.
+/// "listed" is never seen before the list is in the store. `trim` drops what keyless never reads
+/// before the store keeps it (see [`trim`]).
 fn reflect<K>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    trim: fn(&mut K),
     observe: impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static,
     shutdown: Shared<BoxFuture<'static, ()>>,
 ) -> (Store<K>, broadcast::Sender<Arc<K>>)
@@ -440,7 +446,7 @@ where
     let sender = changes.clone();
     let stream = events
         .default_backoff()
-        .modify(|object: &mut K| object.managed_fields_mut().clear())
+        .modify(trim)
         .reflect(writer)
         .inspect(observe)
         .touched_objects()
