@@ -301,6 +301,9 @@ fn watch_lease_holder(
     seen
 }
 
+/// Objects per page of a store's list (kube's default).
+const WATCH_PAGE_SIZE: u32 = 500;
+
 /// How many touched objects each store's broadcast holds for a term's controllers; a controller
 /// that falls further behind is handed the whole store instead (nothing is lost, only merged).
 const CHANGES_BUFFER: usize = 1024;
@@ -331,7 +334,12 @@ impl Views {
         metrics: &Metrics,
         shutdown: Shared<BoxFuture<'static, ()>>,
     ) -> Views {
-        let watcher_config = watcher::Config::default().any_semantic();
+        // Paged lists of the most recent state (the default semantic), not `any_semantic`: the
+        // API server ignores `limit` for a list at resourceVersion 0 and answers it whole from its
+        // cache, so 20,000 ServiceAccounts arrived as one 24 MB body, decoded at once, before a
+        // single object could be trimmed. In pages of WATCH_PAGE_SIZE, at most one page is held
+        // untrimmed; the view still completes only with the list's last page.
+        let watcher_config = watcher::Config::default().page_size(WATCH_PAGE_SIZE);
         let health = ViewHealth::new(
             &[ACCESS_STORE, SERVICE_ACCOUNT_STORE, NAMESPACE_STORE],
             view::FailureLimits {
