@@ -60,6 +60,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Bench(args) if args.controller.controller => {
+            let failed = keyless::bench::controller::run(
+                &args.controller,
+                args.accounts.unwrap_or(20),
+                std::time::Duration::from_millis(args.latency_ms),
+                args.page_size,
+                !args.no_throttling,
+            )
+            .await?;
+            if args.controller.check && !failed.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Bench(args) => keyless::files::bench::run(&args).await?,
     }
     Ok(ExitCode::SUCCESS)

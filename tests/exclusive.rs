@@ -17,29 +17,24 @@ use kube::api::Api;
 use serde_json::json;
 use std::time::Duration;
 use support::cluster::{RunningController, TestEnv};
+use support::example_seed::{ALICE, BOB, BOB_BICEP, OAI_PROD, OPENAI_USER};
 use support::kube_faults::{Fault, KubeFaults, Verb};
 use support::operator::{azure_clients, controller_config, emulator};
+use support::wait::eventually;
 
 const RG: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod";
-const OAI_PROD: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-prod";
-const ALICE: &str = "82f6c951-ea04-4434-a839-f80b32aa6337";
-const BOB: &str = "16cb6f20-2462-4c3e-91e6-df2449d889ba";
 const CAROL: &str = "c0c0c0c0-0000-4000-8000-00000000ca01";
 const DAVE: &str = "d0d0d0d0-0000-4000-8000-00000000da01";
 const FRANK: &str = "f0f0f0f0-0000-4000-8000-00000000fa01";
 const GINA: &str = "90909090-0000-4000-8000-0000000091aa";
 /// Who clicked in the portal: ARM's `createdBy`.
 const PORTAL_ADMIN: &str = "adadadad-0000-4000-8000-0000000000ad";
-const OPENAI_USER: &str = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd";
 const CAROLS: &str = "c4c4c4c4-1111-4222-8333-444444444401";
 const ALICES: &str = "a4a4a4a4-1111-4222-8333-444444444401";
 const DAVES: &str = "d4d4d4d4-1111-4222-8333-444444444401";
 const FRANKS: &str = "f4f4f4f4-1111-4222-8333-444444444401";
 const GINAS: &str = "94949494-1111-4222-8333-444444444401";
-/// Bob's assignment in the emulator's seed (Bicep).
-const BOBS: &str = "486f9612-51c0-5f11-a5cd-84378ffd1469";
 const INSTANCE: &str = "cluster-1";
-const EVENTUALLY_WITHIN: Duration = Duration::from_secs(30);
 
 struct Harness {
     env: TestEnv,
@@ -185,16 +180,6 @@ impl Harness {
     }
 }
 
-async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
-    let deadline = tokio::time::Instant::now() + EVENTUALLY_WITHIN;
-    while !check().await {
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exclusive_lists_then_revokes_exactly_the_undeclared_account_scope_assignments_after_the_grace()
  {
@@ -238,7 +223,7 @@ async fn exclusive_lists_then_revokes_exactly_the_undeclared_account_scope_assig
     let present = h.present();
     for (kept, why) in [
         (ALICES, "declared (adopted)"),
-        (BOBS, "exempt"),
+        (BOB_BICEP, "exempt"),
         (DAVES, "inherited"),
         (FRANKS, "ABAC condition"),
     ] {

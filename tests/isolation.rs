@@ -18,22 +18,12 @@ use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::time::Duration;
 use support::cluster::{RunningController, TestEnv};
+use support::example_seed::{
+    AIS_DEV, ALICE, BOB, OAI_PROD, OPENAI_USER, SCORER_APP_ID, SCORER_SP, SUB, SUMMARIZER, holders,
+};
 use support::kube_faults::KubeFaults;
 use support::operator::{azure_clients, controller_config, emulator};
-
-const SUB: &str = "3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f";
-const OAI_PROD: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-prod";
-const AIS_DEV: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/ais-dev";
-const ALICE: &str = "82f6c951-ea04-4434-a839-f80b32aa6337";
-/// bob's Bicep-made assignment on oai-prod is in the seed: not keyless's.
-const BOB: &str = "16cb6f20-2462-4c3e-91e6-df2449d889ba";
-const SUMMARIZER: &str = "95ce509f-d768-4c1d-b9ae-4595afb90593";
-/// The seed's batch-scorer: an app registration (not a managed identity) with no federated
-/// credential.
-const SCORER_APP_ID: &str = "1f314dbd-f47f-4150-ba72-84dd3ee0450a";
-const SCORER_SP: &str = "6bdcdd12-8bfa-47e7-9b5b-bdef4d370b97";
-const OPENAI_USER: &str = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd";
-const EVENTUALLY_WITHIN: Duration = Duration::from_secs(30);
+use support::wait::eventually;
 
 fn summarizer() -> serde_json::Value {
     json!({"managedIdentity": format!("/subscriptions/{SUB}/resourceGroups/rg-identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-summarizer")})
@@ -181,32 +171,10 @@ impl World {
     }
 }
 
-/// Principal ids holding OpenAI User at `scope` in the emulator, sorted.
-fn holders(emulator: &EmulatorHandle, scope: &str) -> Vec<String> {
-    let mut ids: Vec<String> = emulator
-        .role_assignments()
-        .into_iter()
-        .filter(|a| a.scope.eq_ignore_ascii_case(scope) && a.role_definition_guid == OPENAI_USER)
-        .map(|a| a.principal_id)
-        .collect();
-    ids.sort();
-    ids
-}
-
 fn sorted(ids: &[&str]) -> Vec<String> {
     let mut ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
     ids.sort();
     ids
-}
-
-async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
-    let deadline = tokio::time::Instant::now() + EVENTUALLY_WITHIN;
-    while !check().await {
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Several resyncs (700 ms each in the test configuration): long enough for a wrong write to happen.

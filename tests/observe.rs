@@ -17,19 +17,13 @@ use keyless::emulator::journal::WriteKind;
 use keyless::emulator::{AdminRoleAssignment, EmulatorHandle};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use std::time::Duration;
 use support::cluster::{RunningController, TestEnv};
+use support::example_seed::{ALICE, BOB, GROUP, OAI_PROD, OPENAI_USER};
 use support::kube_faults::KubeFaults;
 use support::operator::{azure_clients, controller_config, emulator};
+use support::wait::eventually;
 
-const OAI_PROD: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-prod";
-const ALICE: &str = "82f6c951-ea04-4434-a839-f80b32aa6337";
-const BOB: &str = "16cb6f20-2462-4c3e-91e6-df2449d889ba";
-const GROUP: &str = "d81d0366-c3d7-4b8d-92f3-1be6d6479d9a";
-const OPENAI_USER: &str = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd";
 const INSTANCE: &str = "cluster-1";
-/// How long `eventually` waits: the real server and the emulator share two cores with the build.
-const EVENTUALLY_WITHIN: Duration = Duration::from_secs(30);
 
 struct Harness {
     env: TestEnv,
@@ -181,16 +175,6 @@ impl Harness {
         if let Some(running) = self.running.take() {
             running.stop().await.unwrap();
         }
-    }
-}
-
-async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
-    let deadline = tokio::time::Instant::now() + EVENTUALLY_WITHIN;
-    while !check().await {
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -497,17 +497,17 @@ where
     .flat_map(futures::stream::iter)
 }
 
-/// Every object in the store once it has listed, then what it touches from then on: a term
-/// starts by reconciling everything, from the store the replica kept warm.
+/// Every object in the store once it has listed, then `later` (a term's changes, subscribed
+/// before this is called): a term starts by reconciling everything, from the store the replica
+/// kept warm.
 fn everything_then_changes<K>(
-    sender: &broadcast::Sender<Arc<K>>,
+    later: impl futures::Stream<Item = Arc<K>> + Send + 'static,
     store: Store<K>,
 ) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
 where
     K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let later = changes(sender, store.clone());
     futures::stream::once(async move {
         wait_until_ready(&store).await;
         futures::stream::iter(store.state())
@@ -613,13 +613,26 @@ async fn run_controllers(
         ));
     }
 
+    // Accounts and accesses: only changes a pass reads (not keyless's own status writes, which
+    // would each cost an echo pass and an ARM LIST).
     let account_controller = Controller::for_shared_stream(
-        everything_then_changes(&views.account_changes, account_store.clone()),
+        everything_then_changes(
+            only_changes(
+                changes(&views.account_changes, account_store.clone()),
+                account_store.clone(),
+                PassInputs::of,
+            ),
+            account_store.clone(),
+        ),
         account_store.clone(),
     )
     .with_config(ControllerRuntimeConfig::default().concurrency(context.config.concurrency))
     .watches_stream(
-        owned(changes(&views.access_changes, access_store.clone())),
+        owned(only_changes(
+            changes(&views.access_changes, access_store.clone()),
+            access_store.clone(),
+            PassInputs::of,
+        )),
         access_to_account,
     )
     // Only what keyless reads of them: a ServiceAccount's client-id annotation, a Namespace's
@@ -662,7 +675,10 @@ async fn run_controllers(
     // The light controller over OpenAIAccess: malformed objects and missing accounts.
     let accesses_for_account = views.access_index.clone();
     let access_controller = Controller::for_shared_stream(
-        everything_then_changes(&views.access_changes, access_store.clone()),
+        everything_then_changes(
+            changes(&views.access_changes, access_store.clone()),
+            access_store.clone(),
+        ),
         access_store.clone(),
     )
     .watches_stream(
@@ -721,6 +737,31 @@ fn account_refs(
         .iter()
         .map(|name| ObjectRef::new(name))
         .collect()
+}
+
+/// What an account pass reads of an OpenAIAccount or OpenAIAccess besides what the store gives it
+/// at pass time: a change to any of these is a reason for a pass. The generation moves with the
+/// spec and on deletion (the API server bumps it when it sets `deletionTimestamp`); finalizers
+/// and annotations (pause, confirmed revocations) are metadata. A status write — keyless's own,
+/// at the end of every pass that changed something — moves none of them.
+#[derive(PartialEq)]
+struct PassInputs {
+    generation: Option<i64>,
+    deleting: bool,
+    finalizers: Vec<String>,
+    annotations: std::collections::BTreeMap<String, String>,
+}
+
+impl PassInputs {
+    fn of<K: kube::Resource>(object: &K) -> PassInputs {
+        let meta = object.meta();
+        PassInputs {
+            generation: meta.generation,
+            deleting: meta.deletion_timestamp.is_some(),
+            finalizers: meta.finalizers.clone().unwrap_or_default(),
+            annotations: meta.annotations.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// The objects of `stream` whose `read` part changed since this term last saw them (or since the
@@ -793,7 +834,14 @@ async fn with_cluster_fingerprint(
 
 /// `keyless run`: connect to the cluster and Azure, then reconcile until SIGTERM or Ctrl-C.
 pub async fn run_from_args(args: args::RunArgs) -> Result<(), RunError> {
-    let client = Client::try_default().await.map_err(RunError::Connect)?;
+    // Every request counted by verb and resource (`keyless_kube_requests_total`).
+    let kube_config = kube::Config::infer()
+        .await
+        .map_err(|e| RunError::Connect(kube::Error::InferConfig(e)))?;
+    let client = kube::client::ClientBuilder::try_from(kube_config)
+        .map_err(RunError::Connect)?
+        .with_layer(&crate::ops::kube_requests::layer())
+        .build();
     let azure = AzureClients::from_config(&args.azure.to_config()).map_err(RunError::Azure)?;
     if let Some(decision) = &azure.credential {
         tracing::info!(credential = ?decision, "azure credential chosen");

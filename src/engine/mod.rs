@@ -757,7 +757,6 @@ fn audit(account: &str, write: &Write) {
     }
 }
 
-/// The deletes of a plan the brake, the view or a malformed object holds back, by write index.
 /// How many deletes the view (incomplete, or a malformed object's protection) held this pass,
 /// found by planning again as if the view were whole; `None` when it held none.
 fn deletes_held_by_the_view(
@@ -792,6 +791,9 @@ fn deletes_held_by_the_view(
     Some((brake::Hold::ViewIncomplete(why), held))
 }
 
+/// The deletes of a plan the brake holds back, by write index. Those an incomplete view or a
+/// malformed object protects never reach the plan (the planner's rule); `deletes_held_by_the_view`
+/// counts them.
 fn delete_holds(
     source: &ScopeSource,
     plan: &Plan,
@@ -818,33 +820,9 @@ fn delete_holds(
         ViewCompleteness::Complete => None,
         ViewCompleteness::Incomplete { reason } => Some(reason.clone()),
     };
-    // A malformed object protects the grants its raw status records and those whose marker says
-    // it declared them (the isolation issue's rule; the planner applies it too once it lands).
-    let protected_by_malformed = |assignment: &crate::plan::ObservedAssignment| {
-        source.malformed.iter().find(|m| {
-            let declared = format!("declared-by={}", m.key);
-            m.recorded_object_ids
-                .iter()
-                .any(|o| o.eq_ignore_ascii_case(&assignment.principal_id))
-                || assignment
-                    .description
-                    .as_deref()
-                    .is_some_and(|d| d.split(' ').any(|w| w == declared))
-        })
-    };
     let mut candidates = Vec::new();
     let mut candidate_index = Vec::new();
     for (index, assignment, reason) in &deletes {
-        if let Some(malformed) = protected_by_malformed(assignment) {
-            holds.insert(
-                *index,
-                brake::Hold::ViewIncomplete(format!(
-                    "OpenAIAccess {} names this principal but cannot be read",
-                    malformed.key
-                )),
-            );
-            continue;
-        }
         let explained = source.account_being_deleted
             || *reason != reasons::REVOKED
             || source.accesses.iter().any(|a| {

@@ -9,13 +9,12 @@
 use super::emulated;
 use super::load::{LoadedAccess, LoadedAccount, Manifests, Origin};
 use super::{Mode, Settings, converge};
-use crate::api::roles::{RBAC_ADMINISTRATOR_GUID, delegation_condition};
-use crate::api::{OpenAIAccess, OpenAIAccount, RoleName};
+use crate::api::{OpenAIAccess, OpenAIAccount};
 use crate::azure::{AzureClients, AzureConfig};
-use crate::emulator::seed::{
-    Seed, SeedAccount, SeedFederatedCredential, SeedIdentity, SeedOperator, SeedResourceGroup,
-    SeedRoleAssignment, SeedServicePrincipal, SeedSubscription, SeedUser,
+use crate::bench::{
+    Counts, Rss, add_account, bucket_bound, principal, subscription, throttled, total,
 };
+use crate::emulator::seed::Seed;
 use crate::emulator::{Emulator, EmulatorConfig, EmulatorError};
 use crate::plan::{InstanceId, ObjectKey};
 use std::collections::BTreeMap;
@@ -23,9 +22,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Accounts in the workload.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
-    pub accounts: u32,
+    /// Accounts in the workload (default: 50; 20 with --controller).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub accounts: Option<u32>,
     /// Grants (distinct principals) per account.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=3999))]
     pub grants: u32,
@@ -46,6 +45,8 @@ pub struct BenchArgs {
     /// Turn off the emulator's ARM token buckets (then keyless's own pacing is all that remains).
     #[arg(long)]
     pub no_throttling: bool,
+    #[command(flatten)]
+    pub controller: crate::bench::controller::ControllerBenchArgs,
     /// How often progress is printed on stderr.
     #[arg(long, value_parser = crate::azure::config::parse_duration, default_value = "3s")]
     pub progress_interval: Duration,
@@ -61,20 +62,7 @@ pub enum BenchError {
     Azure(#[from] crate::azure::AzureSetupError),
 }
 
-const TENANT: &str = "0b1e5c3a-7d2f-4e8b-9a6c-5f4d3e2c1b0a";
 const INSTANCE: &str = "keyless-bench";
-
-fn guid(kind: &str, index: u32) -> String {
-    uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_OID,
-        format!("keyless-bench/{kind}/{index}").as_bytes(),
-    )
-    .to_string()
-}
-
-fn subscription(index: u32) -> String {
-    guid("subscription", index)
-}
 
 /// The workload: a seed for the emulator and the manifests keyless converges.
 pub struct Workload {
@@ -99,75 +87,7 @@ pub fn workload(
             "{per_subscription} assignments per subscription: ARM allows 4,000 (with keyless's own grant), lower --grants or --accounts-per-subscription"
         )));
     }
-    let mut seed = Seed {
-        tenant_id: TENANT.into(),
-        ..Seed::default()
-    };
-    for s in 0..subscriptions {
-        seed.subscriptions.push(SeedSubscription {
-            id: subscription(s),
-            display_name: Some(format!("bench-{s}")),
-            resource_groups: vec![SeedResourceGroup {
-                name: "rg-bench".into(),
-                location: "swedencentral".into(),
-            }],
-        });
-    }
-    for g in 0..grants {
-        if g % 2 == 0 {
-            seed.users.push(SeedUser {
-                id: guid("user", g),
-                user_principal_name: format!("user{g}@bench.example"),
-                display_name: format!("User {g}"),
-                mail: None,
-            });
-        } else {
-            seed.service_principals.push(SeedServicePrincipal {
-                id: guid("sp", g),
-                app_id: guid("app", g),
-                display_name: format!("app-{g}"),
-                graph_app_roles: Vec::new(),
-                federated_credentials: Vec::new(),
-                app_owner_organization_id: None,
-            });
-        }
-    }
-    let operator_principal = guid("operator", 0);
-    seed.identities.push(SeedIdentity {
-        subscription_id: subscription(0),
-        resource_group: "rg-bench".into(),
-        name: "id-keyless-operator".into(),
-        location: "swedencentral".into(),
-        principal_id: operator_principal.clone(),
-        client_id: guid("operator-client", 0),
-        federated_credentials: vec![SeedFederatedCredential {
-            name: "keyless".into(),
-            issuer: "https://oidc.bench.example/".into(),
-            subject: "system:serviceaccount:keyless-system:keyless".into(),
-            audiences: vec!["api://AzureADTokenExchange".into()],
-            claims_matching_expression: None,
-        }],
-        graph_app_roles: Vec::new(),
-        tags: BTreeMap::new(),
-    });
-    seed.operator = Some(SeedOperator {
-        identity: "id-keyless-operator".into(),
-    });
-    for s in 0..subscriptions {
-        seed.role_assignments.push(SeedRoleAssignment {
-            name: guid("operator-grant", s),
-            scope: format!("/subscriptions/{}", subscription(s)),
-            role_definition_id: RBAC_ADMINISTRATOR_GUID.into(),
-            principal_id: operator_principal.clone(),
-            principal_type: Some("ServicePrincipal".into()),
-            description: Some("keyless bench operator".into()),
-            condition: Some(delegation_condition(&RoleName::ALL)),
-            condition_version: Some("2.0".into()),
-            created_on: None,
-            created_by: None,
-        });
-    }
-
+    let mut seed = crate::bench::seed(subscriptions, grants, "https://oidc.bench.example/");
     let mut manifests = Manifests::default();
     manifests
         .namespaces
@@ -180,23 +100,14 @@ pub fn workload(
     for a in 0..accounts {
         let sub = subscription(a / accounts_per_subscription);
         let name = format!("oai-bench-{a:03}");
-        seed.accounts.push(SeedAccount {
-            subscription_id: sub.clone(),
-            resource_group: "rg-bench".into(),
-            name: name.clone(),
-            kind: "OpenAI".into(),
-            location: "swedencentral".into(),
-            custom_sub_domain_name: Some(name.clone()),
-            disable_local_auth: true,
-            endpoint: None,
-        });
+        add_account(&mut seed, &sub, &name);
         account_subscriptions.push(sub.clone());
         let account: OpenAIAccount = serde_json::from_value(serde_json::json!({
             "apiVersion": "keyless.dev/v1alpha1",
             "kind": "OpenAIAccount",
             "metadata": { "name": name },
             "spec": {
-                "resourceId": format!("/subscriptions/{sub}/resourceGroups/rg-bench/providers/Microsoft.CognitiveServices/accounts/{name}"),
+                "resourceId": crate::bench::account_resource_id(&sub, &name),
                 "allowedNamespaces": { "names": ["bench"] },
             }
         }))
@@ -212,16 +123,7 @@ pub fn workload(
         // 250 principals per object (the CRD allows 256).
         let indexes: Vec<u32> = (0..grants).collect();
         for (chunk_index, chunk) in indexes.chunks(250).enumerate() {
-            let principals: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|g| {
-                    if g % 2 == 0 {
-                        serde_json::json!({ "objectId": guid("user", *g), "principalType": "User" })
-                    } else {
-                        serde_json::json!({ "objectId": guid("sp", *g), "principalType": "ServicePrincipal" })
-                    }
-                })
-                .collect();
+            let principals: Vec<serde_json::Value> = chunk.iter().map(|g| principal(*g)).collect();
             let object_name = format!("{name}-{chunk_index}");
             let access: OpenAIAccess = serde_json::from_value(serde_json::json!({
                 "apiVersion": "keyless.dev/v1alpha1",
@@ -247,25 +149,6 @@ pub fn workload(
     })
 }
 
-/// Requests by (operation, status) in a run.
-type Counts = BTreeMap<(String, u16), u64>;
-
-fn total(counts: &Counts, operation: &str) -> u64 {
-    counts
-        .iter()
-        .filter(|((op, _), _)| op == operation)
-        .map(|(_, n)| n)
-        .sum()
-}
-
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 fn print_counts(label: &str, counts: &Counts) {
     println!("  {label}");
     for ((operation, status), n) in counts {
@@ -276,8 +159,9 @@ fn print_counts(label: &str, counts: &Counts) {
 /// Runs the bench and prints the figures.
 pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let started = Instant::now();
-    let workload = workload(args.accounts, args.grants, args.accounts_per_subscription)?;
-    let accounts = u64::from(args.accounts);
+    let account_count = args.accounts.unwrap_or(50);
+    let workload = workload(account_count, args.grants, args.accounts_per_subscription)?;
+    let accounts = u64::from(account_count);
     let grants_total = accounts * u64::from(args.grants);
     let subscriptions = workload.seed.subscriptions.len();
     let mut config = EmulatorConfig::new(workload.seed.clone());
@@ -291,7 +175,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let concurrency = args
         .concurrency
         .map(usize::from)
-        .unwrap_or(args.accounts as usize);
+        .unwrap_or(account_count as usize);
     let settings = Settings {
         instance: InstanceId::new(INSTANCE).ok(),
         prune: false,
@@ -302,7 +186,7 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
     };
     println!(
         "keyless bench: {} accounts × {} grants = {grants_total} grants, {subscriptions} subscription(s), latency {} ms, ARM buckets {}, concurrency {concurrency}",
-        args.accounts,
+        account_count,
         args.grants,
         args.latency_ms,
         if throttling.enabled {
@@ -338,27 +222,14 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
     let puts = total(&first_counts, "RoleAssignments_Create");
     let lists = total(&first_counts, "RoleAssignments_ListForScope");
     let floor = grants_total + first_pages;
-    let throttled = |counts: &Counts| -> u64 {
-        counts
-            .iter()
-            .filter(|((_, status), _)| *status == 429)
-            .map(|(_, n)| n)
-            .sum()
-    };
     // ARM's write bucket per subscription: the first `capacity` writes are free, then `refill`/s.
     let mut writes_per_subscription: BTreeMap<&str, u64> = BTreeMap::new();
     for sub in &workload.account_subscriptions {
         *writes_per_subscription.entry(sub).or_default() += u64::from(args.grants);
     }
-    let bucket_bound = writes_per_subscription
-        .values()
-        .map(|w| {
-            w.saturating_sub(u64::from(throttling.writes.capacity)) as f64
-                / throttling.writes.refill_per_second
-        })
-        .fold(0.0, f64::max);
+    let bucket_bound = bucket_bound(writes_per_subscription.values(), throttling.writes);
     // Writes within one account are sequential: each costs at least one round trip.
-    let rounds = (args.accounts as usize).div_ceil(concurrency.max(1)) as f64;
+    let rounds = (account_count as usize).div_ceil(concurrency.max(1)) as f64;
     let latency_bound =
         rounds * (u64::from(args.grants) + 2) as f64 * args.latency_ms as f64 / 1000.0;
 
@@ -402,10 +273,10 @@ pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
     );
     println!("  429s provoked: {}", throttled(&second_counts));
     println!();
-    match peak_rss_kib() {
-        Some(kib) => println!(
+    match Rss::of(None) {
+        Some(rss) => println!(
             "peak RSS (VmHWM, keyless and the in-process emulator together): {:.1} MiB",
-            kib as f64 / 1024.0
+            rss.peak_kib as f64 / 1024.0
         ),
         None => println!("peak RSS: /proc/self/status not readable here"),
     }

@@ -250,33 +250,7 @@ pub async fn converge(
     let sources: Vec<ScopeSource> = manifests
         .accounts
         .values()
-        .map(|account| ScopeSource {
-            account_name: account.name.clone(),
-            account_generation: None,
-            account: account.object.spec.clone(),
-            account_being_deleted: false,
-            accesses: manifests
-                .accesses
-                .iter()
-                .filter(|a| a.object.spec.account_ref.name == account.name)
-                .map(|a| AccessSource {
-                    key: a.key.clone(),
-                    generation: None,
-                    spec: a.object.spec.clone(),
-                    being_deleted: false,
-                    // ARM is the only state: no status from an earlier run.
-                    previous: None,
-                })
-                .collect(),
-            service_accounts: manifests.service_accounts.clone(),
-            namespaces: manifests.namespaces.clone(),
-            // Manifests are read whole or rejected: the view is complete, nothing is malformed.
-            view: ViewCompleteness::Complete,
-            malformed: Vec::new(),
-            paused: false,
-            confirmed_revocations: None,
-            exclusive_reported: Vec::new(),
-        })
+        .map(|account| scope_source(manifests, account))
         .collect();
 
     let counting = Arc::new(Counting {
@@ -386,5 +360,39 @@ impl RoleAssignments for Counting {
         let result = self.inner.delete_assignment(assignment_id).await;
         self.writes.fetch_add(1, Ordering::Relaxed);
         result
+    }
+}
+
+/// What one account's pass reads in file mode: its manifest and the accesses naming it. Manifests
+/// are read whole or rejected, so the view is complete and nothing is malformed; ARM is the only
+/// state, so there is no status from an earlier run.
+pub(crate) fn scope_source(
+    manifests: &load::Manifests,
+    account: &load::LoadedAccount,
+) -> ScopeSource {
+    ScopeSource {
+        account_name: account.name.clone(),
+        account_generation: None,
+        account: account.object.spec.clone(),
+        account_being_deleted: false,
+        accesses: manifests
+            .accesses
+            .iter()
+            .filter(|a| a.object.spec.account_ref.name == account.name)
+            .map(|a| AccessSource {
+                key: a.key.clone(),
+                generation: None,
+                spec: a.object.spec.clone(),
+                being_deleted: false,
+                previous: None,
+            })
+            .collect(),
+        service_accounts: manifests.service_accounts.clone(),
+        namespaces: manifests.namespaces.clone(),
+        view: ViewCompleteness::Complete,
+        malformed: Vec::new(),
+        paused: false,
+        confirmed_revocations: None,
+        exclusive_reported: Vec::new(),
     }
 }

@@ -239,6 +239,12 @@ impl Metrics {
             object_write_failures.clone(),
         );
 
+        registry.register(
+            "kube_requests",
+            "Requests to the Kubernetes API server, by verb (get, list, watch, create, update, patch, delete) and resource",
+            super::kube_requests::counter(),
+        );
+
         Self {
             inner: Arc::new(Inner {
                 registry,

@@ -6,7 +6,7 @@ use super::gather;
 use super::render::{AccessReport, LIMITS, ReportRow};
 use crate::api::{OpenAIAccess, OpenAIAccount};
 use crate::azure::{AzureArgs, AzureClients, ScopeListing};
-use crate::engine::{AccessSource, Azure, EngineConfig, ScopeSource, run_pass};
+use crate::engine::{Azure, EngineConfig, run_pass};
 use crate::files::args::EmulatorFlags;
 use crate::files::{emulated, load};
 use crate::plan::{AccountScope, InstanceId};
@@ -243,32 +243,7 @@ async fn from_files(
     let now = jiff::Timestamp::now();
     let mut accounts = Vec::new();
     for account in manifests.accounts.values() {
-        let source = ScopeSource {
-            account_name: account.name.clone(),
-            account_generation: None,
-            account: account.object.spec.clone(),
-            account_being_deleted: false,
-            accesses: manifests
-                .accesses
-                .iter()
-                .filter(|a| a.object.spec.account_ref.name == account.name)
-                .map(|a| AccessSource {
-                    key: a.key.clone(),
-                    generation: None,
-                    spec: a.object.spec.clone(),
-                    being_deleted: false,
-                    previous: None,
-                })
-                .collect(),
-            service_accounts: manifests.service_accounts.clone(),
-            namespaces: manifests.namespaces.clone(),
-            // Manifests are read whole or rejected: the view is complete, nothing is malformed.
-            view: crate::engine::ViewCompleteness::Complete,
-            malformed: Vec::new(),
-            paused: false,
-            confirmed_revocations: None,
-            exclusive_reported: Vec::new(),
-        };
+        let source = crate::files::scope_source(&manifests, account);
         let outcome = run_pass(azure, &source, &config, now).await;
         let (Some(scope), Some(listing)) = (outcome.scope.clone(), outcome.listing.clone()) else {
             report.notes.push(unreadable(
