@@ -10,6 +10,7 @@ pub mod kube_io;
 pub mod lenient;
 pub mod limits;
 pub mod reconcile;
+pub mod trim;
 pub mod view;
 
 use crate::api::OpenAIAccount;
@@ -300,6 +301,9 @@ fn watch_lease_holder(
     seen
 }
 
+/// Objects per page of a store's list (kube's default).
+const WATCH_PAGE_SIZE: u32 = 500;
+
 /// How many touched objects each store's broadcast holds for a term's controllers; a controller
 /// that falls further behind is handed the whole store instead (nothing is lost, only merged).
 const CHANGES_BUFFER: usize = 1024;
@@ -330,7 +334,12 @@ impl Views {
         metrics: &Metrics,
         shutdown: Shared<BoxFuture<'static, ()>>,
     ) -> Views {
-        let watcher_config = watcher::Config::default().any_semantic();
+        // Paged lists of the most recent state (the default semantic), not `any_semantic`: the
+        // API server ignores `limit` for a list at resourceVersion 0 and answers it whole from its
+        // cache, so 20,000 ServiceAccounts arrived as one 24 MB body, decoded at once, before a
+        // single object could be trimmed. In pages of WATCH_PAGE_SIZE, at most one page is held
+        // untrimmed; the view still completes only with the list's last page.
+        let watcher_config = watcher::Config::default().page_size(WATCH_PAGE_SIZE);
         let health = ViewHealth::new(
             &[ACCESS_STORE, SERVICE_ACCOUNT_STORE, NAMESPACE_STORE],
             view::FailureLimits {
@@ -343,6 +352,7 @@ impl Views {
                 Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
                 watcher_config.clone(),
             ),
+            trim::managed_fields,
             forget_deleted_accounts(metrics.clone()),
             shutdown.clone(),
         );
@@ -352,6 +362,7 @@ impl Views {
                 Api::<LenientAccess>::all(client.clone()),
                 watcher_config.clone(),
             ),
+            trim::access,
             {
                 let health = health.clone();
                 let index = access_index.clone();
@@ -371,6 +382,7 @@ impl Views {
                 Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
                 watcher_config.clone(),
             ),
+            trim::service_account,
             {
                 let health = health.clone();
                 move |event| health.observe(SERVICE_ACCOUNT_STORE, event)
@@ -382,6 +394,7 @@ impl Views {
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 watcher_config,
             ),
+            trim::namespace,
             {
                 let health = health.clone();
                 move |event| health.observe(NAMESPACE_STORE, event)
@@ -435,10 +448,11 @@ struct Touched<K> {
 
 /// One reflector on a task of its own: the store, and a broadcast of every object it touched.
 /// `observe` sees each event after the reflector applied it (the view's health, an index), so
-/// "listed" is never seen before the list is in the store. `managedFields` are dropped before the
-/// store: keyless never reads them, and they are often the larger part of an object.
+/// "listed" is never seen before the list is in the store. `trim` drops what keyless never reads
+/// before the store keeps it (see [`trim`]).
 fn reflect<K>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    trim: fn(&mut K),
     observe: impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static,
     shutdown: Shared<BoxFuture<'static, ()>>,
 ) -> (Store<K>, broadcast::Sender<Touched<K>>)
@@ -450,7 +464,7 @@ where
     let sender = changes.clone();
     let stream = events
         .default_backoff()
-        .modify(|object: &mut K| object.managed_fields_mut().clear())
+        .modify(trim)
         .reflect(writer)
         .inspect(observe)
         .take_until(shutdown);
