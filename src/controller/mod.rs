@@ -45,6 +45,9 @@ pub struct ControllerConfig {
     pub engine: EngineConfig,
     /// Each account is reconciled at least this often (one LIST per account per resync).
     pub resync_interval: Duration,
+    /// While grants wait out the propagation grace, an account is passed again for them no sooner
+    /// than this after a pass (expiries and revocations are never delayed).
+    pub propagation_check_interval: Duration,
     /// Accounts reconciled at once (each account's writes stay sequential).
     pub concurrency: u16,
     /// Backoff after a transient failure: doubles from `retry_initial` up to `retry_max`, with jitter.
