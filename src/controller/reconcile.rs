@@ -141,10 +141,10 @@ async fn reconcile_account_pass(
     }
     // No pass before every store has its first complete list: a partial list would look like
     // deleted objects.
-    if !ctx.view.listed() {
+    if !ctx.view.wait_listed(ctx.config.view_poll_interval).await {
         tracing::debug!("waiting for the first lists of every store");
         *timer = "waiting";
-        return Ok(Action::requeue(ctx.config.view_poll_interval));
+        return Ok(Action::requeue(Duration::ZERO));
     }
     fence(&ctx)?;
     if !being_deleted && !has_finalizer(account) {
