@@ -382,6 +382,7 @@ async fn reconcile_account_pass(
                     endpoint,
                     &ctx.service_accounts,
                     ctx.azure.identities.as_ref(),
+                    ctx.config.engine.resolution_cache.as_deref(),
                 )
                 .await;
                 let export = super::export::ExportKey::of(object, &export_to.config_map_name);
