@@ -194,10 +194,12 @@ pub async fn run(
     let views = Views::start(&client, &config, &metrics, shutdown.clone());
     match config.leader.clone() {
         None => {
-            // Ready once the accounts have listed.
-            let ready_store = views.accounts.clone();
+            // Ready once every store has its first list (a pass needs them all), not just the
+            // accounts': the OpenAIAccess list of a large cluster takes seconds more.
+            let view = views.health.clone();
+            let poll = config.view_poll_interval.max(Duration::from_millis(10));
             tokio::spawn(async move {
-                wait_until_ready(&ready_store).await;
+                while !view.wait_listed(poll).await {}
                 readiness.set_ready(true);
             });
             run_controllers(
