@@ -197,9 +197,11 @@ pub async fn run(
             // Ready once every store has its first list (a pass needs them all), not just the
             // accounts': the OpenAIAccess list of a large cluster takes seconds more.
             let view = views.health.clone();
+            let accounts = views.accounts.clone();
             let poll = config.view_poll_interval.max(Duration::from_millis(10));
             tokio::spawn(async move {
                 while !view.wait_listed(poll).await {}
+                wait_until_ready(&accounts).await;
                 readiness.set_ready(true);
             });
             run_controllers(
@@ -531,18 +533,27 @@ where
     .flat_map(futures::stream::iter)
 }
 
-/// Every object in the store once it has listed, then `later` (a term's changes, subscribed
-/// before this is called): a term starts by reconciling everything, from the store the replica
-/// kept warm.
+/// Every object in the store once it and every store of the view have listed, then `later` (a term's changes,
+/// subscribed before this is called): a term starts by reconciling everything, from the stores
+/// the replica kept warm. Woken by the view the moment the last list completes (a pass needs them
+/// all anyway); `recheck` only bounds each wait.
 fn everything_then_changes<K>(
     later: impl futures::Stream<Item = Arc<K>> + Send + 'static,
     store: Store<K>,
+    view: ViewHealth,
+    recheck: Duration,
 ) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
 where
     K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
     futures::stream::once(async move {
+        while !view
+            .wait_listed(recheck.max(Duration::from_millis(10)))
+            .await
+        {}
+        // The view does not track the accounts' store: it must have listed too (it lists first
+        // and is small, so by now it nearly always has, and this returns at once).
         wait_until_ready(&store).await;
         futures::stream::iter(store.state())
     })
@@ -664,6 +675,8 @@ async fn run_controllers(
                 PassInputs::of,
             ),
             account_store.clone(),
+            views.health.clone(),
+            context.config.view_poll_interval,
         ),
         account_store.clone(),
     )
@@ -719,6 +732,8 @@ async fn run_controllers(
         everything_then_changes(
             objects(changes(&views.access_changes, access_store.clone())),
             access_store.clone(),
+            views.health.clone(),
+            context.config.view_poll_interval,
         ),
         access_store.clone(),
     )

@@ -114,6 +114,7 @@ async fn reconcile_account_pass(
     ctx: Arc<Context>,
     timer: &mut &'static str,
 ) -> Result<Action, ReconcileError> {
+    tracing::debug!("pass starts");
     let api: Api<OpenAIAccount> = Api::all(ctx.client.clone());
     let account = match &guard.0 {
         Ok(account) => account,
@@ -146,6 +147,7 @@ async fn reconcile_account_pass(
         *timer = "waiting";
         return Ok(Action::requeue(Duration::ZERO));
     }
+    tracing::debug!("the view is listed");
     fence(&ctx)?;
     if !being_deleted && !has_finalizer(account) {
         // The pass goes on in the same reconcile: the finalizer is in place before any grant
