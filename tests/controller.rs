@@ -2716,3 +2716,66 @@ async fn a_leader_whose_lease_is_stolen_mid_pass_writes_nothing_more_to_arm() {
     );
     replica.stop().await.unwrap();
 }
+
+// Issue 18: keyless's own recorder (bounded memory) still folds a repeat into the first Event's
+// series, and the API server accepts the series patch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_is_one_event_whose_series_counts_the_repeats() {
+    let Some(env) = TestEnv::start().await else {
+        return;
+    };
+    let name = format!("events-{}", uuid::Uuid::new_v4());
+    let config_maps: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let regarding: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    let regarding = config_maps
+        .create(&PostParams::default(), &regarding)
+        .await
+        .unwrap();
+    let reference = kube::Resource::object_ref(&regarding, &());
+    let recorder = controller::events::EventRecorder::new(
+        env.client.clone(),
+        "keyless",
+        Some("test".into()),
+        Duration::from_secs(360),
+        16,
+    );
+    for reason in [
+        "RoleAssignmentCreated",
+        "RoleAssignmentCreated",
+        "RoleAssignmentCreated",
+        "AccessDenied",
+    ] {
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Normal,
+            reason: reason.into(),
+            note: Some("a note".into()),
+            action: "Apply".into(),
+            secondary: None,
+        };
+        recorder.publish(&event, &reference).await.unwrap();
+    }
+    let events: Vec<Event> = Api::<Event>::namespaced(env.client.clone(), "default")
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+        .collect();
+    let reasons: Vec<(Option<String>, Option<i32>)> = {
+        let mut r: Vec<_> = events
+            .iter()
+            .map(|e| (e.reason.clone(), e.series.as_ref().map(|s| s.count)))
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(
+        reasons,
+        vec![
+            (Some("AccessDenied".into()), None),
+            (Some("RoleAssignmentCreated".into()), Some(3)),
+        ]
+    );
+    assert_eq!(recorder.remembered(), 2);
+}

@@ -2,11 +2,12 @@
 //! stale view never clobbers another writer), status by server-side apply with one field manager,
 //! written only when it changed, and Events.
 
+use super::events::EventRecorder;
 use crate::api::{
     CLEANUP_FINALIZER, OpenAIAccess, OpenAIAccessStatus, OpenAIAccount, OpenAIAccountStatus,
 };
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -193,7 +194,7 @@ pub async fn patch_conditions_only(
 
 /// Publishes an Event; failures are logged, never fatal (events are best effort).
 pub async fn publish(
-    recorder: &Recorder,
+    recorder: &EventRecorder,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     warning: bool,
     reason: &str,
@@ -439,12 +440,12 @@ mod tests {
     #[tokio::test]
     async fn events_are_posted_to_events_k8s_io_about_the_object() {
         let (client, mut handle) = mock();
-        let recorder = Recorder::new(
+        let recorder = EventRecorder::new(
             client,
-            kube::runtime::events::Reporter {
-                controller: "keyless".into(),
-                instance: Some("pod-1".into()),
-            },
+            "keyless",
+            Some("pod-1".into()),
+            std::time::Duration::from_secs(360),
+            16,
         );
         let reference = access(None).object_ref(&());
         let server = tokio::spawn(async move {
@@ -471,5 +472,70 @@ mod tests {
         )
         .await;
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_repeated_event_patches_the_series_of_the_first_and_a_gone_one_is_created_anew() {
+        let (client, mut handle) = mock();
+        let recorder = EventRecorder::new(
+            client,
+            "keyless",
+            None,
+            std::time::Duration::from_secs(360),
+            16,
+        );
+        let reference = access(None).object_ref(&());
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::POST);
+            let first = body(request).await;
+            let name = first["metadata"]["name"].as_str().unwrap().to_string();
+            assert!(name.starts_with("chat."), "{name}");
+            send.send_response(respond_with(&first));
+
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::PATCH);
+            assert_eq!(
+                request.uri().path(),
+                format!("/apis/events.k8s.io/v1/namespaces/team-a/events/{name}")
+            );
+            let patch = body(request).await;
+            assert_eq!(patch["series"]["count"], 2);
+            assert!(patch["series"]["lastObservedTime"].is_string());
+            send.send_response(respond_with(&first));
+
+            // The API server expired it: the third is a new Event.
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::PATCH);
+            send.send_response(
+                Response::builder()
+                    .status(404)
+                    .body(Body::from(
+                        serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1",
+                            "status": "Failure", "reason": "NotFound", "code": 404,
+                            "message": "not found"}))
+                        .unwrap(),
+                    ))
+                    .unwrap(),
+            );
+            let (request, send) = handle.next_request().await.unwrap();
+            assert_eq!(request.method(), http::Method::POST);
+            let third = body(request).await;
+            assert_eq!(third["reason"], "RoleAssignmentCreated");
+            send.send_response(respond_with(&third));
+        });
+        for _ in 0..3 {
+            publish(
+                &recorder,
+                &reference,
+                false,
+                "RoleAssignmentCreated",
+                "Apply",
+                "granted".into(),
+            )
+            .await;
+        }
+        server.await.unwrap();
+        assert_eq!(recorder.remembered(), 1);
     }
 }

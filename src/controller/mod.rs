@@ -4,6 +4,7 @@
 //! malformed objects and references to accounts that do not exist.
 
 pub mod args;
+pub mod events;
 pub mod export;
 pub mod index;
 pub mod kube_io;
@@ -29,7 +30,6 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Config as ControllerRuntimeConfig;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -85,7 +85,7 @@ pub struct Context {
     pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
     /// Metadata only: keyless reads a Namespace's labels and nothing else.
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub recorder: Recorder,
+    pub recorder: events::EventRecorder,
     pub backoff: reconcile::Backoffs,
     /// What this term applied of each export, so an unchanged ConfigMap is not applied again.
     pub exports: export::ExportMemo,
@@ -307,6 +307,14 @@ fn watch_lease_holder(
     });
     seen
 }
+
+/// How long a repeated event is folded into the first one's series (kube's `Recorder` uses six
+/// minutes).
+const EVENT_SERIES_TTL: Duration = Duration::from_secs(6 * 60);
+
+/// How many recent events are remembered for that: a bound on the recorder's memory (a few
+/// hundred bytes each), where kube's keeps every event published (issue 18: 33 MB at 10,000 grants).
+const EVENT_MEMORY: usize = 1024;
 
 /// Objects per page of a store's list (kube's default).
 const WATCH_PAGE_SIZE: u32 = 500;
@@ -604,12 +612,12 @@ async fn run_controllers(
         access_index: views.access_index.clone(),
         service_accounts: views.service_accounts.clone(),
         namespaces: views.namespaces.clone(),
-        recorder: Recorder::new(
+        recorder: events::EventRecorder::new(
             client.clone(),
-            Reporter {
-                controller: "keyless".into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
+            "keyless",
+            std::env::var("POD_NAME").ok(),
+            EVENT_SERIES_TTL,
+            EVENT_MEMORY,
         ),
         backoff: reconcile::Backoffs::default(),
         exports: export::ExportMemo::default(),
