@@ -684,15 +684,23 @@ impl World {
         let arm_requests_after_fault = self.arm_requests() - fault_ended_requests;
         // Late writes (a leak swept twice, a revoke after a restart) show within a few passes. A
         // pass begins with its LIST and passes of one account do not overlap, so the LIST after
-        // the next SETTLE_PASSES marks that many whole passes since convergence. Bounded, in case
-        // passes stop (that would show as a failure elsewhere, not as a hang here).
+        // the next `settle_passes` marks that many whole passes since convergence (see
+        // DEFAULT_SETTLE_PASSES for why two). Bounded by the deadline: passes that stop after
+        // convergence fail the run (the resync promises a pass at least every RESYNC), rather than
+        // letting the check run early, and at the full size a pass can take seconds.
         let settling = Instant::now();
         let passes = sizes.settle_passes;
         let lists = self.emulator.requests_of("RoleAssignments_ListForScope");
-        self.until(RESYNC * 10 * passes as u32, |w| {
-            w.emulator.requests_of("RoleAssignments_ListForScope") > lists + passes
-        })
-        .await;
+        let settled =
+            |w: &World| w.emulator.requests_of("RoleAssignments_ListForScope") > lists + passes;
+        self.until(sizes.deadline, settled).await;
+        let passes_went_on = settled(self);
+        if !passes_went_on {
+            eprintln!(
+                "account {}: fewer than {passes} passes within {:?} after convergence",
+                self.account, sizes.deadline
+            );
+        }
         self.settled_micros.store(
             settling.elapsed().as_micros() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -707,7 +715,7 @@ impl World {
             grants: expect.declared.len(),
             arm_requests_after_fault,
             converge_after_fault: converged.unwrap_or(sizes.deadline),
-            converged: converged.is_some(),
+            converged: converged.is_some() && passes_went_on,
             fastest_retry,
         }
     }
