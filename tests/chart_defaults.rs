@@ -88,6 +88,7 @@ fn the_charts_defaults_are_the_binarys_and_pass_the_fences_start_up_rule() {
         "--watch-failure-threshold=",
         "--watch-failure-ttl=",
         "--view-poll-interval=",
+        "--propagation-check-interval=",
         "--azure-timeout=",
         "--lease-duration=",
         "--lease-renew-interval=",
@@ -125,6 +126,10 @@ fn the_charts_defaults_are_the_binarys_and_pass_the_fences_start_up_rule() {
     );
     assert_eq!(chart.watch_failure_ttl, binary.watch_failure_ttl);
     assert_eq!(chart.view_poll_interval, binary.view_poll_interval);
+    assert_eq!(
+        chart.propagation_check_interval,
+        binary.propagation_check_interval
+    );
     assert_eq!(chart.azure.azure_timeout, binary.azure.azure_timeout);
     assert_eq!(chart.lease_duration, binary.lease_duration);
     assert_eq!(chart.lease_renew_interval, binary.lease_renew_interval);

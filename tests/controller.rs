@@ -1365,6 +1365,45 @@ async fn an_account_without_a_custom_subdomain_says_tokens_cannot_work() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exporting_a_managed_identitys_client_id_reads_the_identity_no_more_than_resolving_it() {
+    let Some(mut h) = Harness::start().await else {
+        return;
+    };
+    h.account("prod", OAI_PROD, json!({})).await;
+    h.access_with(
+        "team-chat",
+        "summarizer",
+        json!([{"managedIdentity": SUMMARIZER_ID}]),
+        json!({"exportTo": {"configMapName": "openai"}}),
+    )
+    .await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(h.env.client.clone(), &h.n("team-chat"));
+    eventually("the ConfigMap names the identity's client id", async || {
+        config_maps
+            .get_opt("openai")
+            .await
+            .unwrap()
+            .and_then(|c| c.data)
+            .is_some_and(|d| {
+                d.get("AZURE_OPENAI_CLIENT_ID").map(String::as_str) == Some(SUMMARIZER_CLIENT)
+            })
+    })
+    .await;
+    // Two more whole passes (resyncs), each of which exports again.
+    let lists = h.emulator.requests_of("RoleAssignments_ListForScope");
+    eventually("two more passes", async || {
+        h.emulator.requests_of("RoleAssignments_ListForScope") >= lists + 2
+    })
+    .await;
+    assert_eq!(
+        h.emulator.requests_of("UserAssignedIdentities_Get"),
+        1,
+        "resolution read it once; export reads what resolution read"
+    );
+    h.stop_controller().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_writes_the_endpoint_and_the_single_workload_client_id() {
     let Some(mut h) = Harness::start().await else {
         return;

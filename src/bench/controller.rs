@@ -17,8 +17,10 @@
 //!    requests caused and reconciles triggered. Child A stops; its peak RSS is the converge peak.
 //! 3. **start-up**: a fresh process (child B, with the benchmark's resync interval) on the
 //!    converged cluster: process start → `/readyz`, → first reconcile (`keyless_reconciles_total`).
-//! 4. **steady**: R resyncs of every account: LIST pages per pass, writes, status PATCHes
-//!    (`keyless_kube_requests_total`), Graph requests.
+//! 4. **grace** and **steady**: first, until every converged grant is past its propagation grace,
+//!    the passes that turn them Ready (a batch per --propagation-check-interval): LIST pages and
+//!    status PATCHes, shown, not checked. Then R resyncs of every account: LIST pages per pass,
+//!    writes, status PATCHes (`keyless_kube_requests_total`), Graph requests.
 //! 5. **drift**: 1 % of the assignments deleted through the emulator's admin API: time until
 //!    the next resync repaired them, and what it cost.
 //! 6. **memory**: the population topped up to the memory figures (default 10,000 OpenAIAccess,
@@ -86,6 +88,13 @@ pub struct ControllerBenchArgs {
     /// The controller's --resync-interval from the start-up phase on.
     #[arg(long, value_parser = crate::azure::config::parse_duration, default_value = "30s")]
     pub resync_interval: Duration,
+    /// The controllers' --propagation-grace: the steady phase starts once every converged grant
+    /// is past it (the passes until then are the grace rows).
+    #[arg(long, value_parser = crate::azure::config::parse_duration, default_value = "5m")]
+    pub propagation_grace: Duration,
+    /// The controllers' --propagation-check-interval.
+    #[arg(long, value_parser = crate::azure::config::parse_duration, default_value = "30s")]
+    pub propagation_check_interval: Duration,
     /// Namespaces (without objects) whose labels the churn changes.
     #[arg(long, default_value_t = 100)]
     pub churn_namespaces: u32,
@@ -508,13 +517,16 @@ impl Bench<'_> {
         // 1. converge (child A: no resync during the run).
         let long = Duration::from_secs(24 * 3600);
         self.emulator.reset_request_counts();
-        let mut a = self.spawn("converge", long, &[])?;
+        // Child A passes again for nothing (no resync, no batch of grants turning Ready), so
+        // whatever the churn triggers is the churn's.
+        let mut a = self.spawn("converge", long, long, &[])?;
         let started = Instant::now();
         self.wait_for("converge", "every grant created", &mut a, async || {
             self.managed_assignments() >= self.workload.grants
         })
         .await?;
         let wall = started.elapsed();
+        let converged_at = Instant::now();
         self.wait_quiet("converge", &mut a).await?;
         let samples = self.scrape(a.port).await?;
         let azure = self.emulator.request_counts();
@@ -549,7 +561,12 @@ impl Bench<'_> {
         // first LIST at an account scope: a pass that only finds the stores not yet listed counts
         // in keyless_reconciles_total but does no work.
         self.emulator.reset_request_counts();
-        let mut b = self.spawn("steady", args.resync_interval, &[])?;
+        let mut b = self.spawn(
+            "steady",
+            args.resync_interval,
+            args.propagation_check_interval,
+            &[],
+        )?;
         let port = b.port;
         let b_started = b.started;
         let mut ready_at = None;
@@ -580,8 +597,31 @@ impl Bench<'_> {
         .await?;
         self.wait_quiet("start-up", &mut b).await?;
 
-        // 4. steady: R resyncs.
+        // 4. steady: R resyncs once no converged grant is in its propagation grace any more. Until
+        // then a pass every --propagation-check-interval turns the next batch Ready: the grace
+        // rows.
         if !skip(Phase::Steady) && args.resyncs > 0 {
+            let grace_ends = converged_at
+                + args.propagation_grace
+                + args.propagation_check_interval
+                + args.settle;
+            self.wait_for("grace", "the propagation grace", &mut b, async || {
+                Instant::now() >= grace_ends
+            })
+            .await?;
+            self.wait_quiet("grace", &mut b).await?;
+            let since_restart = self.scrape(port).await?;
+            rows.extend(figures::grace_rows(&figures::Grace {
+                accounts,
+                objects: u64::from(self.workload.accounts * self.workload.objects),
+                seconds: seconds(b_started.elapsed()),
+                check_interval_seconds: seconds(args.propagation_check_interval),
+                reconciles: reconciles(&since_restart),
+                account_list_pages: self.list_pages().0,
+                status_patches: status_patches(&since_restart),
+            }));
+            print_rows(rows, "grace");
+
             self.emulator.reset_request_counts();
             let before = self.scrape(port).await?;
             let want = accounts * u64::from(args.resyncs);
@@ -760,7 +800,13 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn spawn(&self, name: &str, resync: Duration, extra: &[String]) -> Result<Controller> {
+    fn spawn(
+        &self,
+        name: &str,
+        resync: Duration,
+        propagation_check: Duration,
+        extra: &[String],
+    ) -> Result<Controller> {
         let port = free_port().map_err(ControllerBenchError::Spawn)?;
         let exe = std::env::current_exe().map_err(ControllerBenchError::Spawn)?;
         let log = self.log_dir.join(format!("{name}.log"));
@@ -795,6 +841,14 @@ impl Bench<'_> {
             ),
             format!("--http-addr=127.0.0.1:{port}"),
             format!("--resync-interval={}s", resync.as_secs().max(1)),
+            format!(
+                "--propagation-grace={}ms",
+                self.args.propagation_grace.as_millis()
+            ),
+            format!(
+                "--propagation-check-interval={}ms",
+                propagation_check.as_millis()
+            ),
             format!("--concurrency={concurrency}"),
         ];
         args.extend(extra.iter().cloned());
@@ -1146,8 +1200,8 @@ impl Bench<'_> {
             ]
         };
         let long = Duration::from_secs(24 * 3600);
-        let mut first = self.spawn("takeover-1", long, &replica("bench-1"))?;
-        let second = self.spawn("takeover-2", long, &replica("bench-2"))?;
+        let mut first = self.spawn("takeover-1", long, long, &replica("bench-1"))?;
+        let second = self.spawn("takeover-2", long, long, &replica("bench-2"))?;
         let (first_port, second_port) = (first.port, second.port);
         let mut leader_is_first = None;
         self.wait_for("takeover", "a leader", &mut first, async || {

@@ -168,6 +168,41 @@ pub fn converge_rows(c: &Converge) -> Vec<Row> {
     rows
 }
 
+/// From the restart to the end of the converged grants' propagation grace: the passes that turn
+/// them Ready, a batch per --propagation-check-interval.
+#[derive(Debug, Clone, Default)]
+pub struct Grace {
+    pub accounts: u64,
+    pub objects: u64,
+    pub seconds: f64,
+    pub check_interval_seconds: f64,
+    pub reconciles: u64,
+    pub account_list_pages: u64,
+    pub status_patches: u64,
+}
+
+pub fn grace_rows(g: &Grace) -> Vec<Row> {
+    const P: &str = "grace";
+    let at_most = g.seconds / g.check_interval_seconds.max(f64::EPSILON) + 2.0;
+    vec![
+        info(
+            P,
+            "LIST pages per account until every grant is Ready",
+            g.account_list_pages as f64 / g.accounts.max(1) as f64,
+            "",
+            &format!("≤ {at_most:.0} (one per check interval, plus the restart's)"),
+        ),
+        info(P, "reconciles", g.reconciles as f64, "", ""),
+        info(
+            P,
+            "status PATCHes",
+            g.status_patches as f64,
+            "",
+            &format!("≈ {} (each object turns Ready once)", g.objects),
+        ),
+    ]
+}
+
 /// Steady state: `resyncs` resyncs of every account with nothing to change.
 #[derive(Debug, Clone, Default)]
 pub struct Steady {

@@ -25,6 +25,11 @@ pub struct RunArgs {
     /// A grant counts as ready this long after ARM created it (role assignments take up to 10 minutes).
     #[arg(long, env = "KEYLESS_PROPAGATION_GRACE", value_parser = parse_duration, default_value = "5m")]
     pub propagation_grace: Duration,
+    /// While grants wait out --propagation-grace, their account is passed again (one LIST) no
+    /// sooner than this after a pass, so grants made one after another turn Ready together instead
+    /// of a pass each; the resync comes first when shorter. Expiries are never delayed.
+    #[arg(long, env = "KEYLESS_PROPAGATION_CHECK_INTERVAL", value_parser = parse_duration, default_value = "30s")]
+    pub propagation_check_interval: Duration,
     /// How long a principal Entra does not know yet is waited for before it is reported Failed.
     #[arg(long, env = "KEYLESS_REPLICATION_DEADLINE", value_parser = parse_duration, default_value = "10m")]
     pub replication_deadline: Duration,
@@ -154,6 +159,7 @@ impl RunArgs {
             view_poll_interval: self.view_poll_interval,
             arm_attempt_timeout: self.azure.to_config().timeout,
             resync_interval: self.resync_interval,
+            propagation_check_interval: self.propagation_check_interval,
             concurrency: self.concurrency,
             retry_initial: self.retry_initial,
             retry_max: self.retry_max,

@@ -5,12 +5,14 @@
 //! reconcile but applied only when it differs from what this term last applied
 //! ([`ExportMemo`]), rather than watched cluster-wide: keyless needs no ConfigMap watch, and a
 //! quiet resync sends no ConfigMap write. A ConfigMap deleted by hand comes back when its data
-//! changes or at the next term (restart or leader change).
+//! changes or at the next term (restart or leader change). A managed identity's client id comes
+//! from the resolution cache the pass filled (one ARM GET per identity per cache TTL, not one per
+//! exporting object per pass).
 
 use super::kube_io::FIELD_MANAGER;
 use crate::api::{OpenAIAccess, PrincipalRef};
 use crate::azure::ManagedIdentities;
-use crate::engine::CLIENT_ID_ANNOTATION;
+use crate::engine::{CLIENT_ID_ANNOTATION, ResolutionCache};
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -29,6 +31,7 @@ pub async fn export_data(
     endpoint: Option<&str>,
     service_accounts: &Store<PartialObjectMeta<ServiceAccount>>,
     identities: &dyn ManagedIdentities,
+    cache: Option<&ResolutionCache>,
 ) -> BTreeMap<String, String> {
     let mut data = BTreeMap::new();
     if let Some(endpoint) = endpoint {
@@ -52,12 +55,17 @@ pub async fn export_data(
             PrincipalRef::ServiceAccount(name) => service_accounts
                 .get(&ObjectRef::new(name).within(&access.namespace().unwrap_or_default()))
                 .and_then(|sa| sa.annotations().get(CLIENT_ID_ANNOTATION).cloned()),
-            PrincipalRef::ManagedIdentity(id) => identities
-                .get_identity(id)
-                .await
-                .ok()
-                .flatten()
-                .map(|i| i.client_id),
+            PrincipalRef::ManagedIdentity(id) => match cache.and_then(|c| c.identity(id)) {
+                // The pass that granted it has just read it: no second GET.
+                Some(identity) => Some(identity.client_id),
+                None => {
+                    let identity = identities.get_identity(id).await.ok().flatten();
+                    if let (Some(cache), Some(identity)) = (cache, &identity) {
+                        cache.put_identity(id, identity);
+                    }
+                    identity.map(|i| i.client_id)
+                }
+            },
             _ => None,
         };
         if let Some(client_id) = client_id {
@@ -175,6 +183,70 @@ mod tests {
             uid: Some(uid.into()),
             config_map: "openai".into(),
         }
+    }
+
+    #[derive(Default)]
+    struct CountingIdentities {
+        gets: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl ManagedIdentities for CountingIdentities {
+        async fn get_identity(
+            &self,
+            resource_id: &str,
+        ) -> Result<Option<crate::azure::ManagedIdentity>, crate::azure::AzureError> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Some(crate::azure::ManagedIdentity {
+                resource_id: resource_id.into(),
+                principal_id: "p".into(),
+                client_id: "client-1".into(),
+                tenant_id: "t".into(),
+            }))
+        }
+        async fn find_identity_by_client_id(
+            &self,
+            _: &str,
+        ) -> Result<Option<crate::azure::ManagedIdentity>, crate::azure::AzureError> {
+            Ok(None)
+        }
+        async fn federated_credentials(
+            &self,
+            _: &str,
+        ) -> Result<Vec<crate::azure::FederatedCredential>, crate::azure::AzureError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_managed_identitys_client_id_is_read_from_arm_once_per_cache_ttl() {
+        const ID: &str = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/chat";
+        let access: OpenAIAccess = serde_json::from_value(serde_json::json!({
+            "apiVersion": "keyless.dev/v1alpha1",
+            "kind": "OpenAIAccess",
+            "metadata": {"name": "chat", "namespace": "team"},
+            "spec": {"accountRef": {"name": "prod"}, "principals": [{"managedIdentity": ID}]},
+        }))
+        .unwrap();
+        let service_accounts = kube::runtime::reflector::store::Writer::default().as_reader();
+        let identities = CountingIdentities::default();
+        let gets = || identities.gets.load(std::sync::atomic::Ordering::Relaxed);
+        let cache = ResolutionCache::new(std::time::Duration::from_secs(600));
+        for _ in 0..3 {
+            let data = export_data(
+                &access,
+                Some("https://e"),
+                &service_accounts,
+                &identities,
+                Some(&cache),
+            )
+            .await;
+            assert_eq!(data[CLIENT_ID_KEY], "client-1");
+        }
+        assert_eq!(gets(), 1, "once, then from the cache");
+        // The control: without a cache every export reads ARM.
+        export_data(&access, None, &service_accounts, &identities, None).await;
+        assert_eq!(gets(), 2);
     }
 
     fn data(endpoint: &str) -> ExportData {

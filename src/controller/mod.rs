@@ -45,6 +45,9 @@ pub struct ControllerConfig {
     pub engine: EngineConfig,
     /// Each account is reconciled at least this often (one LIST per account per resync).
     pub resync_interval: Duration,
+    /// While grants wait out the propagation grace, an account is passed again for them no sooner
+    /// than this after a pass (expiries and revocations are never delayed).
+    pub propagation_check_interval: Duration,
     /// Accounts reconciled at once (each account's writes stay sequential).
     pub concurrency: u16,
     /// Backoff after a transient failure: doubles from `retry_initial` up to `retry_max`, with jitter.
@@ -191,10 +194,12 @@ pub async fn run(
     let views = Views::start(&client, &config, &metrics, shutdown.clone());
     match config.leader.clone() {
         None => {
-            // Ready once the accounts have listed.
-            let ready_store = views.accounts.clone();
+            // Ready once every store has its first list (a pass needs them all), not just the
+            // accounts': the OpenAIAccess list of a large cluster takes seconds more.
+            let view = views.health.clone();
+            let poll = config.view_poll_interval.max(Duration::from_millis(10));
             tokio::spawn(async move {
-                wait_until_ready(&ready_store).await;
+                while !view.wait_listed(poll).await {}
                 readiness.set_ready(true);
             });
             run_controllers(

@@ -141,10 +141,10 @@ async fn reconcile_account_pass(
     }
     // No pass before every store has its first complete list: a partial list would look like
     // deleted objects.
-    if !ctx.view.listed() {
+    if !ctx.view.wait_listed(ctx.config.view_poll_interval).await {
         tracing::debug!("waiting for the first lists of every store");
         *timer = "waiting";
-        return Ok(Action::requeue(ctx.config.view_poll_interval));
+        return Ok(Action::requeue(Duration::ZERO));
     }
     fence(&ctx)?;
     if !being_deleted && !has_finalizer(account) {
@@ -382,6 +382,7 @@ async fn reconcile_account_pass(
                     endpoint,
                     &ctx.service_accounts,
                     ctx.azure.identities.as_ref(),
+                    ctx.config.engine.resolution_cache.as_deref(),
                 )
                 .await;
                 let export = super::export::ExportKey::of(object, &export_to.config_map_name);
@@ -611,7 +612,6 @@ fn record_pass_metrics(ctx: &Context, account: &str, scope: &AccountScope, outco
 }
 
 fn next_action(ctx: &Context, name: &str, outcome: &PassOutcome, now: Timestamp) -> Action {
-    let resync = ctx.config.resync_interval;
     match outcome.retry {
         Some(RetryDecision::After(wait)) => Action::requeue(wait.max(Duration::from_millis(100))),
         Some(RetryDecision::Backoff) => Action::requeue(ctx.backoff.next(
@@ -621,13 +621,47 @@ fn next_action(ctx: &Context, name: &str, outcome: &PassOutcome, now: Timestamp)
         )),
         Some(RetryDecision::WaitForChange) | None => {
             ctx.backoff.reset(name);
-            let until_deadline = outcome
-                .requeue_at
-                .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
-                .map(|d| d + Duration::from_millis(500));
-            Action::requeue(until_deadline.map_or(resync, |d| d.min(resync)))
+            Action::requeue(next_look(
+                Cadence {
+                    resync: ctx.config.resync_interval,
+                    propagation_check: ctx.config.propagation_check_interval,
+                },
+                outcome.requeue_at,
+                outcome.ready_at,
+                now,
+            ))
         }
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cadence {
+    resync: Duration,
+    propagation_check: Duration,
+}
+
+// How long until an account that needs no retry is passed again: its resync, or sooner when
+// something falls due. An expiry, a revocation or a lifted hold is due on time; a grant turning
+// Ready only changes a status, so it waits at least --propagation-check-interval: grants made one
+// after another during a long convergence then turn Ready a batch per pass, not a pass (and a
+// LIST) each.
+fn next_look(
+    cadence: Cadence,
+    due: Option<Timestamp>,
+    ready: Option<Timestamp>,
+    now: Timestamp,
+) -> Duration {
+    // A pass at the very moment would still see the deadline ahead (clocks, rounding).
+    const PAST_THE_DEADLINE: Duration = Duration::from_millis(500);
+    let until = |at: Timestamp| {
+        Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO) + PAST_THE_DEADLINE
+    };
+    let due = due.map(until);
+    let ready = ready.map(|at| until(at).max(cadence.propagation_check));
+    [due, ready]
+        .into_iter()
+        .flatten()
+        .fold(cadence.resync, Duration::min)
 }
 
 pub fn account_error_policy(
@@ -1270,4 +1304,79 @@ fn stalled_access_status(
     }
     status.summary = Some(crate::plan::planner::summary(&status.principals));
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Cadence, next_look};
+    use jiff::{SignedDuration, Timestamp};
+    use std::time::Duration;
+
+    #[test]
+    fn an_account_is_looked_at_again_at_its_resync_or_sooner_when_something_falls_due() {
+        let now: Timestamp = "2026-12-07T06:00:00Z".parse().unwrap();
+        let at = |secs: i64| Some(now + SignedDuration::from_secs(secs));
+        let cadence = Cadence {
+            resync: Duration::from_secs(600),
+            propagation_check: Duration::from_secs(30),
+        };
+        let secs = |s: f64| Duration::from_secs_f64(s);
+        // (case, due on time, turns Ready, wait)
+        let cases = [
+            ("nothing due: the resync", None, None, secs(600.0)),
+            ("an expiry in 1 s is on time", at(1), None, secs(1.5)),
+            (
+                "a grant Ready in 1 s waits for the batch",
+                None,
+                at(1),
+                secs(30.0),
+            ),
+            (
+                "a grant Ready in 100 s: its deadline",
+                None,
+                at(100),
+                secs(100.5),
+            ),
+            ("an expiry before the batch wins", at(5), at(1), secs(5.5)),
+            (
+                "a Ready batch before a later expiry",
+                at(200),
+                at(1),
+                secs(30.0),
+            ),
+            (
+                "a deadline past the resync: the resync",
+                at(900),
+                at(800),
+                secs(600.0),
+            ),
+            (
+                "a deadline already passed: at once",
+                at(-5),
+                None,
+                secs(0.5),
+            ),
+        ];
+        for (case, due, ready, want) in cases {
+            assert_eq!(next_look(cadence, due, ready, now), want, "{case}");
+        }
+        let unbatched = Cadence {
+            propagation_check: Duration::ZERO,
+            ..cadence
+        };
+        assert_eq!(
+            next_look(unbatched, None, at(1), now),
+            secs(1.5),
+            "a zero check interval keeps the exact deadline"
+        );
+        let short_resync = Cadence {
+            resync: Duration::from_secs(10),
+            ..cadence
+        };
+        assert_eq!(
+            next_look(short_resync, None, at(1), now),
+            secs(10.0),
+            "the resync comes first when shorter than the batch"
+        );
+    }
 }

@@ -137,6 +137,9 @@ pub struct FailureLimits {
 pub struct ViewHealth {
     stores: Arc<Mutex<BTreeMap<&'static str, StoreHealth>>>,
     limits: FailureLimits,
+    // Flips to true once every store has its first list: a pass that came too early waits for
+    // it instead of polling.
+    all_listed: tokio::sync::watch::Sender<bool>,
 }
 
 impl ViewHealth {
@@ -147,6 +150,7 @@ impl ViewHealth {
                 kinds.iter().map(|k| (*k, StoreHealth::default())).collect(),
             )),
             limits,
+            all_listed: tokio::sync::watch::Sender::new(kinds.is_empty()),
         }
     }
 
@@ -170,6 +174,17 @@ impl ViewHealth {
         {
             tracing::warn!(store = kind, %problem, "view incomplete: revocations held");
         }
+        if !*self.all_listed.borrow() && stores.values().all(|s| s.listed) {
+            self.all_listed.send_replace(true);
+        }
+    }
+
+    /// Waits up to `within` for every store's first list; whether they all have it.
+    pub async fn wait_listed(&self, within: Duration) -> bool {
+        let mut listed = self.all_listed.subscribe();
+        tokio::time::timeout(within, listed.wait_for(|all| *all))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Whether every store has completed its first list.
@@ -329,6 +344,28 @@ mod tests {
         // A relist in progress changes nothing.
         view.observe::<Namespace>("Namespace", &Ok(watcher::Event::Init));
         assert_eq!(view.completeness(), ViewCompleteness::Complete);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_waiting_for_the_first_lists_wakes_when_the_last_one_completes() {
+        let view = ViewHealth::new(&["OpenAIAccess", "Namespace"], LIMITS);
+        assert!(
+            !view.wait_listed(Duration::from_secs(1)).await,
+            "nothing listed: it gives up after the wait"
+        );
+        let waiting = tokio::spawn({
+            let view = view.clone();
+            async move { view.wait_listed(Duration::from_secs(3600)).await }
+        });
+        view.observe::<Namespace>("OpenAIAccess", &Ok(watcher::Event::InitDone));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one store still lists");
+        view.observe::<Namespace>("Namespace", &Ok(watcher::Event::InitDone));
+        assert!(waiting.await.unwrap());
+        assert!(
+            view.wait_listed(Duration::ZERO).await,
+            "once listed, at once"
+        );
     }
 
     fn namespace(name: &str) -> Namespace {

@@ -166,9 +166,13 @@ pub struct PassOutcome {
     pub listing: Option<crate::azure::ScopeListing>,
     /// A read failure (account or LIST) that stopped the pass.
     pub read_error: Option<AzureError>,
-    /// When this scope must be looked at again regardless of changes: a grant's propagation grace
-    /// ends, or an OpenAIAccess expires.
+    /// When this scope must be looked at again regardless of changes, on time: an OpenAIAccess
+    /// expires, an Exclusive revocation is due, a brake's hold lifts.
     pub requeue_at: Option<Timestamp>,
+    /// The earliest moment a grant's propagation grace ends and its object turns Ready. Only a
+    /// status changes then, so the controller may batch it ([`requeue_at`](Self::requeue_at) it
+    /// may not).
+    pub ready_at: Option<Timestamp>,
     /// Deletes the brake (or the view) held this pass: the first hold and how many it held.
     pub held: Option<(brake::Hold, usize)>,
     /// The fence refused a write: this replica may no longer lead, so the pass stopped and its
@@ -208,6 +212,7 @@ pub async fn run_pass(
         read_error: None,
         listing: None,
         requeue_at: None,
+        ready_at: None,
         held: None,
         fenced: None,
         management: management(source, config),
@@ -691,7 +696,8 @@ pub async fn run_pass(
         // The rest of the deletes wait for the next pass; do not wait a whole resync for it.
         outcome.retry = Some(RetryDecision::Backoff);
     }
-    outcome.requeue_at = next_deadline(source, &outcome.accesses, config, now);
+    outcome.requeue_at = next_expiry(source, now);
+    outcome.ready_at = next_ready(&outcome.accesses, config, now);
     if let Some(next) = plan.exclusive.next_revocation() {
         outcome.requeue_at = Some(outcome.requeue_at.map_or(next, |at| at.min(next)));
     }
@@ -920,23 +926,29 @@ pub fn spared_without_prune(write: &Write, plan: &Plan, source: &ScopeSource) ->
     !named
 }
 
-// The earliest future moment at which a status would change by itself.
-fn next_deadline(
-    source: &ScopeSource,
+// The earliest future moment an OpenAIAccess expires: its grants must go then, not later.
+fn next_expiry(source: &ScopeSource, now: Timestamp) -> Option<Timestamp> {
+    source
+        .accesses
+        .iter()
+        .filter_map(|a| a.spec.expires_at.as_ref().map(|t| t.0))
+        .filter(|t| *t > now)
+        .min()
+}
+
+// The earliest future moment a grant's propagation grace ends (only a status changes then).
+fn next_ready(
     accesses: &[AccessResult],
     config: &EngineConfig,
     now: Timestamp,
 ) -> Option<Timestamp> {
-    let expiries = source
-        .accesses
-        .iter()
-        .filter_map(|a| a.spec.expires_at.as_ref().map(|t| t.0));
-    let propagation = accesses
+    accesses
         .iter()
         .flat_map(|a| a.status.principals.iter())
         .filter_map(|p| p.granted_at.as_ref())
-        .filter_map(|t| conditions::ready_at(t.0, config.propagation_grace));
-    expiries.chain(propagation).filter(|t| *t > now).min()
+        .filter_map(|t| conditions::ready_at(t.0, config.propagation_grace))
+        .filter(|t| *t > now)
+        .min()
 }
 
 // A principal's planned status, corrected by the result of the write that concerned it.
@@ -956,7 +968,7 @@ fn apply_write_results(
             WriteResult::Created(created) => {
                 status.state = Some(GrantState::Granted);
                 status.reason = Some(reasons::GRANTED.into());
-                status.message = Some("role assignment created".into());
+                status.message = Some(crate::plan::status::GRANTED_MESSAGE.into());
                 status.role_assignment_id = Some(assignment.id());
                 // ARM's createdOn, so the time survives restarts and never churns status.
                 status.granted_at =
@@ -965,10 +977,7 @@ fn apply_write_results(
             WriteResult::Confirmed(existing) => {
                 status.state = Some(GrantState::Granted);
                 status.reason = Some(reasons::GRANTED.into());
-                status.message = Some(format!(
-                    "role assignment {} (already this keyless's) grants this",
-                    existing.name
-                ));
+                status.message = Some(crate::plan::status::GRANTED_MESSAGE.into());
                 status.role_assignment_id = Some(existing.id.clone());
                 status.granted_at = existing.created_on.map(crate::api::common::Time);
             }

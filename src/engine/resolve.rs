@@ -60,6 +60,14 @@ pub struct ResolutionCache {
             (crate::azure::AccountInfo, std::time::Instant),
         >,
     >,
+    // Managed identities by resource id (lowercase), as ARM returned them: the resolver fills it,
+    // and endpoint export reads the client id from it instead of a GET per object per pass.
+    identities: std::sync::Mutex<
+        std::collections::HashMap<String, (crate::azure::ManagedIdentity, std::time::Instant)>,
+    >,
+    // Entries at the last sweep of expired ones: the next sweep waits until the map has doubled,
+    // so inserts cost O(1) amortized instead of a scan each.
+    swept_at_len: std::sync::atomic::AtomicUsize,
 }
 
 // (namespace for ServiceAccounts, the principal, the ServiceAccount's client id annotation).
@@ -75,6 +83,8 @@ impl ResolutionCache {
             jitter: std::collections::hash_map::RandomState::new(),
             entries: Default::default(),
             accounts: Default::default(),
+            identities: Default::default(),
+            swept_at_len: Default::default(),
         }
     }
 
@@ -123,6 +133,23 @@ impl ResolutionCache {
             .remove(scope);
     }
 
+    /// A managed identity read from ARM within the TTL.
+    pub fn identity(&self, resource_id: &str) -> Option<crate::azure::ManagedIdentity> {
+        let identities = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        identities
+            .get(&resource_id.to_ascii_lowercase())
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(i, _)| i.clone())
+    }
+
+    pub fn put_identity(&self, resource_id: &str, identity: &crate::azure::ManagedIdentity) {
+        let mut identities = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        identities.insert(
+            resource_id.to_ascii_lowercase(),
+            (identity.clone(), std::time::Instant::now()),
+        );
+    }
+
     fn get(&self, key: &CacheKey) -> Option<Resolution> {
         let ttl = self.ttl_of(key);
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,7 +172,13 @@ impl ResolutionCache {
         };
         if cacheable {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            let swept = self.swept_at_len.load(std::sync::atomic::Ordering::Relaxed);
+            if entries.len() >= swept.saturating_mul(2).max(64) {
+                // Expired entries are never read (`get` checks the age); this only bounds memory.
+                entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+                self.swept_at_len
+                    .store(entries.len(), std::sync::atomic::Ordering::Relaxed);
+            }
             entries.insert(key, (resolution.clone(), std::time::Instant::now()));
         }
     }
@@ -257,6 +290,9 @@ impl<'a> Resolver<'a> {
             PrincipalRef::ManagedIdentity(resource_id) => {
                 match self.identities.get_identity(resource_id).await {
                     Ok(Some(identity)) => {
+                        if let Some(shared) = self.shared {
+                            shared.put_identity(resource_id, &identity);
+                        }
                         resolved(&identity.principal_id, PrincipalType::ServicePrincipal)
                     }
                     Ok(None) => Resolution::Unresolved {

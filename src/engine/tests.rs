@@ -424,8 +424,41 @@ async fn a_fresh_grant_is_not_ready_until_the_propagation_grace_has_passed() {
         condition.message
     );
     assert_eq!(
-        outcome.requeue_at,
+        outcome.ready_at,
         Some("2026-11-28T11:05:00Z".parse().unwrap())
+    );
+    assert_eq!(outcome.requeue_at, None, "nothing else is due");
+}
+
+#[tokio::test]
+async fn the_pass_after_a_create_computes_the_status_the_create_wrote() {
+    // Otherwise every object would be written twice: once by the pass that grants, once by the
+    // next (a restart, a resync), for nothing but a message.
+    let azure = FakeAzure::default();
+    let accesses = || source(vec![access("team-a", "chat", vec![object(1), object(2)])]);
+    let created = run_pass(azure.azure(), &accesses(), &config(), now()).await;
+    assert_eq!(azure.calls("put"), 2);
+    let found = run_pass(azure.azure(), &accesses(), &config(), now()).await;
+    assert_eq!(azure.calls("put"), 2, "nothing to create the second time");
+    assert_eq!(created.accesses[0].status, found.accesses[0].status);
+}
+
+#[tokio::test]
+async fn an_expiry_is_due_on_time_and_a_grant_turning_ready_is_only_a_status() {
+    let azure = FakeAzure::default();
+    let early: Timestamp = "2026-11-28T11:02:00Z".parse().unwrap();
+    let mut expiring = access("team-a", "chat", vec![object(1)]);
+    expiring.spec.expires_at = Some(Time("2026-11-28T11:04:00Z".parse().unwrap()));
+    let outcome = run_pass(azure.azure(), &source(vec![expiring]), &config(), early).await;
+    assert_eq!(
+        outcome.requeue_at,
+        Some("2026-11-28T11:04:00Z".parse().unwrap()),
+        "the expiry, on time"
+    );
+    assert_eq!(
+        outcome.ready_at,
+        Some("2026-11-28T11:05:00Z".parse().unwrap()),
+        "the grant's propagation grace, apart"
     );
 }
 

@@ -1,10 +1,10 @@
 //! The operations HTTP server: `/metrics`, `/healthz` and `/readyz` on one plain-HTTP port.
 //!
 //! - `/healthz` answers 200 as long as the process can serve HTTP at all (the liveness probe).
-//! - `/readyz` answers 503 until [`Readiness`] is set, then 200. The controller sets it once its
-//!   informer caches have synced, on every replica, leader or not: a standby replica is ready, and a
-//!   readiness that waited for the lease would stall every rolling update (the new Pod can never take
-//!   the lease while the old one holds it).
+//! - `/readyz` answers 503 until [`Readiness`] is set, then 200. Without leader election the
+//!   controller sets it once every store has its first list; with it, at once: a standby replica is
+//!   ready, and a readiness that waited for the lease would stall every rolling update (the new Pod
+//!   can never take the lease while the old one holds it).
 //! - `/metrics` answers with [`Metrics::encode`] in the Prometheus text format.
 //!
 //! Plain HTTP/1.1 is enough: kubelet probes and Prometheus scrapes both speak it, and nothing served

@@ -20,6 +20,10 @@ use crate::api::{DeletionPolicy, GrantState, PrincipalStatus, ReplacedGrant, rea
 
 /// Reason for a declared grant held by an assignment with an ABAC condition.
 pub const CONDITIONAL_ASSIGNMENT_EXISTS: &str = "ConditionalAssignmentExists";
+/// A granted principal's message, whether the pass created the assignment, found its own after a
+/// conflict, or found it in place: status says what is, the RoleAssignmentCreated event what
+/// happened, so the pass after a create does not rewrite every status it wrote.
+pub const GRANTED_MESSAGE: &str = "role assignment in place";
 
 fn set(status: &mut PrincipalStatus, state: GrantState, reason: &str, message: String) {
     status.state = Some(state);
@@ -179,7 +183,7 @@ pub fn project(
                     }
                     Some(assignment) => {
                         let (reason, message) = if owned {
-                            (reasons::GRANTED, "role assignment in place".to_string())
+                            (reasons::GRANTED, GRANTED_MESSAGE.to_string())
                         } else {
                             (
                                 reasons::ADOPTED,

@@ -74,6 +74,7 @@ pub fn controller_config(instance: &str) -> ControllerConfig {
             ))),
         },
         resync_interval: Duration::from_millis(700),
+        propagation_check_interval: Duration::ZERO,
         concurrency: 2,
         retry_initial: Duration::from_millis(50),
         retry_max: Duration::from_millis(400),
