@@ -918,14 +918,17 @@ impl Bench<'_> {
         }
     }
 
-    /// Waits until, for `--settle`, the controller finished no reconcile and sent no Azure request.
+    /// Waits until, for `--settle`, the controller finished no reconcile and sent no Azure or
+    /// Kubernetes request (a pass that made its grants still writes their statuses).
     async fn wait_quiet(&self, phase: &'static str, controller: &mut Controller) -> Result<()> {
         let deadline = Instant::now() + self.args.phase_timeout;
-        let mut last = (u64::MAX, u64::MAX);
+        let mut last = (u64::MAX, u64::MAX, u64::MAX);
         loop {
+            let samples = self.scrape(controller.port).await?;
             let now = (
-                reconciles(&self.scrape(controller.port).await?),
+                reconciles(&samples),
                 self.emulator.request_counts().values().sum::<u64>(),
+                figures::metric_sum(&samples, "keyless_kube_requests_total", &[]),
             );
             if now == last {
                 return Ok(());
