@@ -98,10 +98,11 @@ impl RecentEvents {
         self.published.is_empty()
     }
 
-    fn fresh(&self, published: &Published, now: Timestamp) -> bool {
+    // Whether a repeat at `now` still folds into `published`'s series.
+    fn fresh(ttl: SignedDuration, published: &Published, now: Timestamp) -> bool {
         published
             .last_seen
-            .checked_add(self.ttl)
+            .checked_add(ttl)
             .is_ok_and(|until| until > now)
     }
 
@@ -109,12 +110,7 @@ impl RecentEvents {
     pub fn next(&mut self, key: &EventKey, now: Timestamp) -> Publish {
         let ttl = self.ttl;
         match self.published.get_mut(key) {
-            Some(published)
-                if published
-                    .last_seen
-                    .checked_add(ttl)
-                    .is_ok_and(|until| until > now) =>
-            {
+            Some(published) if Self::fresh(ttl, published, now) => {
                 published.count = published.count.saturating_add(1);
                 published.last_seen = now;
                 Publish::Repeat {
@@ -134,8 +130,7 @@ impl RecentEvents {
         }
         if !self.published.contains_key(&key) && self.published.len() >= self.capacity {
             let ttl = self.ttl;
-            self.published
-                .retain(|_, p| p.last_seen.checked_add(ttl).is_ok_and(|until| until > now));
+            self.published.retain(|_, p| Self::fresh(ttl, p, now));
             if self.published.len() >= self.capacity
                 && let Some(oldest) = self
                     .published
@@ -165,7 +160,9 @@ impl RecentEvents {
 
     /// Whether `key` is remembered as fresh at `now` (tests and diagnostics).
     pub fn remembers(&self, key: &EventKey, now: Timestamp) -> bool {
-        self.published.get(key).is_some_and(|p| self.fresh(p, now))
+        self.published
+            .get(key)
+            .is_some_and(|p| Self::fresh(self.ttl, p, now))
     }
 }
 

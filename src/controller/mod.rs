@@ -198,10 +198,9 @@ pub async fn run(
             // accounts': the OpenAIAccess list of a large cluster takes seconds more.
             let view = views.health.clone();
             let accounts = views.accounts.clone();
-            let poll = config.view_poll_interval.max(Duration::from_millis(10));
+            let recheck = config.view_poll_interval;
             tokio::spawn(async move {
-                while !view.wait_listed(poll).await {}
-                wait_until_ready(&accounts).await;
+                wait_until_listed(&view, &accounts, recheck).await;
                 readiness.set_ready(true);
             });
             run_controllers(
@@ -541,10 +540,9 @@ where
     .flat_map(futures::stream::iter)
 }
 
-/// Every object in the store once it and every store of the view have listed, then `later` (a term's changes,
-/// subscribed before this is called): a term starts by reconciling everything, from the stores
-/// the replica kept warm. Woken by the view the moment the last list completes (a pass needs them
-/// all anyway); `recheck` only bounds each wait.
+/// Every object in the store once it and every store of the view have listed
+/// ([`wait_until_listed`]), then `later` (a term's changes, subscribed before this is called): a
+/// term starts by reconciling everything, from the stores the replica kept warm.
 fn everything_then_changes<K>(
     later: impl futures::Stream<Item = Arc<K>> + Send + 'static,
     store: Store<K>,
@@ -556,13 +554,7 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
     futures::stream::once(async move {
-        while !view
-            .wait_listed(recheck.max(Duration::from_millis(10)))
-            .await
-        {}
-        // The view does not track the accounts' store: it must have listed too (it lists first
-        // and is small, so by now it nearly always has, and this returns at once).
-        wait_until_ready(&store).await;
+        wait_until_listed(&view, &store, recheck).await;
         futures::stream::iter(store.state())
     })
     .flatten()
@@ -966,6 +958,22 @@ pub async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// Waits until every store of the view and `store` have their first full lists: woken by the view
+/// the moment its last list completes; `recheck` only bounds each wait. The view does not track
+/// the accounts' store, so `store` is waited for too (it lists first and is small: by then it
+/// nearly always has, and that wait returns at once).
+async fn wait_until_listed<K>(view: &ViewHealth, store: &Store<K>, recheck: Duration)
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while !view
+        .wait_listed(recheck.max(Duration::from_millis(10)))
+        .await
+    {}
+    wait_until_ready(store).await;
 }
 
 /// Waits until a reflector store has its first full list. Re-polled every second: a single long

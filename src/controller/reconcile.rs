@@ -147,7 +147,6 @@ async fn reconcile_account_pass(
         *timer = "waiting";
         return Ok(Action::requeue(Duration::ZERO));
     }
-    tracing::debug!("the view is listed");
     fence(&ctx)?;
     if !being_deleted && !has_finalizer(account) {
         // The pass goes on in the same reconcile: the finalizer is in place before any grant
