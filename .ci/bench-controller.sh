@@ -33,12 +33,14 @@ case $size in
     flags=(--accounts 4 --subscriptions 2 --objects 10 --principals 2 --workload-namespaces 4
       --resyncs 2 --resync-interval 10s --churn-namespaces 20 --churn-service-accounts 20
       --churn-rounds 5 --memory-objects 200 --memory-service-accounts 400 --memory-namespaces 50
-      --latency-ms 20 --propagation-grace 15s --propagation-check-interval 5s --check)
+      --latency-ms 20 --propagation-grace 15s --propagation-check-interval 5s
+      --memory-trim-interval 2s --check)
     ;;
   medium)
     flags=(--accounts 5 --subscriptions 1 --objects 100 --principals 2 --resyncs 3
       --resync-interval 20s --memory-objects 2000 --memory-service-accounts 4000
-      --memory-namespaces 400 --propagation-grace 60s --propagation-check-interval 10s --check)
+      --memory-namespaces 400 --propagation-grace 60s --propagation-check-interval 10s
+      --memory-trim-interval 10s --check)
     ;;
   full)
     flags=(--check)

@@ -239,8 +239,10 @@ async fn populate(env: &TestEnv, sizes: &Sizes) {
     eprintln!("memory: population created in {:?}", started.elapsed());
 }
 
-/// (VmRSS, VmHWM) in KiB.
-fn rss_of(pid: u32) -> Option<(u64, u64)> {
+/// (VmRSS, VmHWM, RssAnon) in KiB. RssAnon is the heap and stacks without the binary's mapped
+/// pages (RssFile, about 20 MiB of a release build and twice that of a debug one), so builds
+/// compare by it.
+fn rss_of(pid: u32) -> Option<(u64, u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
@@ -249,7 +251,7 @@ fn rss_of(pid: u32) -> Option<(u64, u64)> {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<u64>().ok())
     };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?))
 }
 
 /// utime + stime in clock ticks.
@@ -352,9 +354,9 @@ async fn measure(env: &TestEnv, sizes: &Sizes, variant: &Variant) -> String {
     let mut last_ticks = cpu_ticks(pid).unwrap_or(0);
     let mut last_sample = Instant::now();
     let target = before + sizes.accesses;
-    let (peak, steady) = loop {
+    let (peak, steady, steady_anon) = loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let Some((rss, hwm)) = rss_of(pid) else {
+        let Some((rss, hwm, anon)) = rss_of(pid) else {
             panic!("{}: the controller exited", variant.label);
         };
         if converged.is_none() && emulator.role_assignments().len() >= target {
@@ -372,18 +374,19 @@ async fn measure(env: &TestEnv, sizes: &Sizes, variant: &Variant) -> String {
                 _ => {}
             }
             eprintln!(
-                "memory: {} t={:?} rss={:.1} MiB hwm={:.1} MiB assignments={} busy={busy}",
+                "memory: {} t={:?} rss={:.1} MiB hwm={:.1} MiB anon={:.1} MiB assignments={} busy={busy}",
                 variant.label,
                 started.elapsed(),
                 mib(rss),
                 mib(hwm),
+                mib(anon),
                 emulator.role_assignments().len() - before
             );
         }
         if let Some(since) = idle_since
             && since.elapsed() >= sizes.settle
         {
-            break (hwm, rss);
+            break (hwm, rss, anon);
         }
         assert!(
             started.elapsed() < sizes.deadline,
@@ -395,10 +398,11 @@ async fn measure(env: &TestEnv, sizes: &Sizes, variant: &Variant) -> String {
     let _ = child.kill();
     let _ = child.wait();
     format!(
-        "{:<24} peak {:>6.1} MiB  steady {:>6.1} MiB  converged in {:>6.1} s  ({} namespaces, {} service accounts, {} accounts, {} accesses)",
+        "{:<24} peak {:>6.1} MiB  steady {:>6.1} MiB (anonymous {:>6.1} MiB)  converged in {:>6.1} s  ({} namespaces, {} service accounts, {} accounts, {} accesses)",
         variant.label,
         mib(peak),
         mib(steady),
+        mib(steady_anon),
         converged.unwrap_or_default().as_secs_f64(),
         sizes.namespaces,
         sizes.service_accounts,

@@ -95,6 +95,10 @@ pub struct ControllerBenchArgs {
     /// The controllers' --propagation-check-interval.
     #[arg(long, value_parser = crate::azure::config::parse_duration, default_value = "30s")]
     pub propagation_check_interval: Duration,
+    /// The controllers' --memory-trim-interval. The memory phase reads the steady RSS one interval
+    /// after the controller went quiet, as a deployed one settles.
+    #[arg(long, value_parser = crate::azure::config::parse_duration, default_value = "60s")]
+    pub memory_trim_interval: Duration,
     /// Namespaces (without objects) whose labels the churn changes.
     #[arg(long, default_value_t = 100)]
     pub churn_namespaces: u32,
@@ -360,6 +364,7 @@ pub async fn run(
         "memory_objects": args.memory_objects,
         "memory_service_accounts": args.memory_service_accounts,
         "memory_namespaces": args.memory_namespaces,
+        "memory_trim_interval_s": args.memory_trim_interval.as_secs_f64(),
     });
     println!(
         "keyless bench --controller: {accounts} accounts over {} subscriptions × {} objects × {} principals = {} grants; latency {} ms; ARM buckets {}; logs in {}",
@@ -666,6 +671,8 @@ impl Bench<'_> {
             let (objects, service_accounts, namespaces) = self.populate_memory().await?;
             let population = started.elapsed();
             self.wait_quiet("memory", &mut b).await?;
+            // Steady: after the controller's next hand-back of free heap (--memory-trim-interval).
+            tokio::time::sleep(self.args.memory_trim_interval).await;
             let rss = b.rss().unwrap_or(Rss {
                 current_kib: 0,
                 peak_kib: 0,
@@ -850,12 +857,19 @@ impl Bench<'_> {
                 propagation_check.as_millis()
             ),
             format!("--concurrency={concurrency}"),
+            format!(
+                "--memory-trim-interval={}ms",
+                self.args.memory_trim_interval.as_millis()
+            ),
         ];
         args.extend(extra.iter().cloned());
         let child = Command::new(exe)
             .args(&args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("KEYLESS_LOG_LEVEL", &self.args.controller_log_level)
+            // As the chart's Deployment runs it (charts/keyless/templates/deployment.yaml), so
+            // the memory measured is the memory deployed.
+            .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))

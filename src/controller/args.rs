@@ -30,6 +30,18 @@ pub struct RunArgs {
     /// of a pass each; the resync comes first when shorter. Expiries are never delayed.
     #[arg(long, env = "KEYLESS_PROPAGATION_CHECK_INTERVAL", value_parser = parse_duration, default_value = "30s")]
     pub propagation_check_interval: Duration,
+    /// A repeated Event within this window is counted in the first one's series instead of being
+    /// written again (kube's recorder uses 6 minutes).
+    #[arg(long, env = "KEYLESS_EVENT_SERIES_WINDOW", value_parser = parse_duration, default_value = "6m")]
+    pub event_series_window: Duration,
+    /// How many recent Events are remembered for their series: a bound on the memory that takes
+    /// (a few hundred bytes each); an Event that falls out is written anew when it repeats.
+    #[arg(long, env = "KEYLESS_EVENT_MEMORY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_memory: u32,
+    /// How often the heap's free memory is handed back to the OS (glibc keeps what a list or a
+    /// convergence freed below live objects); 0s turns it off.
+    #[arg(long, env = "KEYLESS_MEMORY_TRIM_INTERVAL", value_parser = parse_duration, default_value = "60s")]
+    pub memory_trim_interval: Duration,
     /// How long a principal Entra does not know yet is waited for before it is reported Failed.
     #[arg(long, env = "KEYLESS_REPLICATION_DEADLINE", value_parser = parse_duration, default_value = "10m")]
     pub replication_deadline: Duration,
@@ -160,6 +172,10 @@ impl RunArgs {
             arm_attempt_timeout: self.azure.to_config().timeout,
             resync_interval: self.resync_interval,
             propagation_check_interval: self.propagation_check_interval,
+            event_series_window: self.event_series_window,
+            event_memory: self.event_memory as usize,
+            memory_trim_interval: (!self.memory_trim_interval.is_zero())
+                .then_some(self.memory_trim_interval),
             concurrency: self.concurrency,
             retry_initial: self.retry_initial,
             retry_max: self.retry_max,

@@ -10,12 +10,12 @@
 //! exporting object per pass).
 
 use super::kube_io::FIELD_MANAGER;
-use crate::api::{OpenAIAccess, PrincipalRef};
+use super::trim::WorkloadServiceAccount;
+use crate::api::{OpenAIAccessSpec, PrincipalRef};
 use crate::azure::ManagedIdentities;
-use crate::engine::{CLIENT_ID_ANNOTATION, ResolutionCache};
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use crate::engine::ResolutionCache;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 
@@ -25,11 +25,12 @@ use std::sync::Mutex;
 pub const ENDPOINT_KEY: &str = "AZURE_OPENAI_ENDPOINT";
 pub const CLIENT_ID_KEY: &str = "AZURE_OPENAI_CLIENT_ID";
 
-/// The ConfigMap's data for an OpenAIAccess.
+/// The ConfigMap's data for an OpenAIAccess in `namespace`.
 pub async fn export_data(
-    access: &OpenAIAccess,
+    namespace: &str,
+    spec: &OpenAIAccessSpec,
     endpoint: Option<&str>,
-    service_accounts: &Store<PartialObjectMeta<ServiceAccount>>,
+    service_accounts: &Store<WorkloadServiceAccount>,
     identities: &dyn ManagedIdentities,
     cache: Option<&ResolutionCache>,
 ) -> BTreeMap<String, String> {
@@ -37,8 +38,7 @@ pub async fn export_data(
     if let Some(endpoint) = endpoint {
         data.insert(ENDPOINT_KEY.to_string(), endpoint.to_string());
     }
-    let workloads: Vec<PrincipalRef> = access
-        .spec
+    let workloads: Vec<PrincipalRef> = spec
         .principals
         .iter()
         .filter_map(|p| p.reference())
@@ -53,8 +53,8 @@ pub async fn export_data(
     if let [only] = workloads.as_slice() {
         let client_id = match only {
             PrincipalRef::ServiceAccount(name) => service_accounts
-                .get(&ObjectRef::new(name).within(&access.namespace().unwrap_or_default()))
-                .and_then(|sa| sa.annotations().get(CLIENT_ID_ANNOTATION).cloned()),
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|sa| sa.client_id.as_deref().map(str::to_string)),
             PrincipalRef::ManagedIdentity(id) => match cache.and_then(|c| c.identity(id)) {
                 // The pass that granted it has just read it: no second GET.
                 Some(identity) => Some(identity.client_id),
@@ -76,9 +76,9 @@ pub async fn export_data(
 }
 
 /// Applies the ConfigMap (server-side apply, owned by the OpenAIAccess).
-pub async fn apply_config_map(
+pub async fn apply_config_map<K: Resource<DynamicType = ()>>(
     client: &kube::Client,
-    access: &OpenAIAccess,
+    access: &K,
     name: &str,
     data: BTreeMap<String, String>,
 ) -> Result<(), kube::Error> {
@@ -120,7 +120,7 @@ pub struct ExportKey {
 }
 
 impl ExportKey {
-    pub fn of(access: &OpenAIAccess, config_map: &str) -> ExportKey {
+    pub fn of<K: Resource>(access: &K, config_map: &str) -> ExportKey {
         ExportKey {
             namespace: access.namespace().unwrap_or_default(),
             name: access.name_any(),
@@ -221,7 +221,7 @@ mod tests {
     #[tokio::test]
     async fn a_managed_identitys_client_id_is_read_from_arm_once_per_cache_ttl() {
         const ID: &str = "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/chat";
-        let access: OpenAIAccess = serde_json::from_value(serde_json::json!({
+        let access: crate::api::OpenAIAccess = serde_json::from_value(serde_json::json!({
             "apiVersion": "keyless.dev/v1alpha1",
             "kind": "OpenAIAccess",
             "metadata": {"name": "chat", "namespace": "team"},
@@ -234,7 +234,8 @@ mod tests {
         let cache = ResolutionCache::new(std::time::Duration::from_secs(600));
         for _ in 0..3 {
             let data = export_data(
-                &access,
+                "team",
+                &access.spec,
                 Some("https://e"),
                 &service_accounts,
                 &identities,
@@ -245,7 +246,15 @@ mod tests {
         }
         assert_eq!(gets(), 1, "once, then from the cache");
         // The control: without a cache every export reads ARM.
-        export_data(&access, None, &service_accounts, &identities, None).await;
+        export_data(
+            "team",
+            &access.spec,
+            None,
+            &service_accounts,
+            &identities,
+            None,
+        )
+        .await;
         assert_eq!(gets(), 2);
     }
 

@@ -16,7 +16,7 @@ use super::lenient::LenientAccess;
 use crate::plan::ObjectKey;
 use kube::runtime::watcher;
 use std::collections::{BTreeSet, HashMap};
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 /// The accounts an event maps to: the named ones, and every account when a malformed object
@@ -57,16 +57,21 @@ impl Entry {
 
 #[derive(Default)]
 struct Entries {
-    by_key: HashMap<ObjectKey, Entry>,
-    by_account: HashMap<String, BTreeSet<ObjectKey>>,
+    /// Each key once; the sets below share it (an object is in three of them).
+    by_key: HashMap<Arc<ObjectKey>, Entry>,
+    by_account: HashMap<String, BTreeSet<Arc<ObjectKey>>>,
     /// Malformed objects without a readable account reference.
-    any_account: BTreeSet<ObjectKey>,
-    by_namespace: HashMap<String, BTreeSet<ObjectKey>>,
+    any_account: BTreeSet<Arc<ObjectKey>>,
+    by_namespace: HashMap<String, BTreeSet<Arc<ObjectKey>>>,
     /// (namespace, ServiceAccount name) → the objects naming it.
-    by_service_account: HashMap<(String, String), BTreeSet<ObjectKey>>,
+    by_service_account: HashMap<(String, String), BTreeSet<Arc<ObjectKey>>>,
 }
 
-fn remove_from<K: Eq + Hash>(map: &mut HashMap<K, BTreeSet<ObjectKey>>, at: K, key: &ObjectKey) {
+fn remove_from<K: Eq + Hash>(
+    map: &mut HashMap<K, BTreeSet<Arc<ObjectKey>>>,
+    at: K,
+    key: &ObjectKey,
+) {
     if let Some(keys) = map.get_mut(&at) {
         keys.remove(key);
         if keys.is_empty() {
@@ -77,7 +82,7 @@ fn remove_from<K: Eq + Hash>(map: &mut HashMap<K, BTreeSet<ObjectKey>>, at: K, k
 
 impl Entries {
     fn insert(&mut self, access: &LenientAccess) {
-        let key = access.key();
+        let key = Arc::new(access.key());
         self.remove(&key);
         let entry = Entry::of(access);
         match &entry.account {
@@ -105,7 +110,7 @@ impl Entries {
     }
 
     fn remove(&mut self, key: &ObjectKey) {
-        let Some(entry) = self.by_key.remove(key) else {
+        let Some((_, entry)) = self.by_key.remove_entry(key) else {
             return;
         };
         match entry.account {
@@ -124,7 +129,7 @@ impl Entries {
         }
     }
 
-    fn accounts_of<'a>(&self, keys: impl IntoIterator<Item = &'a ObjectKey>) -> Accounts {
+    fn accounts_of<'a>(&self, keys: impl IntoIterator<Item = &'a Arc<ObjectKey>>) -> Accounts {
         let mut accounts = Accounts::default();
         for key in keys {
             match self.by_key.get(key).and_then(|e| e.account.as_ref()) {
@@ -190,7 +195,7 @@ impl AccessIndex {
             .into_iter()
             .flatten()
             .chain(live.any_account.iter())
-            .cloned()
+            .map(|key| ObjectKey::clone(key))
             .collect()
     }
 
@@ -212,31 +217,45 @@ impl AccessIndex {
 
 /// Remembers what keyless reads of each object of a kind (a fingerprint of it) and lets an event
 /// through only when that changed, the object is seen for the first time, or it is gone.
+///
+/// Both the object's key and what is read of it are kept as 64-bit hashes: it remembers every
+/// object of the cluster (32,000 at issue 18's population), and a key's two strings and a value's
+/// copy cost ~100 bytes each where the hashes cost 16. A collision could only hide one change
+/// from the triggers (the passes read the stores, never this), and the next resync passes every
+/// account anyway; at 64 bits it does not happen.
 pub struct ChangeFilter<V> {
-    seen: HashMap<ObjectKey, V>,
+    seen: HashMap<u64, u64>,
+    read: std::marker::PhantomData<fn(V)>,
 }
 
 impl<V> Default for ChangeFilter<V> {
     fn default() -> Self {
         ChangeFilter {
             seen: HashMap::new(),
+            read: std::marker::PhantomData,
         }
     }
 }
 
-impl<V: PartialEq> ChangeFilter<V> {
+/// A hash that is the same for the same value for the life of the process (std's SipHash with
+/// fixed keys, not a `RandomState`).
+fn fingerprint(value: &impl Hash) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl<V: Hash> ChangeFilter<V> {
     /// `current`: what keyless reads of the object now, or None when it is no longer in the
     /// store (deleted). Returns whether the event matters.
     pub fn changed(&mut self, key: ObjectKey, current: Option<V>) -> bool {
+        let key = fingerprint(&key);
         match current {
             None => self.seen.remove(&key).is_some(),
-            Some(value) => match self.seen.get(&key) {
-                Some(before) if *before == value => false,
-                _ => {
-                    self.seen.insert(key, value);
-                    true
-                }
-            },
+            Some(value) => {
+                let value = fingerprint(&value);
+                self.seen.insert(key, value) != Some(value)
+            }
         }
     }
 }

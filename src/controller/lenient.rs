@@ -2,6 +2,11 @@
 //! its metadata, `spec.accountRef.name`, the raw status and the object ids that status records —
 //! so a malformed object protects its grants instead of looking absent. (kube's
 //! `DeserializeGuard` keeps only the metadata, which cannot tell which grants the object holds.)
+//!
+//! It is also the shape the store keeps, 10,000 of them at the scale keyless is built for, so it
+//! holds one `ObjectMeta` (not the typed object's second copy) and the status packed as the compact
+//! JSON it round-trips through: a typed status is about twice its JSON in memory (a `String` per
+//! field, an allocation each), and only a pass over the object's account reads it (issue 18).
 
 use crate::api::{OpenAIAccess, OpenAIAccessSpec, OpenAIAccessStatus};
 use crate::plan::{MalformedObject, ObjectKey};
@@ -44,7 +49,54 @@ pub struct Unparsed {
 #[derive(Clone, Debug, PartialEq)]
 pub struct LenientAccess {
     pub metadata: ObjectMeta,
-    pub parsed: Result<OpenAIAccess, Unparsed>,
+    pub parsed: Result<ParsedAccess, Unparsed>,
+}
+
+/// What an OpenAIAccess that parses holds beside its metadata (which is the outer
+/// [`LenientAccess::metadata`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParsedAccess {
+    pub spec: OpenAIAccessSpec,
+    status: PackedStatus,
+}
+
+impl ParsedAccess {
+    pub fn new(spec: OpenAIAccessSpec, status: Option<&OpenAIAccessStatus>) -> Self {
+        ParsedAccess {
+            spec,
+            status: PackedStatus::pack(status),
+        }
+    }
+
+    /// The status as the API server last sent it (None: it has none yet).
+    pub fn status(&self) -> Option<OpenAIAccessStatus> {
+        self.status.unpack()
+    }
+}
+
+/// A status as its compact JSON. Packed from the typed value only, so it always unpacks; the
+/// round trip is exact (the API server's timestamps have whole seconds, as `Time` writes them).
+#[derive(Clone, Debug, PartialEq, Default)]
+struct PackedStatus(Option<Box<str>>);
+
+impl PackedStatus {
+    fn pack(status: Option<&OpenAIAccessStatus>) -> Self {
+        PackedStatus(status.map(|status| match serde_json::to_string(status) {
+            Ok(json) => json.into_boxed_str(),
+            // Serializing a typed status (strings, numbers, timestamps) has no failure mode.
+            Err(error) => unreachable!("an OpenAIAccess status serializes: {error}"),
+        }))
+    }
+
+    fn unpack(&self) -> Option<OpenAIAccessStatus> {
+        let json = self.0.as_deref()?;
+        match serde_json::from_str(json) {
+            Ok(status) => Some(status),
+            Err(error) => {
+                unreachable!("a packed status unpacks (it was packed from the type): {error}")
+            }
+        }
+    }
 }
 
 impl LenientAccess {
@@ -79,7 +131,7 @@ impl LenientAccess {
         let metadata: ObjectMeta =
             serde_json::from_value(value.get("metadata").cloned().unwrap_or(Value::Null))?;
         let parsed = match serde_json::from_value::<OpenAIAccess>(value.clone()) {
-            Ok(access) => Ok(access),
+            Ok(access) => Ok(ParsedAccess::new(access.spec, access.status.as_ref())),
             Err(error) => {
                 let spec_error = serde_json::from_value::<OpenAIAccessSpec>(
                     value.get("spec").cloned().unwrap_or(Value::Null),
@@ -116,6 +168,18 @@ impl LenientAccess {
             }
         };
         Ok(LenientAccess { metadata, parsed })
+    }
+
+    /// The typed object, for code that reads it whole (a report), or what is known of it.
+    pub fn into_access(self) -> Result<OpenAIAccess, Unparsed> {
+        let parsed = self.parsed?;
+        let mut access = OpenAIAccess::new(
+            &self.metadata.name.clone().unwrap_or_default(),
+            parsed.spec.clone(),
+        );
+        access.metadata = self.metadata;
+        access.status = parsed.status();
+        Ok(access)
     }
 }
 
@@ -227,7 +291,7 @@ mod tests {
             .parsed
             .expect("an unknown state is Unknown, not a parse error");
         assert_eq!(
-            access.status.unwrap().principals[0].state,
+            access.status().unwrap().principals[0].state,
             Some(crate::api::GrantState::Unknown)
         );
     }

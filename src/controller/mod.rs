@@ -23,8 +23,8 @@ use crate::ops::leader::LeaderElection;
 use crate::ops::leader::LeaseFence;
 use crate::ops::metrics::{Metrics, status_class};
 use futures::FutureExt;
-use futures::StreamExt;
 use futures::future::{BoxFuture, Shared};
+use futures::{StreamExt, TryStreamExt};
 use index::{AccessIndex, Accounts, ChangeFilter};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -37,6 +37,7 @@ use lenient::LenientAccess;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
+use trim::WorkloadServiceAccount;
 use view::ViewHealth;
 
 /// Settings of the controller; every interval is a parameter.
@@ -48,6 +49,16 @@ pub struct ControllerConfig {
     /// While grants wait out the propagation grace, an account is passed again for them no sooner
     /// than this after a pass (expiries and revocations are never delayed).
     pub propagation_check_interval: Duration,
+    /// How long a repeated event is folded into the first one's series (kube's `Recorder` uses
+    /// six minutes).
+    pub event_series_window: Duration,
+    /// How many recent events are remembered for that: a bound on the recorder's memory (a few
+    /// hundred bytes each), where kube's keeps every event published (issue 18: 33 MB at 10,000
+    /// grants). One that falls out comes back as a new Event, not a series.
+    pub event_memory: usize,
+    /// How often the heap's free memory is handed back to the OS ([`crate::ops::memory`]); None:
+    /// never.
+    pub memory_trim_interval: Option<Duration>,
     /// Accounts reconciled at once (each account's writes stay sequential).
     pub concurrency: u16,
     /// Backoff after a transient failure: doubles from `retry_initial` up to `retry_max`, with jitter.
@@ -82,7 +93,7 @@ pub struct Context {
     /// Which OpenAIAccess objects each account has, kept beside `accesses`.
     pub access_index: AccessIndex,
     /// Metadata only: keyless reads a ServiceAccount's client-id annotation and nothing else.
-    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    pub service_accounts: Store<WorkloadServiceAccount>,
     /// Metadata only: keyless reads a Namespace's labels and nothing else.
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub recorder: events::EventRecorder,
@@ -192,6 +203,12 @@ pub async fn run(
     // The stores run on every replica from the start, leader or not: a standby that takes over
     // already holds a complete view.
     let views = Views::start(&client, &config, &metrics, shutdown.clone());
+    if let Some(interval) = config.memory_trim_interval {
+        tokio::spawn(crate::ops::memory::trim_periodically(
+            interval,
+            shutdown.clone(),
+        ));
+    }
     match config.leader.clone() {
         None => {
             // Ready once every store has its first list (a pass needs them all), not just the
@@ -307,14 +324,6 @@ fn watch_lease_holder(
     seen
 }
 
-/// How long a repeated event is folded into the first one's series (kube's `Recorder` uses six
-/// minutes).
-const EVENT_SERIES_TTL: Duration = Duration::from_secs(6 * 60);
-
-/// How many recent events are remembered for that: a bound on the recorder's memory (a few
-/// hundred bytes each), where kube's keeps every event published (issue 18: 33 MB at 10,000 grants).
-const EVENT_MEMORY: usize = 1024;
-
 /// Objects per page of a store's list (kube's default).
 const WATCH_PAGE_SIZE: u32 = 500;
 
@@ -330,13 +339,13 @@ struct Views {
     accounts: Store<DeserializeGuard<OpenAIAccount>>,
     accesses: Store<LenientAccess>,
     access_index: AccessIndex,
-    service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    service_accounts: Store<WorkloadServiceAccount>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Whether each store has listed and is watching; kept across terms with the stores.
     health: ViewHealth,
     account_changes: broadcast::Sender<Touched<DeserializeGuard<OpenAIAccount>>>,
     access_changes: broadcast::Sender<Touched<LenientAccess>>,
-    service_account_changes: broadcast::Sender<Touched<PartialObjectMeta<ServiceAccount>>>,
+    service_account_changes: broadcast::Sender<Touched<WorkloadServiceAccount>>,
     namespace_changes: broadcast::Sender<Touched<PartialObjectMeta<Namespace>>>,
 }
 
@@ -365,7 +374,8 @@ impl Views {
             watcher(
                 Api::<DeserializeGuard<OpenAIAccount>>::all(client.clone()),
                 watcher_config.clone(),
-            ),
+            )
+            .default_backoff(),
             trim::managed_fields,
             forget_deleted_accounts(metrics.clone()),
             shutdown.clone(),
@@ -375,7 +385,8 @@ impl Views {
             watcher(
                 Api::<LenientAccess>::all(client.clone()),
                 watcher_config.clone(),
-            ),
+            )
+            .default_backoff(),
             trim::access,
             {
                 let health = health.clone();
@@ -395,8 +406,10 @@ impl Views {
             watcher(
                 Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
                 watcher_config.clone(),
-            ),
-            trim::service_account,
+            )
+            .default_backoff()
+            .map_ok(|event| map_event(event, WorkloadServiceAccount::of)),
+            |_| {},
             {
                 let health = health.clone();
                 move |event| health.observe(SERVICE_ACCOUNT_STORE, event)
@@ -407,7 +420,8 @@ impl Views {
             watcher(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 watcher_config,
-            ),
+            )
+            .default_backoff(),
             trim::namespace,
             {
                 let health = health.clone();
@@ -471,15 +485,15 @@ fn reflect<K>(
     shutdown: Shared<BoxFuture<'static, ()>>,
 ) -> (Store<K>, broadcast::Sender<Touched<K>>)
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K: reflector::Lookup<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
     let (changes, _) = broadcast::channel(CHANGES_BUFFER);
     let sender = changes.clone();
-    let stream = events
-        .default_backoff()
-        .modify(trim)
-        .reflect(writer)
+    let reader = store.clone();
+    // The free function, not `.reflect()`: that one wants a `Resource`, which the stores' own
+    // records ([`trim`]) are not.
+    let stream = reflector::reflector(writer, events.modify(trim))
         .inspect(observe)
         .take_until(shutdown);
     tokio::spawn(async move {
@@ -487,26 +501,40 @@ where
         let mut listed = false;
         while let Some(event) = stream.next().await {
             // Watch errors are already counted by the view; the watcher retries with backoff.
-            let (object, first_list) = match event {
-                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
-                    (object, false)
-                }
+            let (object, first_list, applied) = match event {
+                Ok(watcher::Event::Apply(object)) => (object, false, true),
+                Ok(watcher::Event::Delete(object)) => (object, false, false),
                 // A relist's objects are changes: the watch may have missed them.
-                Ok(watcher::Event::InitApply(object)) => (object, !listed),
+                Ok(watcher::Event::InitApply(object)) => (object, !listed, false),
                 Ok(watcher::Event::InitDone) => {
                     listed = true;
                     continue;
                 }
                 Ok(watcher::Event::Init) | Err(_) => continue,
             };
+            // A watch event's object is the store's own (the reflector has just applied it), so
+            // the broadcast's buffer of recent changes holds no second copy of it. A list's
+            // objects reach the store only when the list ends, a deleted one not at all.
+            let stored = applied
+                .then(|| reader.get(&ObjectRef::from_obj(&object)))
+                .flatten();
+            let object = stored.unwrap_or_else(|| Arc::new(object));
             // No receiver (no term running, on a standby) is fine: the store holds it.
-            let _ = sender.send(Touched {
-                object: Arc::new(object),
-                first_list,
-            });
+            let _ = sender.send(Touched { object, first_list });
         }
     });
     (store, changes)
+}
+
+/// A watch event about one type as the same event about another (the store's own record of it).
+fn map_event<A, B>(event: watcher::Event<A>, into: impl Fn(A) -> B) -> watcher::Event<B> {
+    match event {
+        watcher::Event::Apply(object) => watcher::Event::Apply(into(object)),
+        watcher::Event::Delete(object) => watcher::Event::Delete(into(object)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(into(object)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 /// What the store touched from now on, for one term's controller. A receiver that fell behind
@@ -595,6 +623,13 @@ async fn run_controllers(
     let access_store = views.accesses.clone();
 
     let shutdown = term.boxed().shared();
+    let recorder = events::EventRecorder::new(
+        client.clone(),
+        "keyless",
+        std::env::var("POD_NAME").ok(),
+        config.event_series_window,
+        config.event_memory,
+    );
     let context = Arc::new(Context {
         client: client.clone(),
         azure,
@@ -604,13 +639,7 @@ async fn run_controllers(
         access_index: views.access_index.clone(),
         service_accounts: views.service_accounts.clone(),
         namespaces: views.namespaces.clone(),
-        recorder: events::EventRecorder::new(
-            client.clone(),
-            "keyless",
-            std::env::var("POD_NAME").ok(),
-            EVENT_SERIES_TTL,
-            EVENT_MEMORY,
-        ),
+        recorder,
         backoff: reconcile::Backoffs::default(),
         exports: export::ExportMemo::default(),
         metrics,
@@ -692,18 +721,15 @@ async fn run_controllers(
     // Only what keyless reads of them: a ServiceAccount's client-id annotation, a Namespace's
     // labels (and their creation and deletion). CI's churn of anything else costs nothing.
     .watches_stream(
-        owned(only_changes(
+        only_changes(
             changes(
                 &views.service_account_changes,
                 views.service_accounts.clone(),
             ),
             views.service_accounts.clone(),
-            |sa: &PartialObjectMeta<ServiceAccount>| {
-                sa.annotations()
-                    .get(crate::engine::CLIENT_ID_ANNOTATION)
-                    .cloned()
-            },
-        )),
+            |sa: &WorkloadServiceAccount| sa.client_id.clone(),
+        )
+        .map(|sa| Ok(sa.trigger())),
         sa_to_accounts,
     )
     .watches_stream(
@@ -804,7 +830,7 @@ fn account_refs(
 /// (pause, confirmed revocations) are metadata. Keyless's own writes move none of them: the
 /// status at the end of a pass that changed something, and the finalizer it adds on first sight
 /// (one someone removed by hand comes back at the next pass; its removal is no reason for one).
-#[derive(PartialEq)]
+#[derive(PartialEq, Hash)]
 struct PassInputs {
     generation: Option<i64>,
     deleting: bool,
@@ -831,12 +857,12 @@ fn only_changes<K, V>(
     read: impl Fn(&K) -> V + Send + 'static,
 ) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
 where
-    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-    V: PartialEq + Send + 'static,
+    K: reflector::Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
+    V: std::hash::Hash + Send + 'static,
 {
     let key_of = |object: &K| crate::plan::ObjectKey {
-        namespace: object.namespace().unwrap_or_default(),
-        name: object.name_any(),
+        namespace: object.namespace().map(String::from).unwrap_or_default(),
+        name: object.name().map(String::from).unwrap_or_default(),
     };
     // Seeded from the store as it is now, after `stream` subscribed: an object the term has not
     // seen change is not "new" to it (its first unrelated event would cost a pass). A change

@@ -6,7 +6,7 @@ use super::Context;
 use super::kube_io::{
     KubeWriteError, apply_access_status, apply_account_status, publish, set_finalizer,
 };
-use super::lenient::{Field, LenientAccess, Unparsed};
+use super::lenient::{Field, LenientAccess, ParsedAccess, Unparsed};
 use crate::api::{
     CLEANUP_FINALIZER, OpenAIAccess, OpenAIAccessStatus, OpenAIAccount, OpenAIAccountStatus,
     condition_types, reasons,
@@ -236,14 +236,14 @@ async fn reconcile_account_pass(
             }
         }
     }
-    let access_objects: Vec<&OpenAIAccess> = access_objects
+    let access_objects: Vec<(&LenientAccess, &ParsedAccess)> = access_objects
         .iter()
-        .filter_map(|a| a.parsed.as_ref().ok())
+        .filter_map(|a| Some((a.as_ref(), a.parsed.as_ref().ok()?)))
         .collect();
     // The labels of the namespaces its objects live in: the only ones its policy is asked about.
     let namespace_labels: crate::plan::policy::NamespaceLabels = access_objects
         .iter()
-        .filter_map(|a| a.namespace())
+        .filter_map(|(object, _)| object.namespace())
         .chain(malformed.iter().map(|m| m.key.namespace.clone()))
         .filter_map(|namespace| {
             ctx.namespaces
@@ -252,31 +252,29 @@ async fn reconcile_account_pass(
         })
         .collect();
     let mut accesses = Vec::with_capacity(access_objects.len());
-    for access in access_objects.iter().copied() {
-        let deleting = access.metadata.deletion_timestamp.is_some();
-        if deleting && !has_finalizer(access) {
+    for (object, access) in access_objects.iter().copied() {
+        let deleting = object.metadata.deletion_timestamp.is_some();
+        if deleting && !has_finalizer(object) {
             continue;
         }
-        let key = ObjectKey {
-            namespace: access.namespace().unwrap_or_default(),
-            name: access.name_any(),
-        };
+        let key = object.key();
+        let previous = access.status();
         let grant_possible = crate::plan::policy::namespace_allowed(
             &account.spec,
             &key.namespace,
             &namespace_labels,
         ) && account.spec.allowed_roles.contains(&access.spec.role);
-        if !deleting && !has_finalizer(access) && grant_possible {
+        if !deleting && !has_finalizer(object) && grant_possible {
             fence(&ctx)?;
-            let namespaced: Api<OpenAIAccess> = Api::namespaced(ctx.client.clone(), &key.namespace);
-            if let Err(error) = set_finalizer(&namespaced, access, true).await {
+            let namespaced: Api<LenientAccess> =
+                Api::namespaced(ctx.client.clone(), &key.namespace);
+            if let Err(error) = set_finalizer(&namespaced, object, true).await {
                 tracing::warn!(object = %key, %error, "could not add the finalizer: no grant for it this pass");
                 ctx.metrics.object_write_failed("finalizer");
                 malformed.push(engine::MalformedObject {
                     key: key.clone(),
                     account_ref: Some(name.clone()),
-                    recorded_object_ids: access
-                        .status
+                    recorded_object_ids: previous
                         .iter()
                         .flat_map(|s| &s.principals)
                         .filter_map(|p| p.object_id.clone())
@@ -288,10 +286,10 @@ async fn reconcile_account_pass(
         }
         accesses.push(AccessSource {
             key,
-            generation: access.metadata.generation,
+            generation: object.metadata.generation,
             spec: access.spec.clone(),
             being_deleted: deleting,
-            previous: access.status.clone(),
+            previous,
         });
     }
 
@@ -339,22 +337,14 @@ async fn reconcile_account_pass(
     record_pass_metrics(&ctx, &name, &scope, &outcome);
 
     // Status and finalizers of every OpenAIAccess; results paired with objects by key.
-    let by_key: HashMap<ObjectKey, &OpenAIAccess> = access_objects
+    let by_key: HashMap<ObjectKey, (&LenientAccess, &ParsedAccess)> = access_objects
         .iter()
-        .map(|a| {
-            (
-                ObjectKey {
-                    namespace: a.namespace().unwrap_or_default(),
-                    name: a.name_any(),
-                },
-                *a,
-            )
-        })
+        .map(|(object, access)| (object.key(), (*object, *access)))
         .collect();
     let mut waiting_finalizers = Vec::new();
     let mut exporting = std::collections::HashSet::new();
     for result in &outcome.accesses {
-        let Some(object) = by_key.get(&result.key).copied() else {
+        let Some((object, access)) = by_key.get(&result.key).copied() else {
             continue;
         };
         let namespaced: Api<OpenAIAccess> =
@@ -364,7 +354,7 @@ async fn reconcile_account_pass(
             if let Err(error) = apply_access_status(
                 &namespaced,
                 &result.key.name,
-                object.status.as_ref(),
+                access.status().as_ref(),
                 &result.status,
             )
             .await
@@ -375,11 +365,12 @@ async fn reconcile_account_pass(
                 continue;
             }
             if ctx.config.enable_configmap_export
-                && let Some(export_to) = &object.spec.export_to
+                && let Some(export_to) = &access.spec.export_to
             {
                 let endpoint = outcome.account.as_ref().and_then(|a| a.endpoint.as_deref());
                 let data = super::export::export_data(
-                    object,
+                    &result.key.namespace,
+                    &access.spec,
                     endpoint,
                     &ctx.service_accounts,
                     ctx.azure.identities.as_ref(),
@@ -418,12 +409,14 @@ async fn reconcile_account_pass(
             }
         } else if result.cleanup_complete {
             fence(&ctx)?;
+            let namespaced: Api<LenientAccess> =
+                Api::namespaced(ctx.client.clone(), &result.key.namespace);
             if let Err(error) = set_finalizer(&namespaced, object, false).await {
                 tracing::warn!(object = %result.key, %error, "could not remove the finalizer");
                 ctx.metrics.object_write_failed("finalizer");
             }
         } else {
-            waiting_finalizers.push((object, result));
+            waiting_finalizers.push((access, object.metadata.generation, result));
         }
     }
     ctx.exports.retain(&name, &exporting);
@@ -431,7 +424,7 @@ async fn reconcile_account_pass(
         let reference = match &event.object {
             Some(key) => by_key
                 .get(key)
-                .map(|a| a.object_ref(&()))
+                .map(|(object, _)| object.object_ref(&()))
                 .unwrap_or_else(|| account.object_ref(&())),
             None => account.object_ref(&()),
         };
@@ -447,7 +440,7 @@ async fn reconcile_account_pass(
     }
 
     // An object being deleted says what its finalizer waits for (written only when that changes).
-    for (object, result) in &waiting_finalizers {
+    for (access, generation, result) in &waiting_finalizers {
         let blocked = outcome.plan.as_ref().and_then(|plan| {
             plan.accesses
                 .iter()
@@ -467,8 +460,8 @@ async fn reconcile_account_pass(
         let message = format!(
             "being deleted: the finalizer {CLEANUP_FINALIZER} stays until keyless has revoked its grants; waiting for {waits_for}"
         );
-        let previous = object
-            .status
+        let previous_status = access.status();
+        let previous = previous_status
             .as_ref()
             .map(|s| s.conditions.as_slice())
             .unwrap_or_default();
@@ -480,7 +473,7 @@ async fn reconcile_account_pass(
             condition(
                 condition_types::READY,
                 (false, "Terminating", message),
-                object.metadata.generation,
+                *generation,
                 previous,
                 now,
             ),
@@ -491,7 +484,7 @@ async fn reconcile_account_pass(
         if let Err(error) = apply_access_status(
             &namespaced,
             &result.key.name,
-            object.status.as_ref(),
+            previous_status.as_ref(),
             &status,
         )
         .await
@@ -726,7 +719,7 @@ fn service_accounts(
                 wanted.insert(
                     key,
                     ServiceAccountInfo {
-                        client_id: sa.annotations().get(engine::CLIENT_ID_ANNOTATION).cloned(),
+                        client_id: sa.client_id.as_deref().map(str::to_string),
                     },
                 );
             }
@@ -1199,28 +1192,30 @@ pub async fn reconcile_access(
     if account_exists {
         return Ok(Action::await_change());
     }
-    if access.metadata.deletion_timestamp.is_some() {
+    if guard.metadata.deletion_timestamp.is_some() {
         // No account, so keyless manages no grant for it (the account's own finalizer revoked or
         // retained them when it was unregistered).
         fence(&ctx)?;
-        set_finalizer(&api, access, false).await?;
+        let lenient_api: Api<LenientAccess> = Api::namespaced(ctx.client.clone(), &namespace);
+        set_finalizer(&lenient_api, guard.as_ref(), false).await?;
         return Ok(Action::await_change());
     }
     let message = format!(
         "OpenAIAccount {} does not exist: ask the platform team to register it, or fix spec.accountRef.name",
         access.spec.account_ref.name
     );
+    let previous = access.status();
     let status = stalled_access_status(
-        access.metadata.generation,
-        access.status.as_ref(),
+        guard.metadata.generation,
+        previous.as_ref(),
         reasons::ACCOUNT_NOT_FOUND,
         message.clone(),
     );
     fence(&ctx)?;
-    if apply_access_status(&api, &access.name_any(), access.status.as_ref(), &status).await? {
+    if apply_access_status(&api, &guard.name_any(), previous.as_ref(), &status).await? {
         publish(
             &ctx.recorder,
-            &access.object_ref(&()),
+            &guard.object_ref(&()),
             true,
             reasons::ACCOUNT_NOT_FOUND,
             "Reconcile",

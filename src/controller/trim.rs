@@ -6,12 +6,13 @@
 //! - every kind: the name and namespace (the store's key); OpenAIAccess and OpenAIAccount also
 //!   their uid and resourceVersion (the reconciler's object reference, Events, owner references of
 //!   exports);
-//! - OpenAIAccess: its spec and status, and of its metadata the generation (conditions'
-//!   observedGeneration), the deletion timestamp and finalizers (cleanup) and the creation time.
-//!   Its labels and annotations are read by nothing (a `kubectl apply` annotation alone repeats
-//!   the whole spec). An object that does not parse keeps its whole metadata but managedFields:
-//!   it is rare, and its metadata is all that is known of it;
-//! - ServiceAccount: the workload-identity client-id annotation and nothing else;
+//! - OpenAIAccess: its spec and status (packed: [`super::lenient`]), and of its metadata the
+//!   generation (conditions' observedGeneration), the deletion timestamp and finalizers (cleanup)
+//!   and the creation time. Its labels and annotations are read by nothing (a `kubectl apply`
+//!   annotation alone repeats the whole spec). An object that does not parse keeps its whole
+//!   metadata but managedFields: it is rare, and its metadata is all that is known of it;
+//! - ServiceAccount: the workload-identity client-id annotation and nothing else, in a record of
+//!   its own ([`WorkloadServiceAccount`]);
 //! - Namespace: its labels (account selectors) and nothing else.
 //!
 //! managedFields are dropped everywhere: keyless never reads them, and they are often the larger
@@ -21,6 +22,8 @@ use super::lenient::LenientAccess;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::Lookup;
+use std::borrow::Cow;
 
 /// The name of a ServiceAccount or Namespace: all their stores key by and all keyless reads of
 /// their identity. Their uid and resourceVersion are read by nothing (the watcher takes the
@@ -45,48 +48,91 @@ fn identity(meta: &mut ObjectMeta) -> ObjectMeta {
     }
 }
 
-/// An OpenAIAccess: the typed object's metadata without labels, annotations, owner references and
-/// managedFields, and the outer copy (the store's key) reduced to the identity and what cleanup
-/// reads; an object that does not parse loses its managedFields only.
+/// An OpenAIAccess that parses: its identity and what the passes read (generation, deletion,
+/// finalizers, creation time), beside its spec and packed status; one that does not parse keeps
+/// all its metadata but managedFields (it is rare, and its metadata is all that is known of it).
 pub fn access(object: &mut LenientAccess) {
-    match &mut object.parsed {
-        Ok(parsed) => {
-            let meta = &mut parsed.metadata;
-            meta.managed_fields = None;
-            meta.labels = None;
-            meta.annotations = None;
-            meta.owner_references = None;
-            meta.self_link = None;
-            let outer = &mut object.metadata;
-            object.metadata = ObjectMeta {
-                generation: outer.generation,
-                deletion_timestamp: outer.deletion_timestamp.take(),
-                finalizers: outer.finalizers.take(),
-                ..identity(outer)
-            };
+    let meta = &mut object.metadata;
+    if object.parsed.is_err() {
+        meta.managed_fields = None;
+        return;
+    }
+    object.metadata = ObjectMeta {
+        generation: meta.generation,
+        deletion_timestamp: meta.deletion_timestamp.take(),
+        finalizers: meta.finalizers.take(),
+        creation_timestamp: meta.creation_timestamp.take(),
+        ..identity(meta)
+    };
+}
+
+/// What keyless keeps of a ServiceAccount: its name and its workload-identity client id. Not a
+/// trimmed `PartialObjectMeta`: an `ObjectMeta` is about 400 bytes before any field is set and an
+/// annotation map allocates a whole B-tree node for one entry, so at 20,000 ServiceAccounts the
+/// trimmed objects cost ~16 MB where these cost a fifth (issue 18).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadServiceAccount {
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+    /// The `azure.workload.identity/client-id` annotation.
+    pub client_id: Option<Box<str>>,
+}
+
+impl WorkloadServiceAccount {
+    pub fn of(object: PartialObjectMeta<ServiceAccount>) -> Self {
+        let mut meta = object.metadata;
+        WorkloadServiceAccount {
+            namespace: meta.namespace.unwrap_or_default().into_boxed_str(),
+            name: meta.name.unwrap_or_default().into_boxed_str(),
+            client_id: meta
+                .annotations
+                .as_mut()
+                .and_then(|a| a.remove(crate::engine::CLIENT_ID_ANNOTATION))
+                .map(String::into_boxed_str),
         }
-        Err(_) => object.metadata.managed_fields = None,
+    }
+
+    /// The ServiceAccount as the controller's triggers take it (its name only); made per event.
+    pub fn trigger(&self) -> PartialObjectMeta<ServiceAccount> {
+        PartialObjectMeta {
+            types: None,
+            metadata: ObjectMeta {
+                name: Some(self.name.to_string()),
+                namespace: Some(self.namespace.to_string()),
+                ..ObjectMeta::default()
+            },
+            _phantom: Default::default(),
+        }
     }
 }
 
-/// A ServiceAccount: its identity and the client-id annotation, when it has one.
-pub fn service_account(object: &mut PartialObjectMeta<ServiceAccount>) {
-    let client_id = object
-        .metadata
-        .annotations
-        .as_mut()
-        .and_then(|a| a.remove(crate::engine::CLIENT_ID_ANNOTATION));
-    object.metadata = ObjectMeta {
-        annotations: client_id.map(|id| {
-            std::collections::BTreeMap::from([(
-                crate::engine::CLIENT_ID_ANNOTATION.to_string(),
-                id,
-            )])
-        }),
-        ..name_only(&mut object.metadata)
-    };
-    // The apiVersion and kind of each item of a list: the store knows its kind.
-    object.types = None;
+impl Lookup for WorkloadServiceAccount {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <ServiceAccount as k8s_openapi::Resource>::KIND.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        <ServiceAccount as k8s_openapi::Resource>::GROUP.into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        <ServiceAccount as k8s_openapi::Resource>::VERSION.into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        <ServiceAccount as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
+    }
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.name))
+    }
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.namespace))
+    }
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        None
+    }
 }
 
 /// A Namespace: its identity and labels.
@@ -166,29 +212,19 @@ mod tests {
         let before = object.clone();
         access(&mut object);
 
-        let (kept, was) = (
-            object.parsed.as_ref().unwrap(),
-            before.parsed.clone().unwrap(),
-        );
-        assert_eq!(kept.spec, was.spec);
-        assert_eq!(kept.status, was.status);
-        let meta = &kept.metadata;
         assert_eq!(
-            (
-                &meta.name,
-                &meta.namespace,
-                &meta.uid,
-                &meta.resource_version
-            ),
-            (
-                &was.metadata.name,
-                &was.metadata.namespace,
-                &was.metadata.uid,
-                &was.metadata.resource_version
-            )
+            object.parsed, before.parsed,
+            "spec and status are kept whole"
         );
-        assert_eq!(meta.generation, Some(3));
-        assert_eq!(meta.finalizers, was.metadata.finalizers);
+        assert!(object.parsed.as_ref().unwrap().status().is_some());
+        let (meta, was) = (&object.metadata, &before.metadata);
+        assert_eq!(object.key(), before.key());
+        assert_eq!(
+            (&meta.uid, &meta.resource_version, meta.generation),
+            (&was.uid, &was.resource_version, Some(3))
+        );
+        assert_eq!(meta.finalizers, was.finalizers);
+        assert_eq!(meta.creation_timestamp, was.creation_timestamp);
         assert!(meta.deletion_timestamp.is_some() && meta.creation_timestamp.is_some());
         assert_eq!(
             (
@@ -198,19 +234,6 @@ mod tests {
                 &meta.managed_fields
             ),
             (&None, &None, &None, &None)
-        );
-
-        // The store's key and what cleanup reads stay on the outer copy; nothing else.
-        assert_eq!(object.key(), before.key());
-        let outer = &object.metadata;
-        assert_eq!(outer.uid, before.metadata.uid);
-        assert_eq!(outer.resource_version, before.metadata.resource_version);
-        assert_eq!(outer.generation, Some(3));
-        assert_eq!(outer.finalizers, before.metadata.finalizers);
-        assert!(outer.deletion_timestamp.is_some());
-        assert_eq!(
-            (&outer.labels, &outer.annotations, &outer.managed_fields),
-            (&None, &None, &None)
         );
     }
 
@@ -232,36 +255,38 @@ mod tests {
 
     #[test]
     fn a_service_account_keeps_its_name_and_client_id_only() {
-        let mut object: PartialObjectMeta<ServiceAccount> = PartialObjectMeta {
+        let object: PartialObjectMeta<ServiceAccount> = PartialObjectMeta {
             types: None,
             metadata: full_meta(Some("team-a")),
             _phantom: Default::default(),
         };
-        service_account(&mut object);
+        let record = WorkloadServiceAccount::of(object);
         assert_eq!(
-            object.metadata,
-            ObjectMeta {
-                name: Some("chat".into()),
-                namespace: Some("team-a".into()),
-                annotations: Some(BTreeMap::from([(
-                    crate::engine::CLIENT_ID_ANNOTATION.into(),
-                    "4b3c0789-1890-448c-aca3-a44e891753f7".into()
-                )])),
-                ..ObjectMeta::default()
+            record,
+            WorkloadServiceAccount {
+                namespace: "team-a".into(),
+                name: "chat".into(),
+                client_id: Some("4b3c0789-1890-448c-aca3-a44e891753f7".into()),
             }
         );
+        // The store keys it as it keyed the object itself.
+        assert_eq!(
+            record.to_object_ref(()),
+            kube::runtime::reflector::ObjectRef::<WorkloadServiceAccount>::new("chat")
+                .within("team-a")
+        );
+        assert_eq!(record.trigger().metadata.name.as_deref(), Some("chat"));
 
-        let mut without = PartialObjectMeta::<ServiceAccount> {
+        let without = WorkloadServiceAccount::of(PartialObjectMeta::<ServiceAccount> {
             types: None,
             metadata: ObjectMeta {
                 annotations: Some(BTreeMap::from([("other".into(), "x".into())])),
                 ..full_meta(Some("team-a"))
             },
             _phantom: Default::default(),
-        };
-        service_account(&mut without);
-        assert_eq!(without.metadata.annotations, None);
-        assert_eq!(without.metadata.name.as_deref(), Some("chat"));
+        });
+        assert_eq!(without.client_id, None);
+        assert_eq!(&*without.name, "chat");
     }
 
     #[test]

@@ -326,7 +326,7 @@ async fn from_cluster(
     let mut access_objects: Vec<OpenAIAccess> = Vec::with_capacity(lenient.items.len());
     for object in lenient.items {
         let key = object.key();
-        match object.parsed {
+        match object.into_access() {
             Ok(access) => access_objects.push(access),
             Err(unparsed) => report.notes.push(format!(
                 "OpenAIAccess {}: not read ({}: {}); what it declares is not shown",
