@@ -430,6 +430,16 @@ async fn controller_memory_at_scale() {
     for variant in variants() {
         let row = measure(&env, &sizes, &variant).await;
         println!("{row}");
+        // What the OpenAIAccess store keeps of each object's status (its compact JSON).
+        let sample: OpenAIAccess = Api::namespaced(env.client.clone(), "mem-0")
+            .get("access-0")
+            .await
+            .unwrap();
+        let status = serde_json::to_string(&sample.status).unwrap();
+        println!(
+            "memory: a status is {} bytes of JSON: {status}",
+            status.len()
+        );
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
