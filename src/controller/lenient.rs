@@ -4,9 +4,10 @@
 //! `DeserializeGuard` keeps only the metadata, which cannot tell which grants the object holds.)
 //!
 //! It is also the shape the store keeps, 10,000 of them at the scale keyless is built for, so it
-//! holds one `ObjectMeta` (not the typed object's second copy) and the status packed as the compact
-//! JSON it round-trips through: a typed status is about twice its JSON in memory (a `String` per
-//! field, an allocation each), and only a pass over the object's account reads it (issue 18).
+//! holds one `ObjectMeta` (not the typed object's second copy) and the status packed: its compact
+//! JSON, deflated (a typed status is about twice its JSON in memory, a `String` per field, and the
+//! JSON is mostly what every status repeats); only a pass over the object's account reads it
+//! (issue 18).
 
 use crate::api::{OpenAIAccess, OpenAIAccessSpec, OpenAIAccessStatus};
 use crate::plan::{MalformedObject, ObjectKey};
@@ -74,27 +75,69 @@ impl ParsedAccess {
     }
 }
 
-/// A status as its compact JSON. Packed from the typed value only, so it always unpacks; the
-/// round trip is exact (the API server's timestamps have whole seconds, as `Time` writes them).
+/// A status as its compact JSON, deflated against [`STATUS_DICTIONARY`]: what every status
+/// repeats (field names, condition types, reasons and messages, ARM's resource-id segments) costs
+/// a few bytes, so 1,452 bytes of JSON keep in about 200 (issue 18). Packed from the typed value
+/// only and kept in memory only (never written anywhere), so it always unpacks, with this
+/// process's dictionary; the round trip is exact (the API server's timestamps have whole
+/// seconds, as `Time` writes them).
 #[derive(Clone, Debug, PartialEq, Default)]
-struct PackedStatus(Option<Box<str>>);
+struct PackedStatus(Option<Box<[u8]>>);
+
+/// What statuses have in common, most common last (deflate's nearest matches are the cheapest).
+/// Only the ratio depends on it: anything packs and unpacks against it.
+const STATUS_DICTIONARY: &[u8] = br#"{"observedGeneration":1,"conditions":[{"lastTransitionTime":"2026-01-01T00:00:00Z","message":"role assignments take effect up to 10 minutes after creation; ready at ","observedGeneration":1,"reason":"PrincipalReplicating","status":"Unknown","type":"Reconciling"},{"lastTransitionTime":"2026-01-01T00:00:00Z","message":"nothing needs a person","observedGeneration":1,"reason":"Reconciled","status":"False","type":"Stalled"}],"summary":" granted","scope":"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-/providers/Microsoft.CognitiveServices/accounts/","roleDisplayName":"Cognitive Services OpenAI User","principals":[{"principal":"user:@","objectId":"","principalType":"User","resolvedGeneration":1,"role":"OpenAIUser","replaces":{"objectId":"","role":"OpenAIContributor"},"roleAssignmentId":"/providers/Microsoft.Authorization/roleAssignments/","state":"Pending","reason":"Adopted","message":"an existing role assignment ( already grants this; keyless adopts it and will never delete it","grantedAt":"2026-01-01T00:00:00Z","pendingSince":"2026-01-01T00:00:00Z"},{"principal":"serviceAccount:","objectId":"","principalType":"ServicePrincipal","resolvedGeneration":1,"role":"OpenAIUser","roleAssignmentId":"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-/providers/Microsoft.CognitiveServices/accounts/-/providers/Microsoft.Authorization/roleAssignments/","state":"Granted","reason":"Granted","message":"role assignment in place","grantedAt":"2026-01-01T00:00:00Z"}]},"conditions":[{"lastTransitionTime":"2026-01-01T00:00:00Z","message":"/1 granted; ready at 2026-01-01T00:00:00.0000000Z, after the propagation grace","observedGeneration":1,"reason":"Propagating","status":"False","type":"Ready"},{"lastTransitionTime":"2026-01-01T00:00:00Z","message":"all principals granted","observedGeneration":1,"reason":"Granted","status":"True","type":"Ready"},"#;
 
 impl PackedStatus {
     fn pack(status: Option<&OpenAIAccessStatus>) -> Self {
-        PackedStatus(status.map(|status| match serde_json::to_string(status) {
-            Ok(json) => json.into_boxed_str(),
+        PackedStatus(status.map(|status| {
             // Serializing a typed status (strings, numbers, timestamps) has no failure mode.
-            Err(error) => unreachable!("an OpenAIAccess status serializes: {error}"),
+            let json = serde_json::to_vec(status)
+                .unwrap_or_else(|error| unreachable!("a status serializes: {error}"));
+            deflate(&json).into_boxed_slice()
         }))
     }
 
     fn unpack(&self) -> Option<OpenAIAccessStatus> {
-        let json = self.0.as_deref()?;
-        match serde_json::from_str(json) {
-            Ok(status) => Some(status),
-            Err(error) => {
-                unreachable!("a packed status unpacks (it was packed from the type): {error}")
-            }
+        let packed = self.0.as_deref()?;
+        let json = inflate(packed);
+        Some(serde_json::from_slice(&json).unwrap_or_else(|error| {
+            unreachable!("a packed status unpacks (it was packed from the type): {error}")
+        }))
+    }
+}
+
+fn deflate(input: &[u8]) -> Vec<u8> {
+    use flate2::{Compress, Compression, FlushCompress, Status};
+    // Raw deflate (no zlib header or checksum: the bytes never leave this process).
+    let mut deflate = Compress::new(Compression::default(), false);
+    if let Err(error) = deflate.set_dictionary(STATUS_DICTIONARY) {
+        unreachable!("a fresh deflate stream takes a dictionary: {error}");
+    }
+    let mut out = Vec::with_capacity(input.len() / 4 + 64);
+    loop {
+        let read = usize::try_from(deflate.total_in()).unwrap_or(input.len());
+        match deflate.compress_vec(&input[read..], &mut out, FlushCompress::Finish) {
+            Ok(Status::StreamEnd) => return out,
+            Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(64)),
+            Err(error) => unreachable!("deflating to memory cannot fail: {error}"),
+        }
+    }
+}
+
+fn inflate(input: &[u8]) -> Vec<u8> {
+    use flate2::{Decompress, FlushDecompress, Status};
+    let mut inflate = Decompress::new(false);
+    if let Err(error) = inflate.set_dictionary(STATUS_DICTIONARY) {
+        unreachable!("a fresh raw inflate stream takes a dictionary: {error}");
+    }
+    let mut out = Vec::with_capacity(input.len() * 8);
+    loop {
+        let read = usize::try_from(inflate.total_in()).unwrap_or(input.len());
+        match inflate.decompress_vec(&input[read..], &mut out, FlushDecompress::Finish) {
+            Ok(Status::StreamEnd) => return out,
+            Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(256)),
+            Err(error) => unreachable!("what deflate() wrote inflates: {error}"),
         }
     }
 }
@@ -294,5 +337,63 @@ mod tests {
             access.status().unwrap().principals[0].state,
             Some(crate::api::GrantState::Unknown)
         );
+    }
+
+    fn converged_status() -> Value {
+        // A status keyless wrote (tests/memory.rs prints one from the real API server).
+        json!({"observedGeneration":1,"conditions":[
+            {"lastTransitionTime":"2026-12-07T08:57:17Z","message":"1/1 granted; ready at 2026-12-07T08:57:17.6155224Z, after the propagation grace","observedGeneration":1,"reason":"Propagating","status":"False","type":"Ready"},
+            {"lastTransitionTime":"2026-12-07T08:57:17Z","message":"role assignments take effect up to 10 minutes after creation; ready at 2026-12-07T08:57:17.6155224Z","observedGeneration":1,"reason":"Propagating","status":"True","type":"Reconciling"},
+            {"lastTransitionTime":"2026-12-07T08:57:17Z","message":"nothing needs a person","observedGeneration":1,"reason":"Reconciled","status":"False","type":"Stalled"}],
+          "summary":"1/1 granted",
+          "scope":"/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-mem-0",
+          "roleDisplayName":"Cognitive Services OpenAI User",
+          "principals":[{"principal":"objectId:4731bfa3-68a9-4834-8750-a371ac2830bc (ServicePrincipal)","objectId":"4731bfa3-68a9-4834-8750-a371ac2830bc","principalType":"ServicePrincipal","resolvedGeneration":1,"role":"OpenAIUser",
+            "roleAssignmentId":"/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-mem-0/providers/Microsoft.Authorization/roleAssignments/a83d07bf-b991-5bc6-a31d-c692d81b055d",
+            "state":"Granted","reason":"Granted","message":"role assignment in place","grantedAt":"2026-12-07T08:57:17Z"}]})
+    }
+
+    #[test]
+    fn a_stored_status_reads_back_exactly_and_keeps_in_a_fraction_of_its_json() {
+        let access = LenientAccess::from_value(object(good_spec(), converged_status())).unwrap();
+        let parsed = access.parsed.as_ref().unwrap();
+        let typed: OpenAIAccessStatus = serde_json::from_value(converged_status()).unwrap();
+        assert_eq!(parsed.status(), Some(typed.clone()));
+        let json = serde_json::to_vec(&typed).unwrap().len();
+        let packed = parsed.status.0.as_ref().unwrap().len();
+        eprintln!("{json} bytes of JSON kept in {packed}");
+        assert!(packed * 4 < json, "{json} bytes of JSON kept in {packed}");
+        // None stays None; an empty status stays empty.
+        assert_eq!(ParsedAccess::new(parsed.spec.clone(), None).status(), None);
+        let empty = OpenAIAccessStatus::default();
+        assert_eq!(
+            ParsedAccess::new(parsed.spec.clone(), Some(&empty)).status(),
+            Some(empty)
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a status holds (text the dictionary has never seen, any length) unpacks to
+        /// itself.
+        #[test]
+        fn any_status_unpacks_to_itself(
+            messages in proptest::collection::vec(".{0,300}", 0..40),
+            generation in proptest::option::of(0i64..1_000_000),
+        ) {
+            let mut status: OpenAIAccessStatus = serde_json::from_value(converged_status()).unwrap();
+            status.observed_generation = generation;
+            status.summary = messages.first().cloned();
+            let template = status.principals[0].clone();
+            status.principals = messages
+                .iter()
+                .map(|message| crate::api::PrincipalStatus {
+                    message: Some(message.clone()),
+                    principal: format!("user:{message}@contoso.com"),
+                    ..template.clone()
+                })
+                .collect();
+            let packed = PackedStatus::pack(Some(&status));
+            proptest::prop_assert_eq!(packed.unpack(), Some(status));
+        }
     }
 }
