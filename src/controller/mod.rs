@@ -778,13 +778,27 @@ async fn run_controllers(
 
     // The light controller over OpenAIAccess: malformed objects and missing accounts.
     let accesses_for_account = views.access_index.clone();
+    // The light reconcile only has work for an object no account passes (its account is missing
+    // or going) or that does not parse; every other object is the account pass's. Filtering its
+    // triggers keeps 10,000 no-op reconciles off it at each start (and their scheduler entries:
+    // kube's queue keeps the capacity of its largest burst, ~5 MB at issue 18's population),
+    // and the 500 that each account status write used to trigger.
+    let accounts_for_filter = account_store.clone();
+    let needs_light = move |access: &Arc<LenientAccess>| {
+        futures::future::ready(reconcile::needs_light_reconcile(
+            access,
+            &accounts_for_filter,
+        ))
+    };
+    let accounts_gone = account_store.clone();
     let access_controller = Controller::for_shared_stream(
         everything_then_changes(
             objects(changes(&views.access_changes, access_store.clone())),
             access_store.clone(),
             views.health.clone(),
             context.config.view_poll_interval,
-        ),
+        )
+        .filter(needs_light),
         access_store.clone(),
     )
     .watches_stream(
@@ -792,8 +806,13 @@ async fn run_controllers(
             &views.account_changes,
             account_store.clone(),
         ))),
+        // An account that is deleted (or going without its finalizer) leaves its objects to the
+        // light reconcile; a change to one that stays concerns only the account pass.
         move |account| {
             let name = account.name_any();
+            if reconcile::account_manages(&accounts_gone, &name) {
+                return Vec::new();
+            }
             accesses_referencing(&accesses_for_account, &name)
         },
     )

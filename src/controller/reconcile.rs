@@ -18,7 +18,7 @@ use crate::plan::{AccountScope, ObjectKey};
 use jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -1164,6 +1164,29 @@ fn managed_verdict(account: &OpenAIAccount, outcome: &PassOutcome) -> Verdict {
     }
 }
 
+/// Whether the account an OpenAIAccess names is registered and its controller passes it (it exists
+/// and parses, and is not being deleted without keyless's finalizer): then the account pass writes
+/// the object's status and finalizer, and the light reconcile below has nothing to do.
+pub fn account_manages(accounts: &Store<DeserializeGuard<OpenAIAccount>>, name: &str) -> bool {
+    accounts
+        .get(&kube::runtime::reflector::ObjectRef::new(name))
+        .is_some_and(|a| {
+            a.0.as_ref()
+                .is_ok_and(|a| a.metadata.deletion_timestamp.is_none() || has_finalizer(a))
+        })
+}
+
+/// Whether an OpenAIAccess needs the light reconcile: it does not parse, or no account passes it.
+pub fn needs_light_reconcile(
+    access: &LenientAccess,
+    accounts: &Store<DeserializeGuard<OpenAIAccount>>,
+) -> bool {
+    match &access.parsed {
+        Ok(parsed) => !account_manages(accounts, &parsed.spec.account_ref.name),
+        Err(_) => true,
+    }
+}
+
 /// The light reconcile of an OpenAIAccess: reports what the account controller cannot.
 #[tracing::instrument(skip_all, fields(access = %guard.name_any(), trace_id = %uuid::Uuid::new_v4().simple()))]
 pub async fn reconcile_access(
@@ -1180,16 +1203,7 @@ pub async fn reconcile_access(
         }
     };
     super::wait_until_ready(&ctx.accounts).await;
-    let account_exists = ctx
-        .accounts
-        .get(&kube::runtime::reflector::ObjectRef::new(
-            &access.spec.account_ref.name,
-        ))
-        .is_some_and(|a| {
-            a.0.as_ref()
-                .is_ok_and(|a| a.metadata.deletion_timestamp.is_none() || has_finalizer(a))
-        });
-    if account_exists {
+    if account_manages(&ctx.accounts, &access.spec.account_ref.name) {
         return Ok(Action::await_change());
     }
     if guard.metadata.deletion_timestamp.is_some() {
