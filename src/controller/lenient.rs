@@ -107,39 +107,54 @@ impl PackedStatus {
     }
 }
 
+// One stream state per thread, reset for each status: a fresh deflate state is ~270 KB in a few
+// large aligned allocations, and allocating and freeing one per watch event left glibc's heap
+// growing by tens of MiB a minute during a convergence (freed, never reused, returned only by
+// the periodic trim).
+thread_local! {
+    static DEFLATE: std::cell::RefCell<flate2::Compress> =
+        std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::default(), false));
+    static INFLATE: std::cell::RefCell<flate2::Decompress> =
+        std::cell::RefCell::new(flate2::Decompress::new(false));
+}
+
 fn deflate(input: &[u8]) -> Vec<u8> {
-    use flate2::{Compress, Compression, FlushCompress, Status};
-    // Raw deflate (no zlib header or checksum: the bytes never leave this process).
-    let mut deflate = Compress::new(Compression::default(), false);
-    if let Err(error) = deflate.set_dictionary(STATUS_DICTIONARY) {
-        unreachable!("a fresh deflate stream takes a dictionary: {error}");
-    }
-    let mut out = Vec::with_capacity(input.len() / 4 + 64);
-    loop {
-        let read = usize::try_from(deflate.total_in()).unwrap_or(input.len());
-        match deflate.compress_vec(&input[read..], &mut out, FlushCompress::Finish) {
-            Ok(Status::StreamEnd) => return out,
-            Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(64)),
-            Err(error) => unreachable!("deflating to memory cannot fail: {error}"),
+    use flate2::{FlushCompress, Status};
+    DEFLATE.with_borrow_mut(|deflate| {
+        // Raw deflate (no zlib header or checksum: the bytes never leave this process).
+        deflate.reset();
+        if let Err(error) = deflate.set_dictionary(STATUS_DICTIONARY) {
+            unreachable!("a reset deflate stream takes a dictionary: {error}");
         }
-    }
+        let mut out = Vec::with_capacity(input.len() / 4 + 64);
+        loop {
+            let read = usize::try_from(deflate.total_in()).unwrap_or(input.len());
+            match deflate.compress_vec(&input[read..], &mut out, FlushCompress::Finish) {
+                Ok(Status::StreamEnd) => return out,
+                Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(64)),
+                Err(error) => unreachable!("deflating to memory cannot fail: {error}"),
+            }
+        }
+    })
 }
 
 fn inflate(input: &[u8]) -> Vec<u8> {
-    use flate2::{Decompress, FlushDecompress, Status};
-    let mut inflate = Decompress::new(false);
-    if let Err(error) = inflate.set_dictionary(STATUS_DICTIONARY) {
-        unreachable!("a fresh raw inflate stream takes a dictionary: {error}");
-    }
-    let mut out = Vec::with_capacity(input.len() * 8);
-    loop {
-        let read = usize::try_from(inflate.total_in()).unwrap_or(input.len());
-        match inflate.decompress_vec(&input[read..], &mut out, FlushDecompress::Finish) {
-            Ok(Status::StreamEnd) => return out,
-            Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(256)),
-            Err(error) => unreachable!("what deflate() wrote inflates: {error}"),
+    use flate2::{FlushDecompress, Status};
+    INFLATE.with_borrow_mut(|inflate| {
+        inflate.reset(false);
+        if let Err(error) = inflate.set_dictionary(STATUS_DICTIONARY) {
+            unreachable!("a reset raw inflate stream takes a dictionary: {error}");
         }
-    }
+        let mut out = Vec::with_capacity(input.len() * 8);
+        loop {
+            let read = usize::try_from(inflate.total_in()).unwrap_or(input.len());
+            match inflate.decompress_vec(&input[read..], &mut out, FlushDecompress::Finish) {
+                Ok(Status::StreamEnd) => return out,
+                Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(256)),
+                Err(error) => unreachable!("what deflate() wrote inflates: {error}"),
+            }
+        }
+    })
 }
 
 impl LenientAccess {
