@@ -271,7 +271,7 @@ def check_rule_comments(templates_dir):
 
 
 def resources_text(resources):
-    """`requests `cpu: 100m`, `memory: 256Mi`; limits `memory: 512Mi``: how the README states resources."""
+    """`requests `cpu: 100m`, `memory: 128Mi`; limits `memory: 256Mi``: how the README states resources."""
     parts = []
     for kind in ("requests", "limits"):
         if resources.get(kind):

@@ -82,7 +82,7 @@ MUTATIONS = [
      "ALL_ROLES=OpenAIUser,OpenAIContributor,CognitiveServicesUser,FoundryUser",
      "ALL_ROLES=OpenAIUser,OpenAIContributor,CognitiveServicesUser", "setup.sh's default condition allows exactly"),
     ("README's resources drift from values.yaml", "charts/keyless/values.yaml",
-     "  limits:\n    memory: 512Mi", "  limits:\n    memory: 1Gi",
+     "  limits:\n    memory: 256Mi", "  limits:\n    memory: 1Gi",
      "the chart README's values table states the defaults of values.yaml"),
     ("controller may read every CRD", "charts/keyless/templates/rbac-custom-resources.yaml",
      '    resourceNames: ["openaiaccounts.keyless.dev", "openaiaccesses.keyless.dev"]\n', "",
