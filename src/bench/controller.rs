@@ -673,10 +673,7 @@ impl Bench<'_> {
             self.wait_quiet("memory", &mut b).await?;
             // Steady: after the controller's next hand-back of free heap (--memory-trim-interval).
             tokio::time::sleep(self.args.memory_trim_interval).await;
-            let rss = b.rss().unwrap_or(Rss {
-                current_kib: 0,
-                peak_kib: 0,
-            });
+            let rss = b.rss().unwrap_or_default();
             rows.extend(figures::memory_rows(&figures::Memory {
                 converge_peak_kib: converge_peak,
                 objects,
@@ -685,6 +682,8 @@ impl Bench<'_> {
                 population_seconds: seconds(population),
                 peak_kib: rss.peak_kib,
                 steady_kib: rss.current_kib,
+                steady_anon_kib: rss.anon_kib,
+                steady_file_kib: rss.file_kib,
             }));
             print_rows(rows, "memory");
         }
@@ -867,9 +866,6 @@ impl Bench<'_> {
             .args(&args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("KEYLESS_LOG_LEVEL", &self.args.controller_log_level)
-            // As the chart's Deployment runs it (charts/keyless/templates/deployment.yaml), so
-            // the memory measured is the memory deployed.
-            .env("MALLOC_ARENA_MAX", "2")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))

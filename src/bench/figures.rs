@@ -369,6 +369,9 @@ pub struct Memory {
     pub population_seconds: f64,
     pub peak_kib: u64,
     pub steady_kib: u64,
+    /// The steady RSS split: private memory (heap, stacks) and mapped file pages (the executable).
+    pub steady_anon_kib: u64,
+    pub steady_file_kib: u64,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -403,6 +406,20 @@ pub fn memory_rows(m: &Memory) -> Vec<Row> {
             mib(m.steady_kib),
             "MiB",
             "< 64 MiB (not checked: memory)",
+        ),
+        info(
+            P,
+            "steady RSS: private (RssAnon)",
+            mib(m.steady_anon_kib),
+            "MiB",
+            "heap, stacks",
+        ),
+        info(
+            P,
+            "steady RSS: file pages (RssFile)",
+            mib(m.steady_file_kib),
+            "MiB",
+            "the executable's mapped pages",
         ),
     ]
 }

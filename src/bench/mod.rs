@@ -175,12 +175,16 @@ pub fn graph_requests(counts: &Counts) -> u64 {
 }
 
 /// Resident set size of a process, from `/proc/<pid>/status`, in KiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Rss {
     /// `VmRSS`: now.
     pub current_kib: u64,
     /// `VmHWM`: the peak so far.
     pub peak_kib: u64,
+    /// `RssAnon` now: the heap, stacks and other private memory (what the process allocated).
+    pub anon_kib: u64,
+    /// `RssFile` now: mapped file pages, mostly the executable's own code and data.
+    pub file_kib: u64,
 }
 
 impl Rss {
@@ -193,7 +197,8 @@ impl Rss {
         Rss::parse(&std::fs::read_to_string(path).ok()?)
     }
 
-    /// Reads `VmRSS` and `VmHWM` from the text of `/proc/<pid>/status`.
+    /// Reads `VmRSS`, `VmHWM`, `RssAnon` and `RssFile` from the text of `/proc/<pid>/status` (the
+    /// last two are 0 where the kernel does not split them).
     pub fn parse(status: &str) -> Option<Rss> {
         let field = |name: &str| {
             status
@@ -204,6 +209,8 @@ impl Rss {
         Some(Rss {
             current_kib: field("VmRSS:")?,
             peak_kib: field("VmHWM:")?,
+            anon_kib: field("RssAnon:").unwrap_or(0),
+            file_kib: field("RssFile:").unwrap_or(0),
         })
     }
 }
@@ -238,14 +245,19 @@ mod tests {
 
     #[test]
     fn rss_is_read_from_proc_status() {
-        let status = "Name:\tkeyless\nVmHWM:\t   65536 kB\nVmRSS:\t   40960 kB\n";
+        let status = "Name:\tkeyless\nVmHWM:\t   65536 kB\nVmRSS:\t   40960 kB\n\
+                      RssAnon:\t   30720 kB\nRssFile:\t   10240 kB\n";
         assert_eq!(
             Rss::parse(status),
             Some(Rss {
                 current_kib: 40960,
-                peak_kib: 65536
+                peak_kib: 65536,
+                anon_kib: 30720,
+                file_kib: 10240,
             })
         );
+        let old_kernel = "VmHWM:\t 2048 kB\nVmRSS:\t 1024 kB\n";
+        assert_eq!(Rss::parse(old_kernel).map(|r| r.anon_kib), Some(0));
         assert_eq!(Rss::parse("Name:\tkeyless\n"), None);
         assert!(Rss::of(None).is_some_and(|r| r.peak_kib >= r.current_kib));
     }

@@ -204,7 +204,7 @@ pub async fn run(
     // already holds a complete view.
     let views = Views::start(&client, &config, &metrics, shutdown.clone());
     if let Some(interval) = config.memory_trim_interval {
-        tokio::spawn(crate::ops::memory::trim_periodically(
+        tokio::spawn(crate::ops::memory::purge_periodically(
             interval,
             shutdown.clone(),
         ));
