@@ -16,6 +16,7 @@ use kube::Resource;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// Which part of the object failed to parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,14 +58,15 @@ pub struct LenientAccess {
 /// [`LenientAccess::metadata`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParsedAccess {
-    pub spec: OpenAIAccessSpec,
+    /// Shared with every pass that reads it (a pass holds it, never a copy).
+    pub spec: Arc<OpenAIAccessSpec>,
     status: PackedStatus,
 }
 
 impl ParsedAccess {
     pub fn new(spec: OpenAIAccessSpec, status: Option<&OpenAIAccessStatus>) -> Self {
         ParsedAccess {
-            spec,
+            spec: Arc::new(spec),
             status: PackedStatus::pack(status),
         }
     }
@@ -231,12 +233,13 @@ impl LenientAccess {
     /// The typed object, for code that reads it whole (a report), or what is known of it.
     pub fn into_access(self) -> Result<OpenAIAccess, Unparsed> {
         let parsed = self.parsed?;
+        let status = parsed.status();
         let mut access = OpenAIAccess::new(
             &self.metadata.name.clone().unwrap_or_default(),
-            parsed.spec.clone(),
+            Arc::unwrap_or_clone(parsed.spec),
         );
         access.metadata = self.metadata;
-        access.status = parsed.status();
+        access.status = status;
         Ok(access)
     }
 }
@@ -379,10 +382,13 @@ mod tests {
         eprintln!("{json} bytes of JSON kept in {packed}");
         assert!(packed * 4 < json, "{json} bytes of JSON kept in {packed}");
         // None stays None; an empty status stays empty.
-        assert_eq!(ParsedAccess::new(parsed.spec.clone(), None).status(), None);
+        assert_eq!(
+            ParsedAccess::new((*parsed.spec).clone(), None).status(),
+            None
+        );
         let empty = OpenAIAccessStatus::default();
         assert_eq!(
-            ParsedAccess::new(parsed.spec.clone(), Some(&empty)).status(),
+            ParsedAccess::new((*parsed.spec).clone(), Some(&empty)).status(),
             Some(empty)
         );
     }

@@ -258,7 +258,7 @@ async fn reconcile_account_pass(
             continue;
         }
         let key = object.key();
-        let previous = access.status();
+        let previous = access.status().map(Arc::new);
         let grant_possible = crate::plan::policy::namespace_allowed(
             &account.spec,
             &key.namespace,
@@ -337,6 +337,12 @@ async fn reconcile_account_pass(
     record_pass_metrics(&ctx, &name, &scope, &outcome);
 
     // Status and finalizers of every OpenAIAccess; results paired with objects by key.
+    // The status each object had is the pass's own (unpacked once, when the pass began).
+    let previous_of: HashMap<&ObjectKey, Option<&OpenAIAccessStatus>> = source
+        .accesses
+        .iter()
+        .map(|a| (&a.key, a.previous.as_deref()))
+        .collect();
     let by_key: HashMap<ObjectKey, (&LenientAccess, &ParsedAccess)> = access_objects
         .iter()
         .map(|(object, access)| (object.key(), (*object, *access)))
@@ -351,13 +357,16 @@ async fn reconcile_account_pass(
             Api::namespaced(ctx.client.clone(), &result.key.namespace);
         if object.metadata.deletion_timestamp.is_none() {
             fence(&ctx)?;
-            if let Err(error) = apply_access_status(
-                &namespaced,
-                &result.key.name,
-                access.status().as_ref(),
-                &result.status,
-            )
-            .await
+            let unpacked;
+            let previous = match previous_of.get(&result.key) {
+                Some(previous) => *previous,
+                None => {
+                    unpacked = access.status();
+                    unpacked.as_ref()
+                }
+            };
+            if let Err(error) =
+                apply_access_status(&namespaced, &result.key.name, previous, &result.status).await
             {
                 // This object's failure stays its own: the others still get their status.
                 tracing::warn!(object = %result.key, %error, "could not write the status");

@@ -27,6 +27,7 @@ pub use crate::plan::{MalformedObject, ViewCompleteness};
 use jiff::Timestamp;
 pub use resolve::{CLIENT_ID_ANNOTATION, FederationCheck, ResolutionCache, ServiceAccountInfo};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The Azure side, as the engine sees it.
@@ -81,9 +82,11 @@ pub trait Fence: Send + Sync + std::fmt::Debug {
 pub struct AccessSource {
     pub key: ObjectKey,
     pub generation: Option<i64>,
-    pub spec: OpenAIAccessSpec,
+    /// Shared, never copied: a pass over an account holds every object's spec and last status
+    /// for as long as its writes take, and 20 accounts pass at once.
+    pub spec: Arc<OpenAIAccessSpec>,
     pub being_deleted: bool,
-    pub previous: Option<OpenAIAccessStatus>,
+    pub previous: Option<Arc<OpenAIAccessStatus>>,
 }
 
 /// Everything one pass over one account needs from the front end.
@@ -301,7 +304,7 @@ pub async fn run_pass(
             let resolution = match eligible.reference() {
                 Some(reference) if readable => {
                     resolver
-                        .resolve(&access.key, reference, access.previous.as_ref())
+                        .resolve(&access.key, reference, access.previous.as_deref())
                         .await
                 }
                 _ => crate::plan::Resolution::NotLookedUp,
@@ -631,7 +634,7 @@ pub async fn run_pass(
                 Cleanup::AfterWrites(grants) => removed(grants),
                 Cleanup::NotDeleting | Cleanup::Blocked(_) => false,
             };
-        let previous = source_access.previous.as_ref();
+        let previous = source_access.previous.as_deref();
         let mut status = conditions::access_status(
             access_plan.generation,
             &scope,

@@ -330,7 +330,7 @@ fn access(namespace: &str, name: &str, principals: Vec<Principal>) -> AccessSour
             name: name.into(),
         },
         generation: Some(1),
-        spec: OpenAIAccessSpec {
+        spec: std::sync::Arc::new(OpenAIAccessSpec {
             account_ref: AccountRef {
                 name: "prod".into(),
             },
@@ -339,7 +339,7 @@ fn access(namespace: &str, name: &str, principals: Vec<Principal>) -> AccessSour
             expires_at: None,
             deletion_policy: DeletionPolicy::Delete,
             export_to: None,
-        },
+        }),
         being_deleted: false,
         previous: None,
     }
@@ -448,7 +448,8 @@ async fn an_expiry_is_due_on_time_and_a_grant_turning_ready_is_only_a_status() {
     let azure = FakeAzure::default();
     let early: Timestamp = "2026-11-28T11:02:00Z".parse().unwrap();
     let mut expiring = access("team-a", "chat", vec![object(1)]);
-    expiring.spec.expires_at = Some(Time("2026-11-28T11:04:00Z".parse().unwrap()));
+    std::sync::Arc::make_mut(&mut expiring.spec).expires_at =
+        Some(Time("2026-11-28T11:04:00Z".parse().unwrap()));
     let outcome = run_pass(azure.azure(), &source(vec![expiring]), &config(), early).await;
     assert_eq!(
         outcome.requeue_at,
@@ -473,7 +474,7 @@ async fn a_create_that_fails_keeps_the_old_grant_of_a_principal_change() {
     )
     .await;
     let mut edited = access("team-a", "chat", vec![object(2)]);
-    edited.previous = Some(first.accesses[0].status.clone());
+    edited.previous = Some(std::sync::Arc::new(first.accesses[0].status.clone()));
     azure.fail_creates_for.lock().unwrap().push(oid(2));
     let outcome = run_pass(
         azure.azure(),
@@ -1013,7 +1014,7 @@ async fn a_failed_create_is_reported_on_the_object_whose_role_it_was() {
         .unwrap()
         .push(format!("{} OpenAIContributor", oid(1)));
     let mut contributor = access("team-b", "tuning", vec![object(1)]);
-    contributor.spec.role = RoleName::OpenAIContributor;
+    std::sync::Arc::make_mut(&mut contributor.spec).role = RoleName::OpenAIContributor;
     let mut scope = source(vec![access("team-a", "chat", vec![object(1)]), contributor]);
     scope.account.allowed_roles = vec![RoleName::OpenAIUser, RoleName::OpenAIContributor];
     let outcome = run_pass(azure.azure(), &scope, &config(), now()).await;

@@ -382,7 +382,7 @@ pub(crate) fn scope_source(
             .map(|a| AccessSource {
                 key: a.key.clone(),
                 generation: None,
-                spec: a.object.spec.clone(),
+                spec: std::sync::Arc::new(a.object.spec.clone()),
                 being_deleted: false,
                 previous: None,
             })

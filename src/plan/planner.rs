@@ -22,6 +22,7 @@ use crate::api::{
     PrincipalStatus, RoleName,
 };
 use jiff::Timestamp;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use super::resolution::Resolution;
@@ -44,11 +45,11 @@ impl std::fmt::Display for ObjectKey {
 pub struct AccessInput {
     pub key: ObjectKey,
     pub generation: Option<i64>,
-    pub spec: OpenAIAccessSpec,
+    pub spec: Arc<OpenAIAccessSpec>,
     pub being_deleted: bool,
     /// The status written by the previous pass: pinned group ids, replication clocks, and the
     /// object ids principals had (so a principal that fails to resolve still protects its grant).
-    pub previous: Option<OpenAIAccessStatus>,
+    pub previous: Option<Arc<OpenAIAccessStatus>>,
     /// One per `spec.principals` entry, in order.
     pub resolutions: Vec<Resolution>,
 }

@@ -86,7 +86,7 @@ fn mk_access(namespace: &str, name: &str, principals: &[u8]) -> AccessInput {
             name: name.into(),
         },
         generation: Some(1),
-        spec: OpenAIAccessSpec {
+        spec: std::sync::Arc::new(OpenAIAccessSpec {
             account_ref: AccountRef {
                 name: "prod".into(),
             },
@@ -95,7 +95,7 @@ fn mk_access(namespace: &str, name: &str, principals: &[u8]) -> AccessInput {
             expires_at: None,
             deletion_policy: DeletionPolicy::Delete,
             export_to: None,
-        },
+        }),
         being_deleted: false,
         previous: None,
         resolutions: principals.iter().map(|n| resolved(*n)).collect(),
@@ -148,7 +148,7 @@ fn ours_by(n: u8, declared_by: &str) -> ObservedAssignment {
 }
 
 fn recorded(access: &mut AccessInput, ids: &[u8]) {
-    access.previous = Some(OpenAIAccessStatus {
+    access.previous = Some(std::sync::Arc::new(OpenAIAccessStatus {
         principals: ids
             .iter()
             .map(|n| crate::api::PrincipalStatus {
@@ -158,7 +158,7 @@ fn recorded(access: &mut AccessInput, ids: &[u8]) {
             })
             .collect(),
         ..Default::default()
-    });
+    }));
 }
 
 fn mk_observed(n: u8, name: &str, description: Option<String>) -> ObservedAssignment {
@@ -479,7 +479,7 @@ fn policy_denials_are_reported_and_revoke_what_keyless_made() {
     ];
     for (namespace, role, kinds, reason) in cases {
         let mut access = mk_access(namespace, "chat", &[1]);
-        access.spec.role = *role;
+        std::sync::Arc::make_mut(&mut access.spec).role = *role;
         let mut world = World::new(vec![access], vec![]);
         world.account.spec.allowed_principal_kinds = kinds.to_vec();
         let plan = world.plan();
@@ -518,14 +518,14 @@ fn a_denied_namespace_cannot_keep_a_grant_through_another_object_in_it() {
 fn a_principal_that_fails_to_resolve_protects_the_grant_it_had() {
     let mut access = mk_access("team-a", "chat", &[1]);
     access.resolutions = vec![unresolved(false)];
-    access.previous = Some(OpenAIAccessStatus {
+    access.previous = Some(std::sync::Arc::new(OpenAIAccessStatus {
         principals: vec![crate::api::PrincipalStatus {
             principal: mk_principal(1).reference().unwrap().to_string(),
             object_id: Some(oid(1)),
             ..Default::default()
         }],
         ..Default::default()
-    });
+    }));
     let plan = World::new(vec![access], vec![ours(1), ours(2)]).plan();
     assert_eq!(
         deletes(&plan),
@@ -643,7 +643,7 @@ fn a_malformed_object_protects_exactly_its_own_grants() {
 fn retain_is_honoured_only_where_the_account_allows_it() {
     let mut leaving = mk_access("team-a", "chat", &[1]);
     leaving.being_deleted = true;
-    leaving.spec.deletion_policy = DeletionPolicy::Retain;
+    std::sync::Arc::make_mut(&mut leaving.spec).deletion_policy = DeletionPolicy::Retain;
     let plan = World::new(vec![leaving], vec![ours(1)]).plan();
     assert_eq!(deletes(&plan), vec![&ours(1)], "treated as Delete");
     assert!(releases(&plan).is_empty());
@@ -701,7 +701,7 @@ fn a_principal_change_keeps_the_old_grant_until_the_new_one_is_past_its_grace() 
     let mut access = mk_access("team-a", "chat", &[2]);
     recorded(&mut access, &[1]);
     // Same label, other object id: the principal entry was edited in place.
-    access.spec.principals = vec![mk_principal(1)];
+    std::sync::Arc::make_mut(&mut access.spec).principals = vec![mk_principal(1)];
     access.resolutions = vec![resolved(2)];
     let plan = World::new(vec![access.clone()], vec![ours(1)]).plan();
     assert!(
@@ -737,17 +737,17 @@ fn with_role(mut assignment: ObservedAssignment, role: RoleName) -> ObservedAssi
 // The next pass's input: the status this plan would write becomes the object's previous status.
 fn after(access: &AccessInput, plan: &Plan) -> AccessInput {
     let mut next = access.clone();
-    next.previous = Some(OpenAIAccessStatus {
+    next.previous = Some(std::sync::Arc::new(OpenAIAccessStatus {
         principals: plan.accesses[0].principals.clone(),
         ..Default::default()
-    });
+    }));
     next
 }
 
 #[test]
 fn a_role_change_is_a_replacement_made_before_the_old_grant_breaks() {
     let mut access = mk_access("team-a", "chat", &[1]);
-    access.spec.role = RoleName::OpenAIUser;
+    std::sync::Arc::make_mut(&mut access.spec).role = RoleName::OpenAIUser;
     let mut world = World::new(vec![access.clone()], vec![ours(1)]);
     world.account.spec.allowed_roles = vec![RoleName::OpenAIUser, RoleName::OpenAIContributor];
     let first = world.plan();
@@ -762,7 +762,7 @@ fn a_role_change_is_a_replacement_made_before_the_old_grant_breaks() {
 
     // The role changes: the new grant is created, the old one kept.
     let mut changed = after(&access, &first);
-    changed.spec.role = RoleName::OpenAIContributor;
+    std::sync::Arc::make_mut(&mut changed.spec).role = RoleName::OpenAIContributor;
     world.accesses = vec![changed.clone()];
     let create = world.plan();
     assert!(
@@ -834,7 +834,7 @@ impl ReplacedGrantView {
 fn a_principal_change_waits_across_passes_with_the_status_it_wrote() {
     let mut access = mk_access("team-a", "chat", &[2]);
     recorded(&mut access, &[1]);
-    access.spec.principals = vec![mk_principal(1)];
+    std::sync::Arc::make_mut(&mut access.spec).principals = vec![mk_principal(1)];
     access.resolutions = vec![resolved(2)];
     let mut world = World::new(vec![access.clone()], vec![ours(1)]);
     let create = world.plan();
@@ -855,8 +855,9 @@ fn a_principal_change_waits_across_passes_with_the_status_it_wrote() {
 #[test]
 fn expiry_revokes_owned_grants_even_under_retain() {
     let mut access = mk_access("team-a", "chat", &[1]);
-    access.spec.expires_at = Some(Time("2026-11-28T11:00:00Z".parse().unwrap()));
-    access.spec.deletion_policy = DeletionPolicy::Retain;
+    std::sync::Arc::make_mut(&mut access.spec).expires_at =
+        Some(Time("2026-11-28T11:00:00Z".parse().unwrap()));
+    std::sync::Arc::make_mut(&mut access.spec).deletion_policy = DeletionPolicy::Retain;
     let plan = World::new(vec![access.clone()], vec![ours(1)]).plan();
     assert_eq!(deletes(&plan), vec![&ours(1)]);
     assert!(matches!(&plan.writes[0], Write::Delete { reason, .. } if *reason == reasons::EXPIRED));
@@ -866,14 +867,16 @@ fn expiry_revokes_owned_grants_even_under_retain() {
     );
 
     // Not yet expired: kept.
-    access.spec.expires_at = Some(Time("2026-11-28T13:00:00Z".parse().unwrap()));
+    std::sync::Arc::make_mut(&mut access.spec).expires_at =
+        Some(Time("2026-11-28T13:00:00Z".parse().unwrap()));
     assert!(World::new(vec![access], vec![ours(1)]).plan().is_noop());
 }
 
 #[test]
 fn an_expired_grant_another_live_object_declares_stays_and_status_says_why() {
     let mut expired = mk_access("team-a", "chat", &[1]);
-    expired.spec.expires_at = Some(Time("2026-11-28T11:00:00Z".parse().unwrap()));
+    std::sync::Arc::make_mut(&mut expired.spec).expires_at =
+        Some(Time("2026-11-28T11:00:00Z".parse().unwrap()));
     let plan = World::new(
         vec![expired, mk_access("team-b", "search", &[1])],
         vec![ours(1)],
@@ -895,7 +898,7 @@ fn an_expired_grant_another_live_object_declares_stays_and_status_says_why() {
 fn retain_on_deletion_releases_the_grant_instead_of_deleting_it() {
     let mut leaving = mk_access("team-a", "chat", &[1]);
     leaving.being_deleted = true;
-    leaving.spec.deletion_policy = DeletionPolicy::Retain;
+    std::sync::Arc::make_mut(&mut leaving.spec).deletion_policy = DeletionPolicy::Retain;
     let mut world = World::new(vec![leaving], vec![ours(1)]);
     world.account.spec.allow_retain = true;
     let plan = world.plan();
@@ -949,10 +952,10 @@ fn a_replicating_principal_is_pending_until_the_deadline_then_failed() {
 
     let mut earlier = status.clone();
     earlier.pending_since = Some(Time("2026-11-28T11:00:00Z".parse().unwrap()));
-    access.previous = Some(OpenAIAccessStatus {
+    access.previous = Some(std::sync::Arc::new(OpenAIAccessStatus {
         principals: vec![earlier.clone()],
         ..Default::default()
-    });
+    }));
     let plan = World::new(vec![access], vec![]).plan();
     let status = &plan.accesses[0].principals[0];
     assert_eq!(status.state, Some(GrantState::Failed));
@@ -1072,10 +1075,11 @@ fn build(
             let mut access = mk_access(NAMESPACES[a.namespace], &format!("obj-{i}"), &ids);
             access.being_deleted = a.being_deleted;
             if a.retain {
-                access.spec.deletion_policy = DeletionPolicy::Retain;
+                std::sync::Arc::make_mut(&mut access.spec).deletion_policy = DeletionPolicy::Retain;
             }
             if a.expired {
-                access.spec.expires_at = Some(Time("2026-11-01T00:00:00Z".parse().unwrap()));
+                std::sync::Arc::make_mut(&mut access.spec).expires_at =
+                    Some(Time("2026-11-01T00:00:00Z".parse().unwrap()));
             }
             // One resolution per distinct principal in a pass, as the resolver gives.
             access.resolutions = a
@@ -1089,7 +1093,7 @@ fn build(
                 })
                 .collect();
             if a.knows_previous {
-                access.previous = Some(OpenAIAccessStatus {
+                access.previous = Some(std::sync::Arc::new(OpenAIAccessStatus {
                     principals: ids
                         .iter()
                         .map(|n| crate::api::PrincipalStatus {
@@ -1099,7 +1103,7 @@ fn build(
                         })
                         .collect(),
                     ..Default::default()
-                });
+                }));
             }
             access
         })
@@ -1317,7 +1321,7 @@ proptest! {
         let plan = world.plan();
         world.observation = Observation::Complete(apply(&world, &plan));
         for (access, outcome) in world.accesses.iter_mut().zip(&plan.accesses) {
-            access.previous = Some(OpenAIAccessStatus { principals: outcome.principals.clone(), ..Default::default() });
+            access.previous = Some(std::sync::Arc::new(OpenAIAccessStatus { principals: outcome.principals.clone(), ..Default::default() }));
         }
         let again = world.plan();
         prop_assert!(again.is_noop(), "second plan: {:?}", again.writes);
