@@ -674,6 +674,7 @@ impl Bench<'_> {
             // Steady: after the controller's next hand-back of free heap (--memory-trim-interval).
             tokio::time::sleep(self.args.memory_trim_interval).await;
             let rss = b.rss().unwrap_or_default();
+            let heap = self.scrape(b.port).await.unwrap_or_default();
             rows.extend(figures::memory_rows(&figures::Memory {
                 converge_peak_kib: converge_peak,
                 objects,
@@ -684,6 +685,12 @@ impl Bench<'_> {
                 steady_kib: rss.current_kib,
                 steady_anon_kib: rss.anon_kib,
                 steady_file_kib: rss.file_kib,
+                heap_allocated_bytes: figures::metric_sum(
+                    &heap,
+                    "keyless_heap_allocated_bytes",
+                    &[],
+                ),
+                heap_resident_bytes: figures::metric_sum(&heap, "keyless_heap_resident_bytes", &[]),
             }));
             print_rows(rows, "memory");
         }

@@ -372,6 +372,10 @@ pub struct Memory {
     /// The steady RSS split: private memory (heap, stacks) and mapped file pages (the executable).
     pub steady_anon_kib: u64,
     pub steady_file_kib: u64,
+    /// The allocator's account at the same moment (`keyless_heap_*_bytes`): live data, and the
+    /// heap's resident pages.
+    pub heap_allocated_bytes: u64,
+    pub heap_resident_bytes: u64,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -420,6 +424,20 @@ pub fn memory_rows(m: &Memory) -> Vec<Row> {
             mib(m.steady_file_kib),
             "MiB",
             "the executable's mapped pages",
+        ),
+        info(
+            P,
+            "steady heap: allocated (live data)",
+            mib(m.heap_allocated_bytes / 1024),
+            "MiB",
+            "keyless_heap_allocated_bytes",
+        ),
+        info(
+            P,
+            "steady heap: resident",
+            mib(m.heap_resident_bytes / 1024),
+            "MiB",
+            "keyless_heap_resident_bytes",
         ),
     ]
 }

@@ -45,6 +45,59 @@ pub async fn purge_periodically(
     }
 }
 
+/// The allocator's own account of the heap, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes the program has allocated and not freed: its live data.
+    pub allocated: u64,
+    /// Bytes of the heap resident in memory: live data, the allocator's metadata, and freed
+    /// pages not yet purged. `resident - allocated` is what the allocator costs.
+    pub resident: u64,
+}
+
+impl HeapStats {
+    /// Now (jemalloc's statistics are refreshed first: they are cached per `epoch`).
+    #[allow(unsafe_code)]
+    pub fn read() -> Option<HeapStats> {
+        let mut epoch: u64 = 1;
+        let mut size = std::mem::size_of::<u64>();
+        // SAFETY: `epoch` is a u64 control read and written with pointers to a valid u64 and its
+        // size; the names are NUL-terminated C strings.
+        let refreshed = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"epoch".as_ptr(),
+                (&raw mut epoch).cast(),
+                &raw mut size,
+                (&raw mut epoch).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if refreshed != 0 {
+            return None;
+        }
+        let read = |name: &std::ffi::CStr| {
+            let mut value: usize = 0;
+            let mut size = std::mem::size_of::<usize>();
+            // SAFETY: `stats.allocated` and `stats.resident` are size_t (usize) read-only
+            // controls; `value` and `size` are valid for writes of that size.
+            let status = unsafe {
+                tikv_jemalloc_sys::mallctl(
+                    name.as_ptr(),
+                    (&raw mut value).cast(),
+                    &raw mut size,
+                    std::ptr::null_mut(),
+                    0,
+                )
+            };
+            (status == 0).then_some(value as u64)
+        };
+        Some(HeapStats {
+            allocated: read(c"stats.allocated")?,
+            resident: read(c"stats.resident")?,
+        })
+    }
+}
+
 /// Purges every arena's unused dirty pages (returned to the kernel with `madvise`); whether
 /// jemalloc accepted the request.
 #[allow(unsafe_code)]
@@ -95,6 +148,20 @@ mod tests {
             )
         };
         assert_eq!((status, narenas), (0, 2));
+    }
+
+    #[test]
+    fn the_heap_statistics_follow_what_is_allocated() {
+        let before = HeapStats::read().unwrap();
+        let block = vec![7u8; 64 << 20];
+        let during = HeapStats::read().unwrap();
+        // Other tests allocate at the same time, but not 64 MiB.
+        assert!(
+            during.allocated >= before.allocated + (48 << 20),
+            "{before:?} → {during:?}"
+        );
+        assert!(during.resident >= during.allocated / 2, "{during:?}");
+        assert_eq!(block[1 << 20], 7);
     }
 
     #[test]

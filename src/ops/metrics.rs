@@ -119,6 +119,8 @@ struct Inner {
     planned_by_account: Mutex<GrantCounts>,
     role_assignments: Family<SubscriptionLabels, U64Gauge>,
     leader: U64Gauge,
+    heap_allocated: U64Gauge,
+    heap_resident: U64Gauge,
     held: Family<ReasonLabels, U64Gauge>,
     held_by_account: Mutex<BTreeMap<String, &'static str>>,
     held_reasons_seen: Mutex<BTreeSet<&'static str>>,
@@ -226,6 +228,19 @@ impl Metrics {
             leader.clone(),
         );
 
+        let heap_allocated = U64Gauge::default();
+        registry.register(
+            "heap_allocated_bytes",
+            "Heap bytes allocated and not freed (live data), read from the allocator at each scrape",
+            heap_allocated.clone(),
+        );
+        let heap_resident = U64Gauge::default();
+        registry.register(
+            "heap_resident_bytes",
+            "Heap bytes resident in memory (live data, allocator metadata, freed pages not yet returned)",
+            heap_resident.clone(),
+        );
+
         let held = Family::<ReasonLabels, U64Gauge>::default();
         registry.register(
             "accounts_with_revocations_held",
@@ -260,6 +275,8 @@ impl Metrics {
                 planned_by_account: Mutex::new(GrantCounts::default()),
                 role_assignments,
                 leader,
+                heap_allocated,
+                heap_resident,
                 held,
                 held_by_account: Mutex::new(BTreeMap::new()),
                 held_reasons_seen: Mutex::new(BTreeSet::new()),
@@ -434,6 +451,10 @@ impl Metrics {
 
     /// All metrics in the Prometheus text format (version 0.0.4; see [`CONTENT_TYPE`]).
     pub fn encode(&self) -> String {
+        if let Some(heap) = super::memory::HeapStats::read() {
+            self.inner.heap_allocated.set(heap.allocated);
+            self.inner.heap_resident.set(heap.resident);
+        }
         let mut text = String::new();
         // Writing to a String cannot fail, so an error here would be a bug in the encoder; a partial
         // scrape is more useful to an operator than none, so log it and return what was written.
