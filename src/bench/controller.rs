@@ -671,10 +671,12 @@ impl Bench<'_> {
             let (objects, service_accounts, namespaces) = self.populate_memory().await?;
             let population = started.elapsed();
             self.wait_quiet("memory", &mut b).await?;
-            // Steady: after the controller's next hand-back of free heap (--memory-trim-interval).
+            // Steady: after the controller's next hand-back of free heap (--memory-trim-interval),
+            // sampled over one resync interval: a resync's passes allocate for as long as they
+            // run, so the lowest sample is the controller between passes and the highest is what
+            // a resync adds (one reading alone lands on either).
             tokio::time::sleep(self.args.memory_trim_interval).await;
-            let rss = b.rss().unwrap_or_default();
-            let heap = self.scrape(b.port).await.unwrap_or_default();
+            let (rss, heap, during_passes_kib) = self.sample_memory(&b).await;
             rows.extend(figures::memory_rows(&figures::Memory {
                 converge_peak_kib: converge_peak,
                 objects,
@@ -685,6 +687,7 @@ impl Bench<'_> {
                 steady_kib: rss.current_kib,
                 steady_anon_kib: rss.anon_kib,
                 steady_file_kib: rss.file_kib,
+                during_passes_kib,
                 heap_allocated_bytes: figures::metric_sum(
                     &heap,
                     "keyless_heap_allocated_bytes",
@@ -887,6 +890,30 @@ impl Bench<'_> {
     }
 
     /// The samples of the /metrics page on `port` (none while it does not answer yet).
+    /// Samples the controller's RSS for one resync interval: the lowest sample with the heap
+    /// metrics read right after it, and the highest RSS.
+    async fn sample_memory(&self, controller: &Controller) -> (Rss, Vec<Sample>, u64) {
+        const EVERY: Duration = Duration::from_millis(250);
+        let until = Instant::now() + self.args.resync_interval;
+        let mut lowest: Option<(Rss, Vec<Sample>)> = None;
+        let mut highest = 0;
+        while Instant::now() < until {
+            if let Some(rss) = controller.rss() {
+                highest = highest.max(rss.current_kib);
+                if lowest
+                    .as_ref()
+                    .is_none_or(|(low, _)| rss.current_kib < low.current_kib)
+                {
+                    let heap = self.scrape(controller.port).await.unwrap_or_default();
+                    lowest = Some((rss, heap));
+                }
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+        let (rss, heap) = lowest.unwrap_or_default();
+        (rss, heap, highest)
+    }
+
     async fn scrape(&self, port: u16) -> Result<Vec<Sample>> {
         let text = self
             .http

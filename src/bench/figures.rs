@@ -372,6 +372,8 @@ pub struct Memory {
     /// The steady RSS split: private memory (heap, stacks) and mapped file pages (the executable).
     pub steady_anon_kib: u64,
     pub steady_file_kib: u64,
+    /// The highest RSS over the same resync interval: the controller while a resync's passes run.
+    pub during_passes_kib: u64,
     /// The allocator's account at the same moment (`keyless_heap_*_bytes`): live data, and the
     /// heap's resident pages.
     pub heap_allocated_bytes: u64,
@@ -406,10 +408,17 @@ pub fn memory_rows(m: &Memory) -> Vec<Row> {
         info(P, "peak RSS (VmHWM)", mib(m.peak_kib), "MiB", &population),
         info(
             P,
-            "steady RSS (VmRSS)",
+            "steady RSS between passes (lowest VmRSS over a resync)",
             mib(m.steady_kib),
             "MiB",
             "< 64 MiB (not checked: memory)",
+        ),
+        info(
+            P,
+            "RSS while a resync's passes run (highest)",
+            mib(m.during_passes_kib),
+            "MiB",
+            "sampled every 250 ms over one resync interval",
         ),
         info(
             P,
