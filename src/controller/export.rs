@@ -10,13 +10,12 @@
 //! exporting object per pass).
 
 use super::kube_io::FIELD_MANAGER;
-use super::trim::WorkloadServiceAccount;
+use super::service_accounts::ServiceAccounts;
 use crate::api::{OpenAIAccessSpec, PrincipalRef};
 use crate::azure::ManagedIdentities;
 use crate::engine::ResolutionCache;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,7 +29,7 @@ pub async fn export_data(
     namespace: &str,
     spec: &OpenAIAccessSpec,
     endpoint: Option<&str>,
-    service_accounts: &Store<WorkloadServiceAccount>,
+    service_accounts: &ServiceAccounts,
     identities: &dyn ManagedIdentities,
     cache: Option<&ResolutionCache>,
 ) -> BTreeMap<String, String> {
@@ -52,9 +51,7 @@ pub async fn export_data(
     // With several identities there is no single right answer: export none rather than guess.
     if let [only] = workloads.as_slice() {
         let client_id = match only {
-            PrincipalRef::ServiceAccount(name) => service_accounts
-                .get(&ObjectRef::new(name).within(namespace))
-                .and_then(|sa| sa.client_id.as_deref().map(str::to_string)),
+            PrincipalRef::ServiceAccount(name) => service_accounts.get(namespace, name).flatten(),
             PrincipalRef::ManagedIdentity(id) => match cache.and_then(|c| c.identity(id)) {
                 // The pass that granted it has just read it: no second GET.
                 Some(identity) => Some(identity.client_id),
@@ -228,7 +225,7 @@ mod tests {
             "spec": {"accountRef": {"name": "prod"}, "principals": [{"managedIdentity": ID}]},
         }))
         .unwrap();
-        let service_accounts = kube::runtime::reflector::store::Writer::default().as_reader();
+        let service_accounts = ServiceAccounts::default();
         let identities = CountingIdentities::default();
         let gets = || identities.gets.load(std::sync::atomic::Ordering::Relaxed);
         let cache = ResolutionCache::new(std::time::Duration::from_secs(600));

@@ -11,6 +11,7 @@ pub mod kube_io;
 pub mod lenient;
 pub mod limits;
 pub mod reconcile;
+pub mod service_accounts;
 pub mod trim;
 pub mod view;
 
@@ -34,6 +35,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use lenient::LenientAccess;
+use service_accounts::ServiceAccounts;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -92,8 +94,8 @@ pub struct Context {
     pub accesses: Store<LenientAccess>,
     /// Which OpenAIAccess objects each account has, kept beside `accesses`.
     pub access_index: AccessIndex,
-    /// Metadata only: keyless reads a ServiceAccount's client-id annotation and nothing else.
-    pub service_accounts: Store<WorkloadServiceAccount>,
+    /// Whether each ServiceAccount exists, and its client-id annotation: nothing else is read.
+    pub service_accounts: ServiceAccounts,
     /// Metadata only: keyless reads a Namespace's labels and nothing else.
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub recorder: events::EventRecorder,
@@ -339,7 +341,7 @@ struct Views {
     accounts: Store<DeserializeGuard<OpenAIAccount>>,
     accesses: Store<LenientAccess>,
     access_index: AccessIndex,
-    service_accounts: Store<WorkloadServiceAccount>,
+    service_accounts: ServiceAccounts,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Whether each store has listed and is watching; kept across terms with the stores.
     health: ViewHealth,
@@ -402,14 +404,13 @@ impl Views {
         );
         // ServiceAccounts and Namespaces by their metadata only: the most numerous kinds of a
         // cluster, of which keyless reads an annotation and the labels.
-        let (service_accounts, service_account_changes) = reflect(
+        let (service_accounts, service_account_changes) = reflect_service_accounts(
             watcher(
                 Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
                 watcher_config.clone(),
             )
             .default_backoff()
             .map_ok(|event| map_event(event, WorkloadServiceAccount::of)),
-            |_| {},
             {
                 let health = health.clone();
                 move |event| health.observe(SERVICE_ACCOUNT_STORE, event)
@@ -550,6 +551,80 @@ where
     (store, changes)
 }
 
+/// [`reflect`] for ServiceAccounts, into keyless's own compact map ([`ServiceAccounts`]) instead of
+/// a kube store. What it touched is broadcast as records made per event (they are a few dozen
+/// bytes; the map keeps no `Arc` to share).
+fn reflect_service_accounts(
+    events: impl futures::Stream<Item = Result<watcher::Event<WorkloadServiceAccount>, watcher::Error>>
+    + Send
+    + 'static,
+    mut observe: impl FnMut(&Result<watcher::Event<WorkloadServiceAccount>, watcher::Error>)
+    + Send
+    + 'static,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) -> (
+    ServiceAccounts,
+    broadcast::Sender<Touched<WorkloadServiceAccount>>,
+) {
+    let view = ServiceAccounts::default();
+    let (changes, _) = broadcast::channel(CHANGES_BUFFER);
+    let sender = changes.clone();
+    let mut writer = service_accounts::Writer::new(view.clone());
+    let stream = events.take_until(shutdown);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut listed = false;
+        while let Some(event) = stream.next().await {
+            let (touched, first_list) = match &event {
+                Ok(event) => {
+                    let first_list = matches!(event, watcher::Event::InitDone) && !listed;
+                    listed |= matches!(event, watcher::Event::InitDone);
+                    (writer.apply(event), first_list)
+                }
+                // Counted by the view; the watcher retries with backoff.
+                Err(_) => (Vec::new(), false),
+            };
+            // After the map took it: "listed" is never seen before the list is in the map.
+            observe(&event);
+            for sa in touched {
+                // No receiver (no term running, on a standby) is fine: the map holds it.
+                let _ = sender.send(Touched {
+                    object: Arc::new(sa),
+                    first_list,
+                });
+            }
+        }
+    });
+    (view, changes)
+}
+
+/// What a term's change streams read of a store: every object, and whether one is still in it.
+trait ObjectView<K>: Clone + Send + Sync + 'static {
+    fn everything(&self) -> Vec<Arc<K>>;
+    fn holds(&self, object: &K) -> bool;
+}
+
+impl<K> ObjectView<K> for Store<K>
+where
+    K: reflector::Lookup<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    fn everything(&self) -> Vec<Arc<K>> {
+        self.state()
+    }
+    fn holds(&self, object: &K) -> bool {
+        self.get(&ObjectRef::from_obj(object)).is_some()
+    }
+}
+
+impl ObjectView<WorkloadServiceAccount> for ServiceAccounts {
+    fn everything(&self) -> Vec<Arc<WorkloadServiceAccount>> {
+        self.state()
+    }
+    fn holds(&self, object: &WorkloadServiceAccount) -> bool {
+        self.contains(object)
+    }
+}
+
 /// A watch event about one type as the same event about another (the store's own record of it).
 fn map_event<A, B>(event: watcher::Event<A>, into: impl Fn(A) -> B) -> watcher::Event<B> {
     match event {
@@ -565,11 +640,10 @@ fn map_event<A, B>(event: watcher::Event<A>, into: impl Fn(A) -> B) -> watcher::
 /// the buffer gets every object in the store instead of the ones it missed.
 fn changes<K>(
     changes: &broadcast::Sender<Touched<K>>,
-    store: Store<K>,
+    store: impl ObjectView<K>,
 ) -> impl futures::Stream<Item = Touched<K>> + Send + 'static
 where
-    K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Clone + Send + Sync + 'static,
 {
     // Subscribed now, before the caller reads the store, so nothing falls in between.
     let receiver = changes.subscribe();
@@ -579,7 +653,7 @@ where
             match receiver.recv().await {
                 Ok(touched) => Some((vec![touched], receiver)),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let everything = store.state().into_iter().map(|object| Touched {
+                    let everything = store.everything().into_iter().map(|object| Touched {
                         object,
                         first_list: false,
                     });
@@ -896,7 +970,7 @@ impl PassInputs {
 /// `stream` must be subscribed before this is called (it is, as an argument).
 fn only_changes<K, V>(
     stream: impl futures::Stream<Item = Touched<K>> + Send + 'static,
-    store: Store<K>,
+    store: impl ObjectView<K>,
     read: impl Fn(&K) -> V + Send + 'static,
 ) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
 where
@@ -912,7 +986,7 @@ where
     // already in the store at this moment is seen by the term's first pass of every account,
     // which reads the store later.
     let mut seen = ChangeFilter::default();
-    for object in store.state() {
+    for object in store.everything() {
         seen.changed(key_of(&object), Some(read(&object)));
     }
     stream.filter_map(move |Touched { object, first_list }| {
@@ -921,7 +995,7 @@ where
             seen.changed(key, Some(read(&object)));
             false
         } else {
-            let present = store.get(&ObjectRef::from_obj(object.as_ref())).is_some();
+            let present = store.holds(object.as_ref());
             let current = present.then(|| read(&object));
             seen.changed(key, current)
         };

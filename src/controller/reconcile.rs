@@ -721,16 +721,8 @@ fn service_accounts(
                 namespace: access.key.namespace.clone(),
                 name: name.to_string(),
             };
-            let found = ctx
-                .service_accounts
-                .get(&kube::runtime::reflector::ObjectRef::new(name).within(&access.key.namespace));
-            if let Some(sa) = found {
-                wanted.insert(
-                    key,
-                    ServiceAccountInfo {
-                        client_id: sa.client_id.as_deref().map(str::to_string),
-                    },
-                );
+            if let Some(client_id) = ctx.service_accounts.get(&access.key.namespace, name) {
+                wanted.insert(key, ServiceAccountInfo { client_id });
             }
         }
     }
