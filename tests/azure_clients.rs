@@ -1528,6 +1528,8 @@ mod emulated {
             reads: pacing,
             writes: pacing,
             deletes: pacing,
+            // These tests size the buckets themselves (each says why).
+            reserve: 0,
         };
         let clients = clients_for(&config);
         // One call fetches the token and creates both buckets; then both refill to full, so they

@@ -920,6 +920,7 @@ fn soak_azure_clients(
             reads: UNPACED,
             writes: UNPACED,
             deletes: UNPACED,
+            reserve: 0,
         };
     }
     keyless::azure::AzureClients::from_config_with_env(&config, &|_| None).unwrap()

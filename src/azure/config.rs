@@ -170,6 +170,11 @@ pub struct AzureArgs {
     #[arg(long, env = "KEYLESS_ARM_PACING_DELETES", value_parser = parse_bucket, default_value = "200:10")]
     pub arm_pacing_deletes: BucketLimits,
 
+    /// Tokens of each pacing bucket keyless leaves unused, so that ARM's bucket keeps them too and
+    /// a request arriving a little early is not throttled.
+    #[arg(long, env = "KEYLESS_ARM_PACING_RESERVE", default_value_t = 1)]
+    pub arm_pacing_reserve: u32,
+
     /// How long a managed identity found by client id is remembered.
     #[arg(long, env = "KEYLESS_IDENTITY_CACHE_TTL", value_parser = parse_duration, default_value = "10m")]
     pub identity_cache_ttl: Duration,
@@ -211,6 +216,7 @@ impl AzureArgs {
                 reads: self.arm_pacing_reads,
                 writes: self.arm_pacing_writes,
                 deletes: self.arm_pacing_deletes,
+                reserve: self.arm_pacing_reserve,
             },
         }
     }
