@@ -10,6 +10,7 @@ pub mod index;
 pub mod kube_io;
 pub mod lenient;
 pub mod limits;
+pub mod namespaces;
 pub mod reconcile;
 pub mod service_accounts;
 pub mod trim;
@@ -35,7 +36,8 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use lenient::LenientAccess;
-use service_accounts::ServiceAccounts;
+use namespaces::{NamespaceRecord, Namespaces};
+use service_accounts::{RecordWriter, ServiceAccounts};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -96,8 +98,8 @@ pub struct Context {
     pub access_index: AccessIndex,
     /// Whether each ServiceAccount exists, and its client-id annotation: nothing else is read.
     pub service_accounts: ServiceAccounts,
-    /// Metadata only: keyless reads a Namespace's labels and nothing else.
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Each Namespace's labels: nothing else is read.
+    pub namespaces: Namespaces,
     pub recorder: events::EventRecorder,
     pub backoff: reconcile::Backoffs,
     /// What this term applied of each export, so an unchanged ConfigMap is not applied again.
@@ -342,13 +344,13 @@ struct Views {
     accesses: Store<LenientAccess>,
     access_index: AccessIndex,
     service_accounts: ServiceAccounts,
-    namespaces: Store<PartialObjectMeta<Namespace>>,
+    namespaces: Namespaces,
     /// Whether each store has listed and is watching; kept across terms with the stores.
     health: ViewHealth,
     account_changes: broadcast::Sender<Touched<DeserializeGuard<OpenAIAccount>>>,
     access_changes: broadcast::Sender<Touched<LenientAccess>>,
     service_account_changes: broadcast::Sender<Touched<WorkloadServiceAccount>>,
-    namespace_changes: broadcast::Sender<Touched<PartialObjectMeta<Namespace>>>,
+    namespace_changes: broadcast::Sender<Touched<NamespaceRecord>>,
 }
 
 impl Views {
@@ -404,26 +406,30 @@ impl Views {
         );
         // ServiceAccounts and Namespaces by their metadata only: the most numerous kinds of a
         // cluster, of which keyless reads an annotation and the labels.
-        let (service_accounts, service_account_changes) = reflect_service_accounts(
+        let service_accounts = ServiceAccounts::default();
+        let service_account_changes = reflect_records(
             watcher(
                 Api::<PartialObjectMeta<ServiceAccount>>::all(client.clone()),
                 watcher_config.clone(),
             )
             .default_backoff()
             .map_ok(|event| map_event(event, WorkloadServiceAccount::of)),
+            service_accounts::Writer::new(service_accounts.clone()),
             {
                 let health = health.clone();
                 move |event| health.observe(SERVICE_ACCOUNT_STORE, event)
             },
             shutdown.clone(),
         );
-        let (namespaces, namespace_changes) = reflect(
+        let namespaces = Namespaces::default();
+        let namespace_changes = reflect_records(
             watcher(
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 watcher_config,
             )
-            .default_backoff(),
-            trim::namespace,
+            .default_backoff()
+            .map_ok(|event| map_event(event, NamespaceRecord::of)),
+            namespaces::Writer::new(namespaces.clone()),
             {
                 let health = health.clone();
                 move |event| health.observe(NAMESPACE_STORE, event)
@@ -551,25 +557,20 @@ where
     (store, changes)
 }
 
-/// [`reflect`] for ServiceAccounts, into keyless's own compact map ([`ServiceAccounts`]) instead of
-/// a kube store. What it touched is broadcast as records made per event (they are a few dozen
-/// bytes; the map keeps no `Arc` to share).
-fn reflect_service_accounts(
-    events: impl futures::Stream<Item = Result<watcher::Event<WorkloadServiceAccount>, watcher::Error>>
-    + Send
-    + 'static,
-    mut observe: impl FnMut(&Result<watcher::Event<WorkloadServiceAccount>, watcher::Error>)
-    + Send
-    + 'static,
+/// [`reflect`] into one of keyless's own compact maps ([`ServiceAccounts`], [`Namespaces`]) instead
+/// of a kube store, through its `writer`. What it touched is broadcast as records made per event
+/// (a few dozen bytes; the maps keep no `Arc` to share).
+fn reflect_records<R>(
+    events: impl futures::Stream<Item = Result<watcher::Event<R>, watcher::Error>> + Send + 'static,
+    mut writer: impl RecordWriter<R>,
+    mut observe: impl FnMut(&Result<watcher::Event<R>, watcher::Error>) + Send + 'static,
     shutdown: Shared<BoxFuture<'static, ()>>,
-) -> (
-    ServiceAccounts,
-    broadcast::Sender<Touched<WorkloadServiceAccount>>,
-) {
-    let view = ServiceAccounts::default();
+) -> broadcast::Sender<Touched<R>>
+where
+    R: Clone + Send + Sync + 'static,
+{
     let (changes, _) = broadcast::channel(CHANGES_BUFFER);
     let sender = changes.clone();
-    let mut writer = service_accounts::Writer::new(view.clone());
     let stream = events.take_until(shutdown);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -586,16 +587,16 @@ fn reflect_service_accounts(
             };
             // After the map took it: "listed" is never seen before the list is in the map.
             observe(&event);
-            for sa in touched {
+            for record in touched {
                 // No receiver (no term running, on a standby) is fine: the map holds it.
                 let _ = sender.send(Touched {
-                    object: Arc::new(sa),
+                    object: Arc::new(record),
                     first_list,
                 });
             }
         }
     });
-    (view, changes)
+    changes
 }
 
 /// What a term's change streams read of a store: every object, and whether one is still in it.
@@ -613,6 +614,15 @@ where
     }
     fn holds(&self, object: &K) -> bool {
         self.get(&ObjectRef::from_obj(object)).is_some()
+    }
+}
+
+impl ObjectView<NamespaceRecord> for Namespaces {
+    fn everything(&self) -> Vec<Arc<NamespaceRecord>> {
+        self.state()
+    }
+    fn holds(&self, object: &NamespaceRecord) -> bool {
+        self.contains(object)
     }
 }
 
@@ -831,11 +841,12 @@ async fn run_controllers(
         sa_to_accounts,
     )
     .watches_stream(
-        owned(only_changes(
+        only_changes(
             changes(&views.namespace_changes, views.namespaces.clone()),
             views.namespaces.clone(),
-            |ns: &PartialObjectMeta<Namespace>| ns.labels().clone(),
-        )),
+            |ns: &NamespaceRecord| ns.labels.clone(),
+        )
+        .map(|ns| Ok(ns.trigger())),
         ns_to_accounts,
     )
     .graceful_shutdown_on(shutdown.clone())

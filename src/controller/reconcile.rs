@@ -241,14 +241,17 @@ async fn reconcile_account_pass(
         .filter_map(|a| Some((a.as_ref(), a.parsed.as_ref().ok()?)))
         .collect();
     // The labels of the namespaces its objects live in: the only ones its policy is asked about.
+    // Each namespace once (an account's 500 objects live in a few), then its labels.
     let namespace_labels: crate::plan::policy::NamespaceLabels = access_objects
         .iter()
-        .filter_map(|(object, _)| object.namespace())
-        .chain(malformed.iter().map(|m| m.key.namespace.clone()))
+        .filter_map(|(object, _)| object.metadata.namespace.as_deref())
+        .chain(malformed.iter().map(|m| m.key.namespace.as_str()))
+        .collect::<std::collections::BTreeSet<&str>>()
+        .into_iter()
         .filter_map(|namespace| {
             ctx.namespaces
-                .get(&ObjectRef::new(&namespace))
-                .map(|ns| (namespace, ns.labels().clone().into_iter().collect()))
+                .labels(namespace)
+                .map(|labels| (namespace.to_string(), labels))
         })
         .collect();
     let mut accesses = Vec::with_capacity(access_objects.len());

@@ -104,6 +104,14 @@ impl ServiceAccounts {
     }
 }
 
+/// Applies watch events to one of keyless's own maps of records ([`ServiceAccounts`],
+/// [`super::namespaces::Namespaces`]), as kube's store writer does to a store.
+pub trait RecordWriter<R>: Send + 'static {
+    /// Applies one event. At the end of a list, returns the records it brought (every one now in
+    /// the map); for an applied or deleted one, that one.
+    fn apply(&mut self, event: &watcher::Event<R>) -> Vec<R>;
+}
+
 /// Applies watch events to a [`ServiceAccounts`] map, as kube's store writer does to a store: a
 /// relist is buffered and swapped in at its end.
 #[derive(Default)]
@@ -119,10 +127,10 @@ impl Writer {
             listing: None,
         }
     }
+}
 
-    /// Applies one event. At the end of a list, returns the ServiceAccounts it brought (every one
-    /// now in the map); for an applied or deleted one, that one.
-    pub fn apply(
+impl RecordWriter<WorkloadServiceAccount> for Writer {
+    fn apply(
         &mut self,
         event: &watcher::Event<WorkloadServiceAccount>,
     ) -> Vec<WorkloadServiceAccount> {

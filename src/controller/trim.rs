@@ -13,29 +13,18 @@
 //!   metadata but managedFields: it is rare, and its metadata is all that is known of it;
 //! - ServiceAccount: the workload-identity client-id annotation and nothing else, in a record of
 //!   its own ([`WorkloadServiceAccount`]);
-//! - Namespace: its labels (account selectors) and nothing else.
+//! - Namespace: its labels (account selectors) and nothing else, in a map of its own
+//!   ([`super::namespaces`]).
 //!
 //! managedFields are dropped everywhere: keyless never reads them, and they are often the larger
 //! part of an object.
 
 use super::lenient::LenientAccess;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Lookup;
 use std::borrow::Cow;
-
-/// The name of a ServiceAccount or Namespace: all their stores key by and all keyless reads of
-/// their identity. Their uid and resourceVersion are read by nothing (the watcher takes the
-/// resourceVersion to resume from before the object is trimmed), and each, kept, is paid twice:
-/// in the object and in the store's key (issue 18: about 200 bytes per ServiceAccount).
-fn name_only(meta: &mut ObjectMeta) -> ObjectMeta {
-    ObjectMeta {
-        name: meta.name.take(),
-        namespace: meta.namespace.take(),
-        ..ObjectMeta::default()
-    }
-}
 
 /// The identity of an object: what every store needs to key and name it.
 fn identity(meta: &mut ObjectMeta) -> ObjectMeta {
@@ -133,15 +122,6 @@ impl Lookup for WorkloadServiceAccount {
     fn uid(&self) -> Option<Cow<'_, str>> {
         None
     }
-}
-
-/// A Namespace: its identity and labels.
-pub fn namespace(object: &mut PartialObjectMeta<Namespace>) {
-    object.metadata = ObjectMeta {
-        labels: object.metadata.labels.take(),
-        ..name_only(&mut object.metadata)
-    };
-    object.types = None;
 }
 
 /// Any other kind (the accounts: few, and read whole): managedFields only.
@@ -287,23 +267,5 @@ mod tests {
         });
         assert_eq!(without.client_id, None);
         assert_eq!(&*without.name, "chat");
-    }
-
-    #[test]
-    fn a_namespace_keeps_its_name_and_labels_only() {
-        let mut object: PartialObjectMeta<Namespace> = PartialObjectMeta {
-            types: None,
-            metadata: full_meta(None),
-            _phantom: Default::default(),
-        };
-        namespace(&mut object);
-        assert_eq!(
-            object.metadata,
-            ObjectMeta {
-                name: Some("chat".into()),
-                labels: Some(BTreeMap::from([("app".into(), "web".into())])),
-                ..ObjectMeta::default()
-            }
-        );
     }
 }
