@@ -11,7 +11,7 @@
 //! bucket is as empty as ours when each request arrives, so a request that arrives a few
 //! milliseconds closer to the one before than it was sent (a timer firing late, a connection
 //! slower than the next) finds less than a token and is throttled: the controller bench provoked
-//! one 429 in about every third 10,000-grant run. With one token held back, ARM's bucket keeps one
+//! one 429 in 2 of 9 10,000-grant runs. With one token held back, ARM's bucket keeps one
 //! too, which absorbs a whole refill interval of such jitter (100 ms at 10 writes a second), for
 //! the cost of one request's worth of burst.
 //!
