@@ -38,8 +38,8 @@ pub struct RunArgs {
     /// (a few hundred bytes each); an Event that falls out is written anew when it repeats.
     #[arg(long, env = "KEYLESS_EVENT_MEMORY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub event_memory: u32,
-    /// How often the heap's free memory is handed back to the OS (glibc keeps what a list or a
-    /// convergence freed below live objects); 0s turns it off.
+    /// How often every arena of the allocator (jemalloc) hands its freed pages back to the OS at
+    /// once; between, it does so gradually on its own. 0s turns the periodic purge off.
     #[arg(long, env = "KEYLESS_MEMORY_TRIM_INTERVAL", value_parser = parse_duration, default_value = "60s")]
     pub memory_trim_interval: Duration,
     /// How long a principal Entra does not know yet is waited for before it is reported Failed.

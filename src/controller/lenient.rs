@@ -111,9 +111,9 @@ impl PackedStatus {
 }
 
 // One stream state per thread, reset for each status: a fresh deflate state is ~270 KB in a few
-// large aligned allocations, and allocating and freeing one per watch event left glibc's heap
-// growing by tens of MiB a minute during a convergence (freed, never reused, returned only by
-// the periodic trim).
+// large aligned allocations, and allocating and freeing one per watch event left glibc's heap (the
+// allocator then) growing by tens of MiB a minute during a convergence (freed, never reused,
+// returned only by the periodic trim).
 thread_local! {
     static DEFLATE: std::cell::RefCell<flate2::Compress> =
         std::cell::RefCell::new(flate2::Compress::new(flate2::Compression::default(), false));
