@@ -503,7 +503,7 @@ where
     let stream = reflector::reflector(writer, events.modify(trim))
         .inspect(observe)
         .take_until(shutdown);
-    tokio::spawn(async move {
+    crate::ops::memory::spawn_on_the_stores_thread(async move {
         let mut stream = std::pin::pin!(stream);
         let mut listed = false;
         // The objects of a list in progress, by key: the store takes them only at its end.
@@ -572,7 +572,7 @@ where
     let (changes, _) = broadcast::channel(CHANGES_BUFFER);
     let sender = changes.clone();
     let stream = events.take_until(shutdown);
-    tokio::spawn(async move {
+    crate::ops::memory::spawn_on_the_stores_thread(async move {
         let mut stream = std::pin::pin!(stream);
         let mut listed = false;
         while let Some(event) = stream.next().await {

@@ -9,7 +9,8 @@
 //! purge hands back the pages no live object uses.
 //!
 //! Two arenas (`narenas:2`): jemalloc's default is four per CPU of the node, not of the pod's
-//! limit, and each arena holds freed memory of its own. A background thread purges on jemalloc's
+//! limit, and each arena holds freed memory of its own. The stores allocate from a third arena of their
+//! own, on a thread of their own ([`spawn_on_the_stores_thread`]), apart from the passes. A background thread purges on jemalloc's
 //! decay timeline; [`purge_periodically`] (`--memory-trim-interval`) also empties everything freed
 //! at once, so a quiet controller's RSS is its live memory.
 
@@ -43,6 +44,112 @@ pub async fn purge_periodically(
         let purged = tokio::task::spawn_blocking(release_free_memory).await;
         tracing::trace!(?purged, "returned free heap memory to the OS");
     }
+}
+
+/// Runs `task` on the stores' thread ([`stores_runtime`]) for as long as the runtime it is spawned
+/// from runs: it ends with its own future, or when that runtime shuts down, as a task spawned there
+/// would (a test's runtime, or the process's at exit, takes its stores' tasks with it).
+pub fn spawn_on_the_stores_thread(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    let (caller_alive, caller_gone) = tokio::sync::oneshot::channel::<()>();
+    // Dropped, and so `caller_gone` resolved, when the calling runtime drops its tasks.
+    tokio::spawn(async move {
+        let _caller_alive = caller_alive;
+        std::future::pending::<()>().await;
+    });
+    stores_runtime().spawn(async move {
+        tokio::select! {
+            () = task => {}
+            _ = caller_gone => {}
+        }
+    });
+}
+
+/// The runtime the stores' reflectors run on: one thread of its own, whose allocations come from
+/// a jemalloc arena of its own.
+///
+/// What the stores keep lives for as long as its object does; what a pass allocates lives for the
+/// pass. Allocated side by side, each pass's transient records and statuses shared slabs with the
+/// long-lived ones, and when a pass ended its slabs stayed pinned by the few records kept: after
+/// issue 18's memory population arrived during passes, the heap was ~21 MiB larger than its
+/// ~31 MiB of live data, and no purge could hand those pages back (steady RSS 63.4 MiB). In an
+/// arena of their own the stores' records pack together and the passes' slabs empty whole
+/// (55.9 MiB in the same benchmark).
+///
+/// One per process, shared by every controller term (and every test's controller); when the
+/// thread or the arena cannot be had, the reflectors run where they are spawned from, as before.
+fn stores_runtime() -> tokio::runtime::Handle {
+    static STORES: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    let dedicated = STORES.get_or_init(|| {
+        let (handle_sender, handle) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("keyless-stores".into())
+            .spawn(move || {
+                if let Err(status) = use_an_arena_of_its_own() {
+                    tracing::warn!(status, "the stores share the allocator's arenas");
+                }
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => {
+                        let _ = handle_sender.send(Some(runtime.handle().clone()));
+                        // The thread lives as long as the process; its tasks end with their
+                        // callers ([`spawn_on_the_stores_thread`]).
+                        runtime.block_on(std::future::pending::<()>());
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "no runtime of their own for the stores");
+                        let _ = handle_sender.send(None);
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => handle.recv().ok().flatten(),
+            Err(error) => {
+                tracing::warn!(%error, "no thread of their own for the stores");
+                None
+            }
+        }
+    });
+    dedicated
+        .clone()
+        .unwrap_or_else(tokio::runtime::Handle::current)
+}
+
+/// Binds the calling thread to a new jemalloc arena; the mallctl status when it cannot.
+#[allow(unsafe_code)]
+fn use_an_arena_of_its_own() -> Result<(), i32> {
+    let mut arena: u32 = 0;
+    let mut size = std::mem::size_of::<u32>();
+    // SAFETY: `arenas.create` returns the new arena's index as an unsigned (u32): `arena` and
+    // `size` are valid for a write of that size; it takes no new value (null, 0).
+    let created = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arenas.create".as_ptr(),
+            (&raw mut arena).cast(),
+            &raw mut size,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if created != 0 {
+        return Err(created);
+    }
+    // SAFETY: `thread.arena` takes an unsigned (u32) arena index: a pointer to `arena` and its
+    // size; no old value is read (null pointers).
+    let bound = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"thread.arena".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            (&raw mut arena).cast(),
+            std::mem::size_of::<u32>(),
+        )
+    };
+    if bound != 0 {
+        return Err(bound);
+    }
+    Ok(())
 }
 
 /// The allocator's own account of the heap, in bytes.
@@ -129,6 +236,71 @@ mod tests {
             .find_map(|l| l.strip_prefix("RssAnon:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap()
+    }
+
+    /// The arena the calling thread allocates from.
+    fn arena_of_this_thread() -> u32 {
+        let mut arena: u32 = u32::MAX;
+        let mut size = std::mem::size_of::<u32>();
+        #[allow(unsafe_code)]
+        // SAFETY: `thread.arena` reads as an unsigned (u32); `arena` and `size` are valid for
+        // writes of that size.
+        let status = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"thread.arena".as_ptr(),
+                (&raw mut arena).cast(),
+                &raw mut size,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        assert_eq!(status, 0);
+        arena
+    }
+
+    #[tokio::test]
+    async fn the_stores_allocate_on_their_own_thread_from_an_arena_of_their_own() {
+        let (sender, seen) = tokio::sync::oneshot::channel();
+        spawn_on_the_stores_thread(async move {
+            let thread = std::thread::current().name().map(str::to_owned);
+            let _ = sender.send((thread, arena_of_this_thread()));
+        });
+        let (thread, arena) = seen.await.unwrap();
+        assert_eq!(thread.as_deref(), Some("keyless-stores"));
+        // Arenas 0 and 1 are `narenas:2`'s, shared by every other thread; a created one comes
+        // after them.
+        assert!(arena >= 2, "the stores' arena is {arena}");
+        assert_ne!(arena, arena_of_this_thread());
+    }
+
+    #[test]
+    fn the_stores_tasks_end_with_the_runtime_that_spawned_them() {
+        struct SaysWhenDropped(std::sync::mpsc::Sender<()>);
+        impl Drop for SaysWhenDropped {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let (sender, dropped) = std::sync::mpsc::channel();
+        let caller = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        caller.block_on(async {
+            let guard = SaysWhenDropped(sender);
+            spawn_on_the_stores_thread(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            });
+        });
+        assert!(
+            dropped.recv_timeout(Duration::from_millis(100)).is_err(),
+            "the task runs while its caller's runtime does"
+        );
+        drop(caller);
+        dropped
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the task ended with its caller's runtime");
     }
 
     #[test]
