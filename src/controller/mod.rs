@@ -12,6 +12,7 @@ pub mod lenient;
 pub mod limits;
 pub mod namespaces;
 pub mod reconcile;
+pub mod records;
 pub mod service_accounts;
 pub mod trim;
 pub mod view;
@@ -37,7 +38,8 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use lenient::LenientAccess;
 use namespaces::{NamespaceRecord, Namespaces};
-use service_accounts::{RecordWriter, ServiceAccounts};
+use records::{RecordMap, RecordWriter};
+use service_accounts::ServiceAccounts;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -414,7 +416,7 @@ impl Views {
             )
             .default_backoff()
             .map_ok(|event| map_event(event, WorkloadServiceAccount::of)),
-            service_accounts::Writer::new(service_accounts.clone()),
+            service_accounts.writer(),
             {
                 let health = health.clone();
                 move |event| health.observe(SERVICE_ACCOUNT_STORE, event)
@@ -429,7 +431,7 @@ impl Views {
             )
             .default_backoff()
             .map_ok(|event| map_event(event, NamespaceRecord::of)),
-            namespaces::Writer::new(namespaces.clone()),
+            namespaces.writer(),
             {
                 let health = health.clone();
                 move |event| health.observe(NAMESPACE_STORE, event)
@@ -560,13 +562,14 @@ where
 /// [`reflect`] into one of keyless's own compact maps ([`ServiceAccounts`], [`Namespaces`]) instead
 /// of a kube store, through its `writer`. What it touched is broadcast as records made per event
 /// (a few dozen bytes; the maps keep no `Arc` to share).
-fn reflect_records<R>(
+fn reflect_records<M, R>(
     events: impl futures::Stream<Item = Result<watcher::Event<R>, watcher::Error>> + Send + 'static,
-    mut writer: impl RecordWriter<R>,
+    mut writer: RecordWriter<M>,
     mut observe: impl FnMut(&Result<watcher::Event<R>, watcher::Error>) + Send + 'static,
     shutdown: Shared<BoxFuture<'static, ()>>,
 ) -> broadcast::Sender<Touched<R>>
 where
+    M: RecordMap<Record = R> + Send + Sync + 'static,
     R: Clone + Send + Sync + 'static,
 {
     let (changes, _) = broadcast::channel(CHANGES_BUFFER);

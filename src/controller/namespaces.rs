@@ -3,18 +3,17 @@
 //! kube's store a Namespace was an `ObjectRef` key, a 360-byte `ObjectMeta` and a B-tree node for
 //! its labels (~1.4 KB); here it is its name and a slice of label pairs.
 //!
-//! Filled by the watch events with the same relist rule as kube's reflector (a relist is
-//! collected aside and swapped in whole at its end).
+//! Filled by the watch events with the same relist rule as kube's reflector
+//! ([`super::records`]).
 
-use super::service_accounts::RecordWriter;
+use super::records::{RecordMap, RecordWriter, SharedMap};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::Lookup;
-use kube::runtime::watcher;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 /// Label pairs, sorted by key (as the API server's map is).
 pub type Labels = Box<[(Box<str>, Box<str>)]>;
@@ -89,115 +88,65 @@ impl Lookup for NamespaceRecord {
     }
 }
 
-type Map = HashMap<Box<str>, Labels>;
+#[derive(Default)]
+struct Map {
+    by_name: HashMap<Box<str>, Labels>,
+}
+
+impl RecordMap for Map {
+    type Record = NamespaceRecord;
+
+    fn insert(&mut self, namespace: &NamespaceRecord) {
+        self.by_name
+            .insert(namespace.name.clone(), namespace.labels.clone());
+    }
+
+    fn remove(&mut self, namespace: &NamespaceRecord) {
+        self.by_name.remove(&namespace.name);
+    }
+
+    fn records(&self) -> impl Iterator<Item = NamespaceRecord> + '_ {
+        self.by_name.iter().map(|(name, labels)| NamespaceRecord {
+            name: name.clone(),
+            labels: labels.clone(),
+        })
+    }
+}
 
 /// The Namespaces of the cluster; clones share one map.
 #[derive(Clone, Default)]
 pub struct Namespaces {
-    map: Arc<RwLock<Map>>,
+    map: SharedMap<Map>,
 }
 
 impl Namespaces {
-    // A panic while holding the lock cannot leave the map half-written in a way that matters
-    // (each write is one insert or remove, or a whole swap): use it anyway.
-    fn read(&self) -> RwLockReadGuard<'_, Map> {
-        self.map.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, Map> {
-        self.map.write().unwrap_or_else(|e| e.into_inner())
+    /// The writer that fills this map from the Namespaces' watch events.
+    pub fn writer(&self) -> RecordWriter<impl RecordMap<Record = NamespaceRecord> + use<>> {
+        RecordWriter::new(self.map.clone())
     }
 
     /// The labels of the Namespace `name`, when it exists.
     pub fn labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
-        self.read().get(name).map(label_map)
+        self.map.read().by_name.get(name).map(label_map)
     }
 
     /// Whether this Namespace is in the map now.
     pub fn contains(&self, namespace: &NamespaceRecord) -> bool {
-        self.read().contains_key(&namespace.name)
+        self.map.read().by_name.contains_key(&namespace.name)
     }
 
     /// Every Namespace, each as a record made now.
     pub fn state(&self) -> Vec<Arc<NamespaceRecord>> {
-        self.read()
-            .iter()
-            .map(|(name, labels)| {
-                Arc::new(NamespaceRecord {
-                    name: name.clone(),
-                    labels: labels.clone(),
-                })
-            })
-            .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
-    }
-}
-
-/// Applies watch events to a [`Namespaces`] map as kube's store writer does to a store.
-pub struct Writer {
-    view: Namespaces,
-    listing: Option<Map>,
-}
-
-impl Writer {
-    pub fn new(view: Namespaces) -> Self {
-        Writer {
-            view,
-            listing: None,
-        }
-    }
-}
-
-impl RecordWriter<NamespaceRecord> for Writer {
-    fn apply(&mut self, event: &watcher::Event<NamespaceRecord>) -> Vec<NamespaceRecord> {
-        match event {
-            watcher::Event::Init => {
-                self.listing = Some(Map::default());
-                Vec::new()
-            }
-            watcher::Event::InitApply(ns) => {
-                self.listing
-                    .get_or_insert_with(Map::default)
-                    .insert(ns.name.clone(), ns.labels.clone());
-                Vec::new()
-            }
-            watcher::Event::InitDone => {
-                let listed = self.listing.take().unwrap_or_default();
-                let touched = listed
-                    .iter()
-                    .map(|(name, labels)| NamespaceRecord {
-                        name: name.clone(),
-                        labels: labels.clone(),
-                    })
-                    .collect();
-                *self.view.write() = listed;
-                touched
-            }
-            watcher::Event::Apply(ns) => {
-                self.view.write().insert(ns.name.clone(), ns.labels.clone());
-                vec![ns.clone()]
-            }
-            watcher::Event::Delete(ns) => {
-                self.view.write().remove(&ns.name);
-                vec![ns.clone()]
-            }
-        }
+        self.map.read().records().map(Arc::new).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::controller::records::testing;
+    use kube::runtime::watcher::Event;
     use proptest::prelude::*;
-    use watcher::Event;
 
     fn ns(name: &str, labels: &[(&str, &str)]) -> NamespaceRecord {
         NamespaceRecord {
@@ -230,26 +179,13 @@ mod tests {
     #[test]
     fn a_relist_is_seen_only_whole_and_replaces_the_map() {
         let view = Namespaces::default();
-        let mut writer = Writer::new(view.clone());
-        writer.apply(&Event::Init);
-        writer.apply(&Event::InitApply(ns("team-a", &[("tier", "prod")])));
-        assert!(view.is_empty(), "nothing before the list ends");
-        assert_eq!(writer.apply(&Event::InitDone).len(), 1);
-        assert_eq!(
-            view.labels("team-a"),
-            Some(BTreeMap::from([("tier".into(), "prod".into())]))
+        testing::a_relist_is_seen_only_whole_and_replaces_the_map(
+            &view,
+            view.writer(),
+            ns("team-a", &[("tier", "prod")]),
+            ns("team-b", &[]),
+            ns("team-b", &[("tier", "dev")]),
         );
-        writer.apply(&Event::Init);
-        writer.apply(&Event::InitApply(ns("team-b", &[])));
-        assert!(
-            view.labels("team-a").is_some(),
-            "the old map until the relist ends"
-        );
-        writer.apply(&Event::InitDone);
-        assert_eq!(view.labels("team-a"), None);
-        assert_eq!(view.labels("team-b"), Some(BTreeMap::new()));
-        writer.apply(&Event::Delete(ns("team-b", &[])));
-        assert!(view.is_empty());
     }
 
     fn event() -> impl Strategy<Value = Event<NamespaceRecord>> {
@@ -269,37 +205,21 @@ mod tests {
     }
 
     proptest! {
-        /// The map holds what kube's store would after the same events (a model with the same
-        /// buffered relist).
+        /// The map holds what kube's store would after the same events; a Namespace's labels are
+        /// found by its name, as it was last seen.
         #[test]
         fn the_map_agrees_with_a_store_after_any_events(events in prop::collection::vec(event(), 0..60)) {
             let view = Namespaces::default();
-            let mut writer = Writer::new(view.clone());
-            let mut model: BTreeMap<String, Labels> = BTreeMap::new();
-            let mut buffer: Option<BTreeMap<String, Labels>> = None;
-            for event in &events {
-                writer.apply(event);
-                match event {
-                    Event::Init => buffer = Some(BTreeMap::new()),
-                    Event::InitApply(n) => {
-                        buffer.get_or_insert_with(BTreeMap::new).insert(n.name.to_string(), n.labels.clone());
-                    }
-                    Event::InitDone => model = buffer.take().unwrap_or_default(),
-                    Event::Apply(n) => {
-                        model.insert(n.name.to_string(), n.labels.clone());
-                    }
-                    Event::Delete(n) => {
-                        model.remove(&*n.name);
-                    }
-                }
-                let held: BTreeMap<String, Labels> = view
-                    .state()
-                    .iter()
-                    .map(|n| (n.name.to_string(), n.labels.clone()))
-                    .collect();
-                prop_assert_eq!(&held, &model);
-                prop_assert_eq!(view.len(), model.len());
-            }
+            testing::the_map_agrees_with_a_store_after_each(
+                &view,
+                view.writer(),
+                &events,
+                |n| n.name.clone(),
+                |probe, stored| {
+                    prop_assert_eq!(view.labels(&probe.name), stored.map(|n| label_map(&n.labels)));
+                    Ok(())
+                },
+            )?;
         }
     }
 }

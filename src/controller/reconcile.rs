@@ -20,6 +20,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -89,6 +90,21 @@ fn has_finalizer<K: Resource>(object: &K) -> bool {
         .iter()
         .flatten()
         .any(|f| f == CLEANUP_FINALIZER)
+}
+
+/// The status an OpenAIAccess had when the pass began, as the pass unpacked it then
+/// (`previous_of`, by key), so the writes after the pass do not unpack it again. Every result is
+/// for an object the pass took; were one not, its own status is unpacked here rather than taken
+/// as none, since a status write compares against it (what changed, and since when).
+fn status_before_pass<'a>(
+    previous_of: &HashMap<&ObjectKey, Option<&'a OpenAIAccessStatus>>,
+    key: &ObjectKey,
+    access: &ParsedAccess,
+) -> Option<Cow<'a, OpenAIAccessStatus>> {
+    match previous_of.get(key) {
+        Some(previous) => previous.map(Cow::Borrowed),
+        None => access.status().map(Cow::Owned),
+    }
 }
 
 // Each reconcile gets its own trace id, so one pass's log lines can be found together.
@@ -360,16 +376,14 @@ async fn reconcile_account_pass(
             Api::namespaced(ctx.client.clone(), &result.key.namespace);
         if object.metadata.deletion_timestamp.is_none() {
             fence(&ctx)?;
-            let unpacked;
-            let previous = match previous_of.get(&result.key) {
-                Some(previous) => *previous,
-                None => {
-                    unpacked = access.status();
-                    unpacked.as_ref()
-                }
-            };
-            if let Err(error) =
-                apply_access_status(&namespaced, &result.key.name, previous, &result.status).await
+            let previous = status_before_pass(&previous_of, &result.key, access);
+            if let Err(error) = apply_access_status(
+                &namespaced,
+                &result.key.name,
+                previous.as_deref(),
+                &result.status,
+            )
+            .await
             {
                 // This object's failure stays its own: the others still get their status.
                 tracing::warn!(object = %result.key, %error, "could not write the status");
@@ -472,9 +486,9 @@ async fn reconcile_account_pass(
         let message = format!(
             "being deleted: the finalizer {CLEANUP_FINALIZER} stays until keyless has revoked its grants; waiting for {waits_for}"
         );
-        let previous_status = access.status();
+        let previous_status = status_before_pass(&previous_of, &result.key, access);
         let previous = previous_status
-            .as_ref()
+            .as_deref()
             .map(|s| s.conditions.as_slice())
             .unwrap_or_default();
         status
@@ -496,7 +510,7 @@ async fn reconcile_account_pass(
         if let Err(error) = apply_access_status(
             &namespaced,
             &result.key.name,
-            previous_status.as_ref(),
+            previous_status.as_deref(),
             &status,
         )
         .await
