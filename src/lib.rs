@@ -11,7 +11,7 @@
 //! - [`emulator`]: the Azure emulator tests and users run keyless against.
 //! - [`ops`]: logs, metrics, health endpoints and leader election.
 //! - [`report`]: who can call an account and why (the access report; pure classification).
-//! - [`bench`]: the controller benchmark and what it shares with file mode's.
+//! - [`bench`](mod@bench): the controller benchmark and what it shares with file mode's.
 //! - [`files`]: file mode (`plan`, `apply`, `doctor`, `bench`): the engine without a cluster.
 
 pub mod api;

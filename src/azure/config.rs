@@ -101,7 +101,7 @@ pub struct AzureArgs {
     #[arg(long, env = "KEYLESS_ARM_ENDPOINT", value_parser = parse_https_url)]
     pub arm_endpoint: Option<Url>,
 
-    /// Overrides the cloud's Microsoft Graph endpoint (e.g. https://dod-graph.microsoft.us).
+    /// Overrides the cloud's Microsoft Graph endpoint (e.g. <https://dod-graph.microsoft.us>).
     #[arg(long, env = "KEYLESS_GRAPH_ENDPOINT", value_parser = parse_https_url)]
     pub graph_endpoint: Option<Url>,
 

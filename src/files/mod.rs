@@ -4,7 +4,7 @@
 //! table or JSON ([`render`]) instead of CR status. For every OpenAIAccount in the files one engine
 //! pass runs over its scope (resolve → observe → plan → apply); accounts run concurrently, writes
 //! within one account never do. `--emulator` ([`emulated`]) runs the same thing against an Azure
-//! emulator inside the process. [`doctor`] checks a set-up before the first run; [`bench`] measures
+//! emulator inside the process. [`doctor`] checks a set-up before the first run; [`bench`](mod@bench) measures
 //! the engine against the emulator.
 
 pub mod args;

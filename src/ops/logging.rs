@@ -47,7 +47,7 @@ pub fn init(args: &LogArgs) {
 }
 
 /// Colour codes only for a person at a terminal: a file, a pipe or a log collector gets plain text,
-/// and `NO_COLOR` set to anything but the empty string turns colour off (https://no-color.org).
+/// and `NO_COLOR` set to anything but the empty string turns colour off (<https://no-color.org>).
 pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }

@@ -46,7 +46,7 @@ pub async fn purge_periodically(
     }
 }
 
-/// Runs `task` on the stores' thread ([`stores_runtime`]) for as long as the runtime it is spawned
+/// Runs `task` on the stores' thread (`stores_runtime`) for as long as the runtime it is spawned
 /// from runs: it ends with its own future, or when that runtime shuts down, as a task spawned there
 /// would (a test's runtime, or the process's at exit, takes its stores' tasks with it).
 pub fn spawn_on_the_stores_thread(task: impl std::future::Future<Output = ()> + Send + 'static) {
