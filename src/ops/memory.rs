@@ -73,7 +73,7 @@ pub fn spawn_on_the_stores_thread(task: impl std::future::Future<Output = ()> + 
 /// issue 18's memory population arrived during passes, the heap was ~21 MiB larger than its
 /// ~31 MiB of live data, and no purge could hand those pages back (steady RSS 63.4 MiB). In an
 /// arena of their own the stores' records pack together and the passes' slabs empty whole
-/// (55.9 MiB in the same benchmark).
+/// (52.6-54.4 MiB in three runs of the same benchmark).
 ///
 /// One per process, shared by every controller term (and every test's controller); when the
 /// thread or the arena cannot be had, the reflectors run where they are spawned from, as before.
