@@ -66,6 +66,9 @@ pub struct ArmClient {
     identities_by_client_id: Mutex<HashMap<String, (ManagedIdentity, Instant)>>,
     /// role definition GUID → definition and when it was read.
     role_definitions: Mutex<HashMap<String, (crate::report::RoleDefinition, Instant)>>,
+    /// One role-definition read from ARM at a time: passes that miss the cache together (every
+    /// account's first pass at start-up) wait for the first one's answer instead of each asking.
+    role_definition_reads: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -411,6 +414,7 @@ impl ArmClient {
             account_subscriptions: Mutex::new(BTreeSet::new()),
             identities_by_client_id: Mutex::new(HashMap::new()),
             role_definitions: Mutex::new(HashMap::new()),
+            role_definition_reads: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -848,10 +852,19 @@ impl RoleDefinitions for ArmClient {
                 )
             })?
             .to_string();
-        if let Some((definition, read)) = lock(&self.role_definitions).get(&guid)
-            && read.elapsed() < self.settings.role_definition_cache_ttl
-        {
-            return Ok(definition.clone());
+        let cached = || {
+            lock(&self.role_definitions)
+                .get(&guid)
+                .filter(|(_, read)| read.elapsed() < self.settings.role_definition_cache_ttl)
+                .map(|(definition, _)| definition.clone())
+        };
+        if let Some(definition) = cached() {
+            return Ok(definition);
+        }
+        let _one_read_at_a_time = self.role_definition_reads.lock().await;
+        // Another caller may have read it while this one waited.
+        if let Some(definition) = cached() {
+            return Ok(definition);
         }
         // RoleDefinitions_Get at the account: built-in roles and the custom roles assignable
         // there, with the read permission keyless already has at the account.
