@@ -51,12 +51,15 @@ pub async fn purge_periodically(
 /// would (a test's runtime, or the process's at exit, takes its stores' tasks with it).
 pub fn spawn_on_the_stores_thread(task: impl std::future::Future<Output = ()> + Send + 'static) {
     let (caller_alive, caller_gone) = tokio::sync::oneshot::channel::<()>();
-    // Dropped, and so `caller_gone` resolved, when the calling runtime drops its tasks.
+    let (task_running, task_ended) = tokio::sync::oneshot::channel::<()>();
+    // A keeper on the calling runtime: dropped with that runtime's tasks, which resolves
+    // `caller_gone`; it ends itself when the task does.
     tokio::spawn(async move {
         let _caller_alive = caller_alive;
-        std::future::pending::<()>().await;
+        let _ = task_ended.await;
     });
     stores_runtime().spawn(async move {
+        let _task_running = task_running;
         tokio::select! {
             () = task => {}
             _ = caller_gone => {}
@@ -301,6 +304,23 @@ mod tests {
         dropped
             .recv_timeout(Duration::from_secs(10))
             .expect("the task ended with its caller's runtime");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_left_on_the_calling_runtime_once_the_task_ends() {
+        let (sender, ran) = tokio::sync::oneshot::channel();
+        spawn_on_the_stores_thread(async move {
+            let _ = sender.send(());
+        });
+        ran.await.unwrap();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        for _ in 0..1000 {
+            if metrics.num_alive_tasks() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the keeper task is still alive after its task ended");
     }
 
     #[test]
