@@ -119,25 +119,31 @@ fn stores_runtime() -> tokio::runtime::Handle {
         .unwrap_or_else(tokio::runtime::Handle::current)
 }
 
-/// Binds the calling thread to a new jemalloc arena; the mallctl status when it cannot.
+/// Reads the jemalloc control `name`, an integer of `T`'s size (jemalloc's `unsigned` is u32,
+/// its `size_t` usize); the mallctl status when it cannot.
 #[allow(unsafe_code)]
-fn use_an_arena_of_its_own() -> Result<(), i32> {
-    let mut arena: u32 = 0;
-    let mut size = std::mem::size_of::<u32>();
-    // SAFETY: `arenas.create` returns the new arena's index as an unsigned (u32): `arena` and
-    // `size` are valid for a write of that size; it takes no new value (null, 0).
-    let created = unsafe {
+fn read_control<T: Copy + Default>(name: &std::ffi::CStr) -> Result<T, i32> {
+    let mut value = T::default();
+    let mut size = std::mem::size_of::<T>();
+    // SAFETY: `name` is NUL-terminated; `value` and `size` are valid for a write of `size` bytes,
+    // and jemalloc refuses (EINVAL) a control whose type is of another size; no new value is
+    // given (null, 0). Only integers are read, for which any bytes are a value.
+    let status = unsafe {
         tikv_jemalloc_sys::mallctl(
-            c"arenas.create".as_ptr(),
-            (&raw mut arena).cast(),
+            name.as_ptr(),
+            (&raw mut value).cast(),
             &raw mut size,
             std::ptr::null_mut(),
             0,
         )
     };
-    if created != 0 {
-        return Err(created);
-    }
+    if status == 0 { Ok(value) } else { Err(status) }
+}
+
+/// Binds the calling thread to a new jemalloc arena; the mallctl status when it cannot.
+#[allow(unsafe_code)]
+fn use_an_arena_of_its_own() -> Result<(), i32> {
+    let mut arena: u32 = read_control(c"arenas.create")?;
     // SAFETY: `thread.arena` takes an unsigned (u32) arena index: a pointer to `arena` and its
     // size; no old value is read (null pointers).
     let bound = unsafe {
@@ -185,22 +191,7 @@ impl HeapStats {
         if refreshed != 0 {
             return None;
         }
-        let read = |name: &std::ffi::CStr| {
-            let mut value: usize = 0;
-            let mut size = std::mem::size_of::<usize>();
-            // SAFETY: `stats.allocated` and `stats.resident` are size_t (usize) read-only
-            // controls; `value` and `size` are valid for writes of that size.
-            let status = unsafe {
-                tikv_jemalloc_sys::mallctl(
-                    name.as_ptr(),
-                    (&raw mut value).cast(),
-                    &raw mut size,
-                    std::ptr::null_mut(),
-                    0,
-                )
-            };
-            (status == 0).then_some(value as u64)
-        };
+        let read = |name| read_control::<usize>(name).ok().map(|v| v as u64);
         Some(HeapStats {
             allocated: read(c"stats.allocated")?,
             resident: read(c"stats.resident")?,
@@ -243,22 +234,7 @@ mod tests {
 
     /// The arena the calling thread allocates from.
     fn arena_of_this_thread() -> u32 {
-        let mut arena: u32 = u32::MAX;
-        let mut size = std::mem::size_of::<u32>();
-        #[allow(unsafe_code)]
-        // SAFETY: `thread.arena` reads as an unsigned (u32); `arena` and `size` are valid for
-        // writes of that size.
-        let status = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"thread.arena".as_ptr(),
-                (&raw mut arena).cast(),
-                &raw mut size,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(status, 0);
-        arena
+        read_control(c"thread.arena").unwrap()
     }
 
     #[tokio::test]
@@ -325,21 +301,7 @@ mod tests {
 
     #[test]
     fn the_configuration_is_read() {
-        let mut narenas: u32 = 0;
-        let mut size = std::mem::size_of::<u32>();
-        #[allow(unsafe_code)]
-        // SAFETY: `opt.narenas` is an unsigned (u32) read-only option; `narenas` and `size`
-        // are valid for writes of that size.
-        let status = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"opt.narenas".as_ptr(),
-                (&raw mut narenas).cast(),
-                &raw mut size,
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!((status, narenas), (0, 2));
+        assert_eq!(read_control::<u32>(c"opt.narenas"), Ok(2));
     }
 
     #[test]
