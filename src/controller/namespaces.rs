@@ -195,13 +195,7 @@ mod tests {
                 tier.as_deref().map(|t| ("tier", t)).into_iter().collect();
             ns(&format!("ns-{name}"), &labels)
         });
-        prop_oneof![
-            Just(Event::Init),
-            record.clone().prop_map(Event::InitApply),
-            Just(Event::InitDone),
-            record.clone().prop_map(Event::Apply),
-            record.prop_map(Event::Delete),
-        ]
+        testing::any_event(record)
     }
 
     proptest! {

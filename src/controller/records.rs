@@ -107,6 +107,19 @@ pub(super) mod testing {
     use std::fmt::Debug;
     use std::sync::Arc;
 
+    /// Any watch event, its record drawn from `record`.
+    pub fn any_event<R: Clone + Debug>(
+        record: impl Strategy<Value = R> + Clone,
+    ) -> impl Strategy<Value = Event<R>> {
+        prop_oneof![
+            Just(Event::Init),
+            record.clone().prop_map(Event::InitApply),
+            Just(Event::InitDone),
+            record.clone().prop_map(Event::Apply),
+            record.prop_map(Event::Delete),
+        ]
+    }
+
     /// A relist, read through `view` while `writer` applies it: nothing of it before it ends, then
     /// the whole of it in place of what the map held. `first` and `second` have different names;
     /// `second_relisted` is `second` as the relist brings it, changed while the watch was down.

@@ -129,13 +129,7 @@ mod tests {
                 id.map(|i| format!("client-{i}")).as_deref(),
             )
         });
-        prop_oneof![
-            Just(Event::Init),
-            record.clone().prop_map(Event::InitApply),
-            Just(Event::InitDone),
-            record.clone().prop_map(Event::Apply),
-            record.prop_map(Event::Delete),
-        ]
+        testing::any_event(record)
     }
 
     proptest! {
