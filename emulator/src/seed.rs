@@ -254,6 +254,15 @@ impl Seed {
     pub fn example() -> Result<Seed, SeedError> {
         Seed::from_yaml(EXAMPLE_SEED_YAML)
     }
+
+    /// The ABAC condition of the seed's Role Based Access Control Administrator grant: the
+    /// delegation that lets the identity under test assign only some roles.
+    pub fn delegation_condition(&self) -> Option<&str> {
+        self.role_assignments
+            .iter()
+            .find(|a| a.role_definition_id == crate::roles::ROLE_BASED_ACCESS_CONTROL_ADMINISTRATOR)
+            .and_then(|a| a.condition.as_deref())
+    }
 }
 
 #[cfg(test)]
@@ -261,16 +270,14 @@ pub(crate) mod tests {
     use super::*;
     use crate::roles;
 
-    /// The example seed's delegation to the operator: Role Based Access Control Administrator
-    /// under an ABAC condition (keyless's tests check that it is the one keyless documents).
+    /// The example seed's delegation to the operator (keyless's tests check that it is the one
+    /// keyless documents).
     pub(crate) fn example_delegation_condition() -> String {
-        let seed = Seed::example().unwrap();
-        let grant = seed
-            .role_assignments
-            .iter()
-            .find(|a| a.role_definition_id == roles::ROLE_BASED_ACCESS_CONTROL_ADMINISTRATOR)
-            .unwrap();
-        grant.condition.clone().unwrap()
+        Seed::example()
+            .unwrap()
+            .delegation_condition()
+            .unwrap()
+            .to_string()
     }
 
     #[test]

@@ -40,13 +40,11 @@ const DATA_ROLES: [&str; 4] = [
 
 /// The condition of the example tenant's delegation to the operator, as seeded.
 fn example_delegation_condition() -> String {
-    let seed = Seed::example().unwrap();
-    let delegation = seed
-        .role_assignments
-        .iter()
-        .find(|a| a.role_definition_id == roles::ROLE_BASED_ACCESS_CONTROL_ADMINISTRATOR)
-        .unwrap();
-    delegation.condition.clone().unwrap()
+    Seed::example()
+        .unwrap()
+        .delegation_condition()
+        .unwrap()
+        .to_string()
 }
 
 fn account(name: &str) -> String {

@@ -260,13 +260,8 @@ mod tests {
     #[test]
     fn the_emulators_example_tenant_delegates_under_the_documented_condition() {
         let seed = keyless_emulator::Seed::example().unwrap();
-        let delegation = seed
-            .role_assignments
-            .iter()
-            .find(|a| a.role_definition_id == RBAC_ADMINISTRATOR_GUID)
-            .unwrap();
         assert_eq!(
-            delegation.condition.as_deref(),
+            seed.delegation_condition(),
             Some(delegation_condition(&RoleName::ALL).as_str())
         );
     }
