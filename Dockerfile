@@ -10,9 +10,12 @@ WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and target directory between builds; the binary is copied out of the
 # cached target directory because cache mounts are not part of the image.
+# --no-default-features: no Azure emulator in the image (the keyless-emulator crate: a TLS server that
+# mints Entra tokens, which an operator running with a real Azure identity never needs). In this
+# binary `keyless emulator`, `keyless bench` and `--emulator` only say how to get a build with them.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin keyless \
+    cargo build --release --locked --no-default-features --package keyless --bin keyless \
     && install -D -m 0755 target/release/keyless /out/keyless
 
 # Runtime: distroless "cc" (glibc, libgcc, CA certificates, /etc/passwd with nonroot = 65532), no shell,

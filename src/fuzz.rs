@@ -187,7 +187,7 @@ fn fuzz_arm_resource_ids() {
         }
         let _ = crate::azure::arm::parse_identity_id(&id);
         let _ = crate::azure::arm::parse_assignment_id(&id);
-        let _ = crate::emulator::arm::route(&id);
+        let _ = keyless_emulator::internals::route(&id);
     });
 }
 
@@ -198,7 +198,7 @@ fn fuzz_upns_client_path_to_emulator_key() {
     let realistic = "[$A-Za-z0-9'._!#^~-]{1,20}@[a-z0-9.-]{1,20}";
     fuzz("upns", (input(seeds(UPNS)), realistic), |(any_upn, upn)| {
         let _ = crate::azure::graph::user_path(&any_upn);
-        let _ = crate::emulator::graph::split(&format!(
+        let _ = keyless_emulator::internals::split(&format!(
             "/{}",
             crate::azure::graph::user_path(&any_upn)
         ));
@@ -206,10 +206,10 @@ fn fuzz_upns_client_path_to_emulator_key() {
         let decoded = percent_encoding::percent_decode_str(&path)
             .decode_utf8_lossy()
             .to_string();
-        let (_, key) = crate::emulator::graph::split(&decoded).expect("a users path");
+        let (_, key) = keyless_emulator::internals::split(&decoded).expect("a users path");
         let key = key.expect("a key");
         let value = if key.starts_with('(') {
-            crate::emulator::odata::parse_key(&key)
+            keyless_emulator::internals::parse_key(&key)
                 .expect("a key literal")
                 .1
         } else {
@@ -221,7 +221,7 @@ fn fuzz_upns_client_path_to_emulator_key() {
 
 #[test]
 fn fuzz_odata_literals_and_filters() {
-    use crate::emulator::odata::{parse_filter, parse_key, parse_literal, quote};
+    use keyless_emulator::internals::{parse_filter, parse_key, parse_literal, quote};
     fuzz(
         "odata",
         (input(seeds(ODATA)), any::<String>()),
@@ -229,7 +229,7 @@ fn fuzz_odata_literals_and_filters() {
             let _ = parse_literal(&text);
             let _ = parse_filter(&text);
             let _ = parse_key(&text);
-            let _ = crate::emulator::arm::parse_assignment_filter(Some(&text));
+            let _ = keyless_emulator::internals::parse_assignment_filter(Some(&text));
             // The client's quoting and the emulator's parsing are inverses, whatever the value.
             let literal = crate::azure::graph::odata_string(&value);
             assert_eq!(literal, quote(&value));
@@ -360,10 +360,11 @@ fn fuzz_retry_after() {
 
 #[test]
 fn fuzz_emulator_jwts_and_client_assertions() {
-    use crate::emulator::token::{Audience, Signer, check_token_request, decode_unverified};
+    use keyless_emulator::Audience;
+    use keyless_emulator::internals::{Signer, check_token_request, decode_unverified};
     let signer = Signer::random();
-    let seed = crate::emulator::Seed::example().unwrap();
-    let world = crate::emulator::state::World::from_seed(&seed).unwrap();
+    let seed = keyless_emulator::Seed::example().unwrap();
+    let world = keyless_emulator::internals::World::from_seed(&seed).unwrap();
     let tenant = world.tenant_id.clone();
     let client = seed_operator_client_id(&world);
     fuzz(
@@ -398,7 +399,7 @@ fn fuzz_emulator_jwts_and_client_assertions() {
     );
 }
 
-fn seed_operator_client_id(world: &crate::emulator::state::World) -> String {
+fn seed_operator_client_id(world: &keyless_emulator::internals::World) -> String {
     // The identity keyless runs as, so the assertion (what is fuzzed) is what gets checked.
     world
         .identities
@@ -411,10 +412,10 @@ fn seed_operator_client_id(world: &crate::emulator::state::World) -> String {
 
 #[test]
 fn fuzz_seed_yaml() {
-    let example = crate::emulator::seed::EXAMPLE_SEED_YAML.to_string();
+    let example = keyless_emulator::seed::EXAMPLE_SEED_YAML.to_string();
     fuzz("seed_yaml", input(vec![example]), |text| {
-        if let Ok(seed) = crate::emulator::Seed::from_yaml(&text) {
-            let _ = crate::emulator::state::World::from_seed(&seed);
+        if let Ok(seed) = keyless_emulator::Seed::from_yaml(&text) {
+            let _ = keyless_emulator::internals::World::from_seed(&seed);
         }
     });
 }
@@ -552,7 +553,9 @@ const CONDITIONS: &str = include_str!("../tests/fuzz-corpus/conditions.txt");
 #[test]
 fn fuzz_abac_conditions() {
     use crate::api::roles::{RoleName, delegation_condition};
-    use crate::emulator::authz::{AccessRequest, AssignmentAttributes, evaluate, parse_condition};
+    use keyless_emulator::internals::{
+        AccessRequest, AssignmentAttributes, evaluate, parse_condition,
+    };
     let attributes = || {
         (
             proptest::option::of(any::<String>()),

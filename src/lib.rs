@@ -8,18 +8,18 @@
 //! - [`engine`]: one pass over one account scope, generic over the Azure traits.
 //! - [`azure`]: ARM, Graph and Entra behind traits of domain verbs; the only azure_identity user.
 //! - [`controller`]: `keyless run`, the kube-runtime wiring.
-//! - [`emulator`]: the Azure emulator tests and users run keyless against.
 //! - [`ops`]: logs, metrics, health endpoints and leader election.
 //! - [`report`]: who can call an account and why (the access report; pure classification).
-//! - [`bench`](mod@bench): the controller benchmark and what it shares with file mode's.
+//! - `bench`: the controller benchmark and what it shares with file mode's (with the `emulator`
+//!   feature: it runs against the keyless-emulator crate, as tests and `--emulator` do).
 //! - [`files`]: file mode (`plan`, `apply`, `doctor`, `bench`): the engine without a cluster.
 
 pub mod api;
 pub mod azure;
+#[cfg(feature = "emulator")]
 pub mod bench;
 pub mod cli;
 pub mod controller;
-pub mod emulator;
 pub mod engine;
 pub mod files;
 #[cfg(test)]

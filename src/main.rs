@@ -43,7 +43,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Run(args) => keyless::controller::run_from_args(*args).await?,
-        Command::Emulator(args) => keyless::emulator::run(args).await?,
+        #[cfg(feature = "emulator")]
+        Command::Emulator(args) => keyless_emulator::run(args).await?,
         Command::Plan(args) => {
             let report = keyless::files::run(&args, Mode::Plan).await?;
             return Ok(ExitCode::from(report.exit_code(args.detailed_exitcode)));
@@ -60,6 +61,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        #[cfg(feature = "emulator")]
         Command::Bench(args) if args.controller.controller => {
             let failed = keyless::bench::controller::run(
                 &args.controller,
@@ -73,7 +75,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        #[cfg(feature = "emulator")]
         Command::Bench(args) => keyless::files::bench::run(&args).await?,
+        #[cfg(not(feature = "emulator"))]
+        Command::Emulator(_) | Command::Bench(_) => {
+            eprintln!("Error: {}", keyless::files::emulated::NOT_BUILT_IN);
+            return Ok(ExitCode::from(2));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -899,8 +899,8 @@ mod emulated {
     use super::*;
     use keyless::azure::credential::{CredentialChoice, CredentialKind, CredentialSettings};
     use keyless::azure::pacing::{BucketLimits, PacingConfig};
-    use keyless::emulator::state::FederatedCredential;
-    use keyless::emulator::{
+    use keyless_emulator::state::FederatedCredential;
+    use keyless_emulator::{
         Emulator, EmulatorConfig, EmulatorHandle, NewGroup, NewServicePrincipal, NewUser, Seed,
         Throttling,
     };
@@ -1466,13 +1466,13 @@ mod emulated {
         let emulator = start(|_| {}).await;
         let clients = clients(&emulator);
         clients.accounts.get_account(&oai_prod()).await.unwrap();
-        emulator.inject_fault(keyless::emulator::ScriptedFault {
-            kind: keyless::emulator::FaultKind::Throttle,
+        emulator.inject_fault(keyless_emulator::ScriptedFault {
+            kind: keyless_emulator::FaultKind::Throttle,
             count: 1,
             operation: Some("Accounts_Get".to_string()),
         });
-        emulator.inject_fault(keyless::emulator::ScriptedFault {
-            kind: keyless::emulator::FaultKind::ServerError,
+        emulator.inject_fault(keyless_emulator::ScriptedFault {
+            kind: keyless_emulator::FaultKind::ServerError,
             count: 1,
             operation: Some("Accounts_Get".to_string()),
         });
@@ -1508,7 +1508,7 @@ mod emulated {
     /// ARM's buckets shrunk to 5 + 20/s, so a burst of 30 exceeds them.
     fn small_buckets() -> impl FnOnce(&mut EmulatorConfig) {
         move |config: &mut EmulatorConfig| {
-            let bucket = keyless::emulator::Bucket {
+            let bucket = keyless_emulator::Bucket {
                 capacity: 5,
                 refill_per_second: 20.0,
             };
@@ -1756,7 +1756,7 @@ mod emulated {
             .unwrap_err();
         outputs.add_error("unknown user", &missing);
         let graph_token = emulator
-            .token_for(OPERATOR, keyless::emulator::Audience::Graph)
+            .token_for(OPERATOR, keyless_emulator::Audience::Graph)
             .unwrap();
         #[derive(Debug)]
         struct Given(String);

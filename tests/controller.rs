@@ -17,8 +17,8 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use keyless::api::{GrantState, OpenAIAccess, OpenAIAccount, condition_types};
 use keyless::controller::{self, ControllerConfig};
-use keyless::emulator::EmulatorHandle;
-use keyless::emulator::config::Faults;
+use keyless_emulator::EmulatorHandle;
+use keyless_emulator::config::Faults;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::time::Duration;
@@ -104,7 +104,7 @@ impl Harness {
         self.emulator
             .add_federated_credential(
                 identity,
-                keyless::emulator::state::FederatedCredential {
+                keyless_emulator::state::FederatedCredential {
                     name: format!("{namespace}-{service_account}"),
                     issuer: ISSUER.into(),
                     subject: format!("system:serviceaccount:{namespace}:{service_account}"),
@@ -1120,7 +1120,7 @@ async fn an_owned_assignment_nothing_declares_is_swept_but_another_instances_is_
     h.account("prod", OAI_PROD, json!({})).await;
     let put = |principal: &str, instance: &str| {
         h.emulator
-            .put_role_assignment(keyless::emulator::state::AdminRoleAssignment {
+            .put_role_assignment(keyless_emulator::state::AdminRoleAssignment {
                 name: None,
                 scope: OAI_PROD.into(),
                 role_definition_id: OPENAI_USER.into(),
@@ -1597,7 +1597,7 @@ async fn a_subscription_near_arms_assignment_limit_is_warned_about() {
     };
     for i in 0..3200u32 {
         h.emulator
-            .put_role_assignment(keyless::emulator::state::AdminRoleAssignment {
+            .put_role_assignment(keyless_emulator::state::AdminRoleAssignment {
                 name: None,
                 scope: OAI_PROD.into(),
                 role_definition_id: OPENAI_USER.into(),
@@ -1854,11 +1854,11 @@ async fn the_account_status_says_who_can_call_it_and_why() {
         env.namespace(namespace).await;
     }
     let seed =
-        keyless::emulator::Seed::from_file(std::path::Path::new("tests/fixtures/report/seed.yaml"))
+        keyless_emulator::Seed::from_file(std::path::Path::new("tests/fixtures/report/seed.yaml"))
             .unwrap();
     let mut h = Harness {
         env,
-        emulator: keyless::emulator::Emulator::start(keyless::emulator::EmulatorConfig::new(seed))
+        emulator: keyless_emulator::Emulator::start(keyless_emulator::EmulatorConfig::new(seed))
             .await
             .unwrap(),
         faults: KubeFaults::new(),

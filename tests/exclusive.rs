@@ -11,8 +11,8 @@
 mod support;
 
 use keyless::api::{ExclusiveRevocation, OpenAIAccess, OpenAIAccount, condition_types};
-use keyless::emulator::journal::WriteKind;
-use keyless::emulator::{AdminRoleAssignment, EmulatorHandle};
+use keyless_emulator::journal::WriteKind;
+use keyless_emulator::{AdminRoleAssignment, EmulatorHandle};
 use kube::api::Api;
 use serde_json::json;
 use std::time::Duration;

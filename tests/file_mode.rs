@@ -4,10 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keyless::cli::{Cli, Command};
-use keyless::emulator::{
+use keyless::files::{Action, FilesError, Mode, Report};
+use keyless_emulator::{
     AdminRoleAssignment, Emulator, EmulatorConfig, EmulatorHandle, RoleAssignment, Seed,
 };
-use keyless::files::{Action, FilesError, Mode, Report};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -976,4 +976,57 @@ async fn an_exclusive_account_needs_prune_and_with_it_apply_revokes_what_no_file
         !present(BOB_BICEP),
         "Bob's grant, declared by no file, is revoked"
     );
+}
+
+/// `keyless emulator` (the default build's subcommand; the emulator's own tests cover its
+/// `keyless-emulator` binary in depth) starts the emulator and prints where it is.
+#[tokio::test]
+async fn keyless_emulator_subcommand_serves_the_emulator_it_prints() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyless"))
+        .arg("emulator")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        printed.push_str(&line);
+        printed.push('\n');
+        if line.starts_with("Stop with") {
+            break;
+        }
+    }
+    let after = |marker: &str| -> String {
+        let start = printed
+            .find(marker)
+            .unwrap_or_else(|| panic!("{marker:?} missing in:\n{printed}"))
+            + marker.len();
+        printed[start..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let endpoint = after("listening on ");
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{printed}");
+    let ca = std::fs::read(after("--ca-file ")).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .build()
+        .unwrap();
+    let info = http
+        .get(format!("{endpoint}/_emulator/info"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(info.status(), 200);
+    let info: serde_json::Value = info.json().await.unwrap();
+    assert_eq!(info["tenantId"], after("AZURE_TENANT_ID="), "{info}");
+    child.start_kill().unwrap();
 }

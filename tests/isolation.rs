@@ -9,11 +9,11 @@ mod support;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use keyless::api::{GrantState, OpenAIAccess, OpenAIAccount, PrincipalStatus, condition_types};
-use keyless::emulator::EmulatorHandle;
-use keyless::emulator::journal::WriteKind;
-use keyless::emulator::state::AdminRoleAssignment;
 use keyless::plan::InstanceId;
 use keyless::plan::ownership::ownership_marker;
+use keyless_emulator::EmulatorHandle;
+use keyless_emulator::journal::WriteKind;
+use keyless_emulator::state::AdminRoleAssignment;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use std::time::Duration;

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use keyless::api::{OpenAIAccess, OpenAIAccount};
-use keyless::emulator::config::EmulatorConfig;
-use keyless::emulator::seed::{Seed, SeedAccount};
+use keyless_emulator::config::EmulatorConfig;
+use keyless_emulator::seed::{Seed, SeedAccount};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::cluster::{ISSUER, TestEnv};
@@ -281,7 +281,7 @@ async fn measure(env: &TestEnv, sizes: &Sizes, variant: &Variant) -> String {
     config.replication_window = Duration::ZERO;
     config.throttling.enabled = false;
     config.assignment_limit = 1_000_000;
-    let emulator = keyless::emulator::Emulator::start(config).await.unwrap();
+    let emulator = keyless_emulator::Emulator::start(config).await.unwrap();
     let before = emulator.role_assignments().len();
     let endpoint = emulator.endpoint().to_string();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -13,8 +13,8 @@ mod support;
 use keyless::api::{
     GrantState, OpenAIAccess, OpenAIAccount, PlannedAction, PlannedWrite, condition_types, reasons,
 };
-use keyless::emulator::journal::WriteKind;
-use keyless::emulator::{AdminRoleAssignment, EmulatorHandle};
+use keyless_emulator::journal::WriteKind;
+use keyless_emulator::{AdminRoleAssignment, EmulatorHandle};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::cluster::{RunningController, TestEnv};

@@ -79,11 +79,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
 use keyless::api::{OpenAIAccess, OpenAIAccount};
-use keyless::emulator::config::{EmulatorConfig, Faults};
-use keyless::emulator::journal::{AssignmentWrite, WriteKind};
-use keyless::emulator::seed::Seed;
-use keyless::emulator::state::{AdminRoleAssignment, NewUser};
-use keyless::emulator::{EmulatorHandle, OutageKind};
+use keyless_emulator::config::{EmulatorConfig, Faults};
+use keyless_emulator::journal::{AssignmentWrite, WriteKind};
+use keyless_emulator::seed::Seed;
+use keyless_emulator::state::{AdminRoleAssignment, NewUser};
+use keyless_emulator::{EmulatorHandle, OutageKind};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -326,7 +326,7 @@ async fn setup(
     tweak(&mut config, sizes);
     // The scenario may turn the buckets back on (the 429 storm): keyless paces when they are.
     let arm_throttling = config.throttling.enabled;
-    let emulator = keyless::emulator::Emulator::start(config).await.unwrap();
+    let emulator = keyless_emulator::Emulator::start(config).await.unwrap();
 
     let namespaces = [
         env.namespace(&format!("a{run}")).await,
@@ -1761,7 +1761,7 @@ async fn leader_killed_mid_pass() {
 
 mod invariant {
     use super::support::soak::*;
-    use keyless::emulator::journal::{AssignmentWrite, RequestRecord, WriteKind};
+    use keyless_emulator::journal::{AssignmentWrite, RequestRecord, WriteKind};
     use std::collections::BTreeSet;
     use std::time::Duration;
 

@@ -253,4 +253,46 @@ mod tests {
         let documented = "((!(ActionMatches{'Microsoft.Authorization/roleAssignments/write'})) OR (@Request[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {5e0bd9bd-7b93-4f28-af87-19fc36ad61bd})) AND ((!(ActionMatches{'Microsoft.Authorization/roleAssignments/delete'})) OR (@Resource[Microsoft.Authorization/roleAssignments:RoleDefinitionId] ForAnyOfAnyValues:GuidEquals {5e0bd9bd-7b93-4f28-af87-19fc36ad61bd}))";
         assert_eq!(delegation_condition(&[RoleName::OpenAIUser]), documented);
     }
+
+    // Two checks against the emulator (a dev-dependency), which keeps Azure's role GUIDs and its
+    // ABAC evaluator apart from this table so that it can catch a mistake here.
+
+    #[test]
+    fn the_emulators_example_tenant_delegates_under_the_documented_condition() {
+        let seed = keyless_emulator::Seed::example().unwrap();
+        assert_eq!(
+            seed.delegation_condition(),
+            Some(delegation_condition(&RoleName::ALL).as_str())
+        );
+    }
+
+    #[test]
+    fn the_delegation_condition_as_arm_evaluates_it_allows_the_table_and_refuses_others() {
+        use keyless_emulator::internals::{AccessRequest, AssignmentAttributes, evaluate};
+        let condition = delegation_condition(&RoleName::ALL);
+        let request = |action: &str, role: &str| {
+            let attributes = AssignmentAttributes {
+                role_definition_id: Some(format!(
+                    "/providers/Microsoft.Authorization/roleDefinitions/{role}"
+                )),
+                principal_id: Some("p".into()),
+                principal_type: None,
+            };
+            AccessRequest {
+                action: format!("Microsoft.Authorization/roleAssignments/{action}"),
+                scope: "/subscriptions/s".into(),
+                request: attributes.clone(),
+                resource: attributes,
+            }
+        };
+        let owner = keyless_emulator::roles::OWNER;
+        for role in RoleName::ALL {
+            let guid = role.definition_guid().to_uppercase();
+            assert_eq!(evaluate(&condition, &request("write", &guid)), Ok(true));
+            assert_eq!(evaluate(&condition, &request("delete", &guid)), Ok(true));
+        }
+        assert_eq!(evaluate(&condition, &request("write", owner)), Ok(false));
+        assert_eq!(evaluate(&condition, &request("delete", owner)), Ok(false));
+        assert_eq!(evaluate(&condition, &request("read", owner)), Ok(true));
+    }
 }

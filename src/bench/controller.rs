@@ -35,10 +35,10 @@
 use super::figures::{self, Row, Sample};
 use super::{Counts, Rss};
 use crate::api::{OpenAIAccess, OpenAIAccount};
-use crate::emulator::{Emulator, EmulatorConfig, EmulatorError, EmulatorHandle};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use keyless_emulator::{Emulator, EmulatorConfig, EmulatorError, EmulatorHandle};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Resource};
@@ -512,7 +512,7 @@ impl Bench<'_> {
     async fn phases(
         &self,
         rows: &mut Vec<Row>,
-        writes: crate::emulator::config::Bucket,
+        writes: keyless_emulator::config::Bucket,
     ) -> Result<()> {
         let args = self.args;
         let skip = |p: Phase| args.skip.contains(&p);

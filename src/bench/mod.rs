@@ -15,8 +15,8 @@ pub mod figures;
 
 use crate::api::RoleName;
 use crate::api::roles::{RBAC_ADMINISTRATOR_GUID, delegation_condition};
-use crate::emulator::config::Bucket;
-use crate::emulator::seed::{
+use keyless_emulator::config::Bucket;
+use keyless_emulator::seed::{
     Seed, SeedAccount, SeedFederatedCredential, SeedIdentity, SeedOperator, SeedResourceGroup,
     SeedRoleAssignment, SeedServicePrincipal, SeedSubscription, SeedUser,
 };

@@ -37,7 +37,7 @@ pub struct EmulatorFlags {
     /// (examples/emulator/seed.yaml).
     #[arg(long)]
     pub emulator: bool,
-    /// The emulator's world (see src/emulator/seed.rs); only with --emulator.
+    /// The emulator's world (see emulator/src/seed.rs); only with --emulator.
     #[arg(long, value_name = "FILE", requires = "emulator")]
     pub seed: Option<PathBuf>,
 }

@@ -14,9 +14,9 @@ use crate::azure::{AzureClients, AzureConfig};
 use crate::bench::{
     Counts, Rss, add_account, bucket_bound, principal, subscription, throttled, total,
 };
-use crate::emulator::seed::Seed;
-use crate::emulator::{Emulator, EmulatorConfig, EmulatorError};
 use crate::plan::{InstanceId, ObjectKey};
+use keyless_emulator::seed::Seed;
+use keyless_emulator::{Emulator, EmulatorConfig, EmulatorError};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -138,7 +138,7 @@ pub async fn run(args: &DoctorArgs) -> Result<Diagnosis, FilesError> {
     diagnosis.print(&mut stdout).map_err(FilesError::Output)?;
     drop(stdout);
     if let Some(embedded) = embedded {
-        embedded.handle.shutdown().await;
+        embedded.shutdown().await;
     }
     Ok(diagnosis)
 }

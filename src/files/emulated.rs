@@ -1,31 +1,84 @@
 //! `--emulator`: the Azure emulator started inside this process, and the configuration that points
 //! keyless at it — the same clients and the same real workload identity credential as against
 //! Azure, only the endpoints, the CA and the identity differ.
+//!
+//! Built without the `emulator` feature (the container image), `--emulator` is still a flag, and
+//! using it is an error that says how to get a build with the emulator.
 
 use super::args::EmulatorFlags;
-use crate::azure::{AzureArgs, AzureConfig, CredentialChoice};
-use crate::emulator::{Emulator, EmulatorConfig, EmulatorError, EmulatorHandle, Seed};
-use url::Url;
+use crate::azure::{AzureArgs, AzureConfig};
+
+/// What `keyless emulator`, `keyless bench` and `--emulator` say in a build without the emulator.
+pub const NOT_BUILT_IN: &str = "this keyless was built without the Azure emulator (cargo feature \
+`emulator`, on by default; the container image leaves it out). Use a default build \
+(`cargo install --path .` or `cargo run --` in the repository), or run the emulator on its own: \
+`cargo run -p keyless-emulator`";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatedError {
+    #[cfg(feature = "emulator")]
+    #[error("start the embedded Azure emulator")]
+    Start(#[from] keyless_emulator::EmulatorError),
+    #[error("--emulator: {NOT_BUILT_IN}")]
+    NotBuiltIn,
+}
 
 /// A running embedded emulator and the Azure configuration aimed at it.
 pub struct Embedded {
-    pub handle: EmulatorHandle,
+    #[cfg(feature = "emulator")]
+    handle: keyless_emulator::EmulatorHandle,
+    /// Without the emulator there is never one.
+    #[cfg(not(feature = "emulator"))]
+    never: std::convert::Infallible,
     pub config: AzureConfig,
     /// The issuer the seed's operator identity is federated with: the emulated cluster's.
     pub cluster_issuer: Option<String>,
+}
+
+impl Embedded {
+    /// The emulator's https endpoint.
+    pub fn endpoint(&self) -> &str {
+        #[cfg(feature = "emulator")]
+        return self.handle.endpoint();
+        #[cfg(not(feature = "emulator"))]
+        match self.never {}
+    }
+
+    /// Stops the emulator and waits for its tasks.
+    pub async fn shutdown(self) {
+        #[cfg(feature = "emulator")]
+        self.handle.shutdown().await;
+        #[cfg(not(feature = "emulator"))]
+        match self.never {}
+    }
 }
 
 /// Starts the emulator when `--emulator` is set.
 pub async fn start(
     flags: &EmulatorFlags,
     azure: &AzureArgs,
-) -> Result<Option<Embedded>, EmulatorError> {
+) -> Result<Option<Embedded>, EmulatedError> {
     if !flags.emulator {
         return Ok(None);
     }
+    #[cfg(feature = "emulator")]
+    return start_embedded(flags, azure).await.map(Some);
+    #[cfg(not(feature = "emulator"))]
+    {
+        let _ = azure;
+        Err(EmulatedError::NotBuiltIn)
+    }
+}
+
+#[cfg(feature = "emulator")]
+async fn start_embedded(
+    flags: &EmulatorFlags,
+    azure: &AzureArgs,
+) -> Result<Embedded, EmulatedError> {
+    use keyless_emulator::{Emulator, EmulatorConfig, EmulatorError, Seed};
     let seed = match &flags.seed {
-        Some(path) => Seed::from_file(path)?,
-        None => Seed::example()?,
+        Some(path) => Seed::from_file(path).map_err(EmulatorError::from)?,
+        None => Seed::example().map_err(EmulatorError::from)?,
     };
     let cluster_issuer = seed.operator.as_ref().and_then(|operator| {
         seed.identities
@@ -36,18 +89,20 @@ pub async fn start(
     });
     let handle = Emulator::start(EmulatorConfig::new(seed)).await?;
     let config = config_for(&handle, azure.to_config());
-    Ok(Some(Embedded {
+    Ok(Embedded {
         handle,
         config,
         cluster_issuer,
-    }))
+    })
 }
 
 /// `base`'s settings (timeouts, retries, pacing) with the endpoints, CA and workload identity of
 /// the emulator.
-pub fn config_for(handle: &EmulatorHandle, base: AzureConfig) -> AzureConfig {
+#[cfg(feature = "emulator")]
+pub fn config_for(handle: &keyless_emulator::EmulatorHandle, base: AzureConfig) -> AzureConfig {
+    use crate::azure::CredentialChoice;
     let mut config = base;
-    let endpoint = Url::parse(handle.endpoint()).ok();
+    let endpoint = url::Url::parse(handle.endpoint()).ok();
     config.endpoints.arm_endpoint = endpoint.clone();
     config.endpoints.graph_endpoint = endpoint.clone();
     config.endpoints.authority_host = endpoint;

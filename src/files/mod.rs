@@ -4,10 +4,11 @@
 //! table or JSON ([`render`]) instead of CR status. For every OpenAIAccount in the files one engine
 //! pass runs over its scope (resolve → observe → plan → apply); accounts run concurrently, writes
 //! within one account never do. `--emulator` ([`emulated`]) runs the same thing against an Azure
-//! emulator inside the process. [`doctor`] checks a set-up before the first run; [`bench`](mod@bench) measures
-//! the engine against the emulator.
+//! emulator inside the process. [`doctor`] checks a set-up before the first run; `bench` (with the `emulator`
+//! feature) measures the engine against the emulator.
 
 pub mod args;
+#[cfg(feature = "emulator")]
 pub mod bench;
 pub mod doctor;
 pub mod emulated;
@@ -38,8 +39,8 @@ pub enum Mode {
 pub enum FilesError {
     #[error("read the manifests")]
     Load(#[from] load::LoadError),
-    #[error("start the embedded Azure emulator")]
-    Emulator(#[from] crate::emulator::EmulatorError),
+    #[error(transparent)]
+    Emulator(#[from] emulated::EmulatedError),
     #[error("set up the Azure clients")]
     Azure(#[from] AzureSetupError),
     #[error(
@@ -129,7 +130,7 @@ pub async fn run(args: &FileModeArgs, mode: Mode) -> Result<Report, FilesError> 
         report.follow_up = Some(Box::new(again));
     }
     if let Some(embedded) = &embedded {
-        report.emulator = Some(embedded.handle.endpoint().to_string());
+        report.emulator = Some(embedded.endpoint().to_string());
     }
     let mut stdout = std::io::stdout().lock();
     match args.output {
@@ -139,7 +140,7 @@ pub async fn run(args: &FileModeArgs, mode: Mode) -> Result<Report, FilesError> 
     .map_err(FilesError::Output)?;
     drop(stdout);
     if let Some(embedded) = embedded {
-        embedded.handle.shutdown().await;
+        embedded.shutdown().await;
     }
     Ok(report)
 }

@@ -65,8 +65,8 @@ fn parse_instance_id(value: &str) -> Result<InstanceId, String> {
 pub enum ReportError {
     #[error("read the manifests")]
     Load(#[from] load::LoadError),
-    #[error("start the embedded Azure emulator")]
-    Emulator(#[from] crate::emulator::EmulatorError),
+    #[error(transparent)]
+    Emulator(#[from] crate::files::emulated::EmulatedError),
     #[error("set up the Azure clients")]
     Azure(#[from] crate::azure::AzureSetupError),
     #[error("connect to the cluster with {path}")]
@@ -140,7 +140,7 @@ pub async fn run(args: &ReportArgs) -> Result<AccessReport, ReportError> {
     .map_err(ReportError::Output)?;
     drop(stdout);
     if let Some(embedded) = embedded {
-        embedded.handle.shutdown().await;
+        embedded.shutdown().await;
     }
     Ok(report)
 }

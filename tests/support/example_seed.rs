@@ -1,7 +1,7 @@
 //! The example seed's names (`Seed::example`, `examples/emulator/seed.yaml`) as the end-to-end
 //! suites use them, and what they ask of the emulator about them.
 
-use keyless::emulator::EmulatorHandle;
+use keyless_emulator::EmulatorHandle;
 
 pub const SUB: &str = "3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f";
 pub const OAI_PROD: &str = "/subscriptions/3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f/resourceGroups/rg-ai-prod/providers/Microsoft.CognitiveServices/accounts/oai-prod";

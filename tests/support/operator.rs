@@ -6,17 +6,17 @@ use std::time::Duration;
 use keyless::azure::credential::{CredentialChoice, CredentialSettings};
 use keyless::azure::{AzureClients, AzureConfig, cloud::EndpointOverrides, retry::RetryConfig};
 use keyless::controller::ControllerConfig;
-use keyless::emulator::EmulatorHandle;
-use keyless::emulator::config::EmulatorConfig;
-use keyless::emulator::seed::Seed;
 use keyless::engine::EngineConfig;
 use keyless::plan::InstanceId;
+use keyless_emulator::EmulatorHandle;
+use keyless_emulator::config::EmulatorConfig;
+use keyless_emulator::seed::Seed;
 
 use super::cluster::ISSUER;
 
 /// The emulator with the example seed, over HTTPS on loopback.
 pub async fn emulator() -> EmulatorHandle {
-    keyless::emulator::Emulator::start(EmulatorConfig::new(Seed::example().unwrap()))
+    keyless_emulator::Emulator::start(EmulatorConfig::new(Seed::example().unwrap()))
         .await
         .unwrap()
 }

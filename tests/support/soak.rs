@@ -1,5 +1,5 @@
 //! The soak's invariant, checked against the emulator's final role assignments and its journal of
-//! writes (`keyless::emulator::journal`). Pure: no cluster, no emulator; `tests/soak.rs` feeds it.
+//! writes (`keyless_emulator::journal`). Pure: no cluster, no emulator; `tests/soak.rs` feeds it.
 //!
 //! After every run, for the account scopes under test:
 //! 1. every declared, eligible grant (scope, principal, role) exists exactly once — none missing,
@@ -21,8 +21,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use keyless::emulator::RoleAssignment;
-use keyless::emulator::journal::{AssignmentWrite, RequestRecord, WriteKind};
+use keyless_emulator::RoleAssignment;
+use keyless_emulator::journal::{AssignmentWrite, RequestRecord, WriteKind};
 
 /// A grant, normalised: scope without a trailing slash and lower case, ids lower case.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -12,7 +12,7 @@
 //! These tests need ../shared (and Prism, via `KEYLESS_PRISM`). Without them they print a notice
 //! and pass; with `KEYLESS_REQUIRE_SHARED=1` (set by .ci/run) they fail instead.
 
-use keyless::emulator::{Audience, Emulator, EmulatorConfig, EmulatorHandle, Seed};
+use keyless_emulator::{Audience, Emulator, EmulatorConfig, EmulatorHandle, Seed};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -32,7 +32,11 @@ fn skip(what: &str) {
 }
 
 fn shared_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared"));
+    // `../shared` beside the repository (the emulator crate is one level down);
+    // `KEYLESS_SHARED_DIR` overrides it (e.g. in a git worktree elsewhere).
+    let dir = std::env::var_os("KEYLESS_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared")));
     if dir.join(SPEC_DIR).is_dir() {
         Some(dir)
     } else {

@@ -2,17 +2,17 @@
 //! API, and what happens to every request on the way (latency, injected faults, throttling,
 //! counting).
 
-use crate::emulator::config::{
+use crate::config::{
     Bucket, EmulatorConfig, FaultKind, Faults, OutageKind, ScriptedFault, Throttling,
 };
-use crate::emulator::http::{Reply, arm_error, parse_query};
-use crate::emulator::journal::{self, AssignmentWrite, RequestRecord};
-use crate::emulator::state::{World, subscription_of};
-use crate::emulator::token::{
+use crate::http::{Reply, arm_error, parse_query};
+use crate::journal::{self, AssignmentWrite, RequestRecord};
+use crate::state::{World, subscription_of};
+use crate::token::{
     AccessClaims, Audience, Signer, TokenProblem, access_claims, check_token_request, entra_error,
     unix_now,
 };
-use crate::emulator::{admin, arm, graph};
+use crate::{admin, arm, graph};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};

@@ -20,10 +20,10 @@
 //! | `PUT /_emulator/throttling` | `Throttling` | change the token buckets |
 //! | `POST`, `DELETE /_emulator/token-outage` | `{"durationMs", "kind"}` | start or end a token endpoint outage |
 
-use crate::emulator::config::{Faults, OutageKind, ScriptedFault, Throttling};
-use crate::emulator::http::Reply;
-use crate::emulator::server::Shared;
-use crate::emulator::state::{
+use crate::config::{Faults, OutageKind, ScriptedFault, Throttling};
+use crate::http::Reply;
+use crate::server::Shared;
+use crate::state::{
     Account, AdminError, AdminRoleAssignment, DirectoryObject, DirectoryObjectPatch,
     FederatedCredential, Group, Identity, NewGroup, NewIdentity, NewServicePrincipal, NewUser,
     RoleAssignment, ServicePrincipal, User,

@@ -1,29 +1,47 @@
-//! The Azure emulator: one HTTPS listener on loopback that answers as ARM, Microsoft Graph and the
-//! Entra token endpoint do, for the calls keyless makes, plus an admin API to change the world
-//! behind keyless's back. Its behaviour follows ../shared/azure-specs and ../shared/azure-facts.md.
+//! The keyless Azure emulator: one HTTPS listener on loopback that answers as ARM (role
+//! assignments, role definitions, Cognitive Services accounts, managed identities), Microsoft
+//! Graph and the Entra token endpoint do, plus an admin API to change the world behind a client's
+//! back and to inject faults. Its behaviour follows the official REST specification
+//! (../shared/azure-specs) and ../shared/azure-facts.md; `tests/contract.rs` checks it against both.
 //!
-//! - [`seed`]: the YAML world it starts with; [`state`]: that world and the admin operations on it,
-//!   with its role assignments indexed in [`assignments`].
-//! - [`server`]: TLS, dispatch by path, faults, throttling and request counts.
-//! - [`token`]: the token endpoint and the JWTs; [`authz`]: RBAC and ABAC conditions.
-//! - [`arm`], [`graph`] (with [`odata`]) and [`admin`]: the routes.
+//! The API: [`Emulator::start`] with an [`EmulatorConfig`] (a [`Seed`]: the YAML world it starts
+//! with; [`Faults`], [`Throttling`]) gives an [`EmulatorHandle`]: its endpoint and CA, tokens,
+//! the admin operations (users, identities, accounts, role assignments), request counts and the
+//! [`journal`] of writes, and faults to turn on and off. [`run`] is the `keyless-emulator` binary
+//! (and `keyless emulator`).
 //!
-//! Tests start it in-process with [`Emulator::start`]; users run `keyless emulator`.
+//! Inside: [`state`] is the world and its admin operations, with role assignments indexed in
+//! `assignments`; `server` does TLS, dispatch by path, faults, throttling and counts; `token`
+//! the token endpoint and JWTs; `authz` RBAC and ABAC conditions; `arm`, `graph` (with `odata`)
+//! and `admin` the routes. The `internals` feature opens the parsers to other crates' fuzzing.
 
-pub mod admin;
-pub mod arm;
-pub mod assignments;
-pub mod authz;
+mod admin;
+mod arm;
+mod assignments;
+mod authz;
 pub mod config;
-pub mod graph;
-pub mod http;
+mod graph;
+mod http;
 pub mod journal;
-pub mod odata;
+mod odata;
+pub mod roles;
 pub mod seed;
-pub mod server;
+mod server;
 pub mod state;
-pub mod tls;
-pub mod token;
+mod tls;
+mod token;
+
+/// The emulator's parsers and evaluators, for fuzz targets and property tests in other crates
+/// (keyless feeds them what its clients send). No stability promise.
+#[cfg(feature = "internals")]
+pub mod internals {
+    pub use crate::arm::{parse_assignment_filter, route};
+    pub use crate::authz::{AccessRequest, AssignmentAttributes, evaluate, parse_condition};
+    pub use crate::graph::split;
+    pub use crate::odata::{parse_filter, parse_key, parse_literal, quote};
+    pub use crate::state::World;
+    pub use crate::token::{Signer, check_token_request, decode_unverified};
+}
 
 pub use config::{
     Bucket, EmulatorConfig, FaultKind, Faults, OutageKind, ScriptedFault, Throttling,
@@ -35,6 +53,7 @@ pub use state::{
     FederatedCredential, Group, Identity, NewGroup, NewIdentity, NewServicePrincipal, NewUser,
     RoleAssignment, ServicePrincipal, User,
 };
+pub use tls::TlsError;
 pub use token::Audience;
 
 use server::{Files, Shared};
@@ -496,10 +515,11 @@ impl Drop for EmulatorHandle {
     }
 }
 
-/// `keyless emulator`: runs the Azure emulator on loopback until Ctrl-C or SIGTERM.
+/// `keyless-emulator` (and `keyless emulator`): runs the Azure emulator on loopback until Ctrl-C
+/// or SIGTERM.
 #[derive(Debug, Clone, clap::Args)]
 pub struct EmulatorArgs {
-    /// The world to start with (YAML, see src/emulator/seed.rs); the example tenant when absent.
+    /// The world to start with (YAML, see the emulator's src/seed.rs); the example tenant when absent.
     #[arg(long, value_name = "FILE")]
     pub seed: Option<PathBuf>,
     /// The port on 127.0.0.1; 0 picks a free one.
@@ -570,7 +590,7 @@ impl EmulatorArgs {
     }
 }
 
-/// What `keyless emulator` prints: where it is and how to point keyless at it.
+/// What the emulator prints when it starts: where it is and how to point keyless at it.
 pub fn describe(handle: &EmulatorHandle) -> String {
     let endpoint = handle.endpoint();
     let ca = handle.ca_file().display();
@@ -604,7 +624,7 @@ pub fn describe(handle: &EmulatorHandle) -> String {
     out
 }
 
-/// Runs `keyless emulator` until Ctrl-C or SIGTERM.
+/// Runs the emulator until Ctrl-C or SIGTERM.
 pub async fn run(args: EmulatorArgs) -> Result<(), EmulatorError> {
     let handle = Emulator::start(args.config()?).await?;
     print!("{}", describe(&handle));

@@ -6,8 +6,8 @@
 //! the identity's federated credentials (issuer, subject, audience, lifetime). Their signatures are
 //! not checked: that would need the issuer's JWKS, which a loopback emulator cannot fetch.
 
-use crate::emulator::http::Reply;
-use crate::emulator::state::World;
+use crate::http::Reply;
+use crate::state::World;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
@@ -192,7 +192,7 @@ pub fn access_claims(
     lifetime_secs: i64,
 ) -> Option<AccessClaims> {
     let sp = world.directory.iter().find_map(|e| match &e.object {
-        crate::emulator::state::DirectoryObject::ServicePrincipal(sp)
+        crate::state::DirectoryObject::ServicePrincipal(sp)
             if sp.id.eq_ignore_ascii_case(principal_id) =>
         {
             Some(sp)
@@ -503,7 +503,7 @@ pub fn federated_assertion(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::seed::Seed;
+    use crate::seed::Seed;
 
     const OPERATOR_CLIENT: &str = "932c691f-143e-4919-b0ce-026e518e94fb";
 

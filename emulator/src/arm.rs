@@ -3,12 +3,10 @@
 //! federated credentials (2023-01-31). Scopes have any depth, so routing is by hand: everything
 //! before the last `/providers/Microsoft.Authorization/` is the scope.
 
-use crate::emulator::authz::{
-    AccessRequest, AssignmentAttributes, Decision, authorize, parse_condition,
-};
-use crate::emulator::http::{Reply, arm_error, encode_query_value, query_value};
-use crate::emulator::server::{Caller, Shared};
-use crate::emulator::state::{
+use crate::authz::{AccessRequest, AssignmentAttributes, Decision, authorize, parse_condition};
+use crate::http::{Reply, arm_error, encode_query_value, query_value};
+use crate::server::{Caller, Shared};
+use crate::state::{
     Account, Identity, RoleAssignment, RoleDefinition, ScopeProblem, World, is_at_or_above,
     normalize_id, role_guid, subscription_of,
 };
@@ -1242,7 +1240,7 @@ fn federated_credentials(
     let Some(found) = world.identity(subscription, resource_group, identity) else {
         return identity_not_found(resource_group, identity);
     };
-    let to_json = |c: &crate::emulator::state::FederatedCredential| {
+    let to_json = |c: &crate::state::FederatedCredential| {
         json!({
             "id": format!("{}/federatedIdentityCredentials/{}", found.resource_id(), c.name),
             "name": c.name,

@@ -10,7 +10,7 @@
 //! holds sets of positions, not one, because a seed or the admin API may write two assignments
 //! with one name or one (scope, principal, role); "the first" stays the first in creation order.
 
-use crate::emulator::state::{RoleAssignment, normalize_id, subscription_of};
+use crate::state::{RoleAssignment, normalize_id, subscription_of};
 use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -317,7 +317,7 @@ impl RoleAssignments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::state::is_at_or_above;
+    use crate::state::is_at_or_above;
 
     const SUB: &str = "00000000-0000-0000-0000-00000000000a";
     const OTHER_SUB: &str = "00000000-0000-0000-0000-00000000000b";

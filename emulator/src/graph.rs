@@ -4,10 +4,10 @@
 //! Access follows the application permissions in the caller's token (`roles`); objects still
 //! replicating are not found.
 
-use crate::emulator::http::{Reply, query_value};
-use crate::emulator::odata::{FilterError, parse_filter, parse_key};
-use crate::emulator::server::{Caller, Shared, authenticate_graph};
-use crate::emulator::state::{DirectoryObject, Group, ServicePrincipal, User};
+use crate::http::{Reply, query_value};
+use crate::odata::{FilterError, parse_filter, parse_key};
+use crate::server::{Caller, Shared, authenticate_graph};
+use crate::state::{DirectoryObject, Group, ServicePrincipal, User};
 use serde_json::{Map, Value, json};
 use std::time::Instant;
 
@@ -46,7 +46,7 @@ fn denied() -> Reply {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Collection {
+pub enum Collection {
     Users,
     Groups,
     ServicePrincipals,
@@ -101,7 +101,7 @@ impl Collection {
 }
 
 /// `/v1.0/{collection}` or `/v1.0/{collection}/{key}` or `/v1.0/{collection}({key})`.
-pub(crate) fn split(path: &str) -> Option<(Collection, Option<String>)> {
+pub fn split(path: &str) -> Option<(Collection, Option<String>)> {
     let rest = path.trim_start_matches('/').strip_prefix("v1.0/")?;
     let rest = rest.trim_end_matches('/');
     if let Some(open) = rest.find('(').filter(|&open| !rest[..open].contains('/')) {
@@ -517,7 +517,7 @@ fn application_credentials(
 
 /// Finds the object a key segment names. Returns the object (if any) and the text to name in a 404.
 fn resolve_key<'w>(
-    world: &'w crate::emulator::state::World,
+    world: &'w crate::state::World,
     collection: Collection,
     key: &str,
     now: Instant,

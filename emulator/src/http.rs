@@ -44,10 +44,6 @@ impl Reply {
         self.headers.push((name.to_string(), value.into()));
         self
     }
-
-    pub fn body_json(&self) -> Option<Value> {
-        serde_json::from_slice(&self.body).ok()
-    }
 }
 
 /// ARM's error envelope (common-types ErrorResponse): `{"error":{"code","message"}}`.

@@ -1,9 +1,9 @@
 //! The emulated world: the directory, resources and role assignments, and the operations the admin
 //! API performs on them. Sans-IO: every function takes `now`, so replication is testable in bulk.
 
-use crate::api::roles::{RBAC_ADMINISTRATOR_GUID, RoleName};
-use crate::emulator::assignments::RoleAssignments;
-use crate::emulator::seed::{Seed, SeedError, SeedFederatedCredential, default_audiences};
+use crate::assignments::RoleAssignments;
+use crate::roles;
+use crate::seed::{Seed, SeedError, SeedFederatedCredential, default_audiences};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -339,8 +339,8 @@ fn builtin(
     }
 }
 
-/// The built-in roles the emulator knows: keyless's role table, the delegation role, and the
-/// classic administrator roles (facts §F.1).
+/// The built-in roles the emulator knows: the Cognitive Services and Foundry data roles, the
+/// delegation role, and the classic administrator roles (facts §F.1).
 pub fn builtin_role_definitions() -> Vec<RoleDefinition> {
     let openai_data = [
         "Microsoft.CognitiveServices/accounts/OpenAI/*/read",
@@ -356,16 +356,16 @@ pub fn builtin_role_definitions() -> Vec<RoleDefinition> {
     ];
     vec![
         builtin(
-            RoleName::OpenAIUser.definition_guid(),
-            RoleName::OpenAIUser.display_name(),
+            roles::COGNITIVE_SERVICES_OPENAI_USER,
+            "Cognitive Services OpenAI User",
             "Ability to view files, models, deployments. Readers can't make any changes. They can inference and create images.",
             &cs_read,
             &[],
             &openai_data,
         ),
         builtin(
-            RoleName::OpenAIContributor.definition_guid(),
-            RoleName::OpenAIContributor.display_name(),
+            roles::COGNITIVE_SERVICES_OPENAI_CONTRIBUTOR,
+            "Cognitive Services OpenAI Contributor",
             "Full access including the ability to fine-tune, deploy and generate text",
             &[
                 "Microsoft.CognitiveServices/*/read",
@@ -379,8 +379,8 @@ pub fn builtin_role_definitions() -> Vec<RoleDefinition> {
             &["Microsoft.CognitiveServices/accounts/OpenAI/*"],
         ),
         builtin(
-            RoleName::CognitiveServicesUser.definition_guid(),
-            RoleName::CognitiveServicesUser.display_name(),
+            roles::COGNITIVE_SERVICES_USER,
+            "Cognitive Services User",
             "Lets you read and list keys of Cognitive Services.",
             &[
                 "Microsoft.CognitiveServices/*/read",
@@ -399,8 +399,8 @@ pub fn builtin_role_definitions() -> Vec<RoleDefinition> {
             &["Microsoft.CognitiveServices/*"],
         ),
         builtin(
-            RoleName::FoundryUser.definition_guid(),
-            RoleName::FoundryUser.display_name(),
+            roles::FOUNDRY_USER,
+            "Foundry User",
             "Grants reader access to AI projects, reader access to AI accounts, and data actions for an AI project.",
             &[
                 "Microsoft.CognitiveServices/*/read",
@@ -411,7 +411,7 @@ pub fn builtin_role_definitions() -> Vec<RoleDefinition> {
             &["Microsoft.CognitiveServices/*"],
         ),
         builtin(
-            RBAC_ADMINISTRATOR_GUID,
+            roles::ROLE_BASED_ACCESS_CONTROL_ADMINISTRATOR,
             "Role Based Access Control Administrator",
             "Manage access to Azure resources by assigning roles using Azure RBAC. This role does not allow you to manage access using other ways, such as Azure Policy.",
             &[
@@ -432,7 +432,7 @@ pub fn builtin_role_definitions() -> Vec<RoleDefinition> {
             &[],
         ),
         builtin(
-            "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
+            roles::OWNER,
             "Owner",
             "Grants full access to manage all resources, including the ability to assign roles in Azure RBAC.",
             &["*"],

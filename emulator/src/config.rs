@@ -1,7 +1,7 @@
 //! Everything about the emulator that a test may want to change. Defaults are Azure's real values
 //! (../shared/azure-facts.md), so a test shrinks a duration instead of sleeping through it.
 
-use crate::emulator::seed::Seed;
+use crate::seed::Seed;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub struct EmulatorConfig {
 
 impl EmulatorConfig {
     /// The example tenant (`examples/emulator/seed.yaml`) with Azure's defaults.
-    pub fn example() -> Result<EmulatorConfig, crate::emulator::seed::SeedError> {
+    pub fn example() -> Result<EmulatorConfig, crate::seed::SeedError> {
         Ok(EmulatorConfig::new(Seed::example()?))
     }
 

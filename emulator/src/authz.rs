@@ -9,7 +9,7 @@
 //! `ForAllOfAllValues:`. A condition that does not parse denies: failing closed is the only safe
 //! reading of a grant nobody can interpret.
 
-use crate::emulator::state::{RoleDefinition, World, is_at_or_above, role_guid};
+use crate::state::{RoleDefinition, World, is_at_or_above, role_guid};
 
 /// Attributes of a role assignment a condition may read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -452,7 +452,8 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::roles::{RoleName, delegation_condition};
+    use crate::roles;
+    use crate::seed::tests::example_delegation_condition;
 
     fn write_of(role: &str, principal_type: Option<&str>) -> AccessRequest {
         AccessRequest {
@@ -470,14 +471,16 @@ mod tests {
     }
 
     #[test]
-    fn the_delegation_condition_allows_table_roles_and_refuses_others() {
-        let condition = delegation_condition(&RoleName::ALL);
-        for role in RoleName::ALL {
+    fn the_example_delegation_allows_its_roles_and_refuses_others() {
+        let condition = example_delegation_condition();
+        for role in [
+            roles::COGNITIVE_SERVICES_OPENAI_USER,
+            roles::COGNITIVE_SERVICES_OPENAI_CONTRIBUTOR,
+            roles::COGNITIVE_SERVICES_USER,
+            roles::FOUNDRY_USER,
+        ] {
             assert_eq!(
-                evaluate(
-                    &condition,
-                    &write_of(&role.definition_guid().to_uppercase(), None)
-                ),
+                evaluate(&condition, &write_of(&role.to_uppercase(), None)),
                 Ok(true)
             );
         }
@@ -492,7 +495,7 @@ mod tests {
         delete.action = "Microsoft.Authorization/roleAssignments/delete".into();
         delete.resource = delete.request.clone();
         assert_eq!(evaluate(&condition, &delete), Ok(false));
-        delete.resource.role_definition_id = Some(RoleName::OpenAIUser.definition_guid().into());
+        delete.resource.role_definition_id = Some(roles::COGNITIVE_SERVICES_OPENAI_USER.into());
         assert_eq!(evaluate(&condition, &delete), Ok(true));
         // Reads are not constrained.
         let mut read = write_of("x", None);
