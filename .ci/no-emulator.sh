@@ -7,7 +7,7 @@
 #     server prints are absent from it and present in the default binary (so the check can fail).
 # Ends with "no emulator: N passed, M failed"; exits non-zero when any fails. Called by .ci/run.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 
 out=target/no-emulator
 mkdir -p "$out"
