@@ -14,6 +14,10 @@ use std::time::Duration;
 
 #[path = "support/secrets.rs"]
 mod secrets;
+// The emulator's banner as its own tests read it (keyless depends on the emulator, not the reverse).
+#[path = "../emulator/tests/support/banner.rs"]
+mod banner;
+use banner::Banner;
 
 const SUB: &str = "3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f";
 const OPENAI_USER: &str = "5e0bd9bd-7b93-4f28-af87-19fc36ad61bd";
@@ -982,40 +986,20 @@ async fn an_exclusive_account_needs_prune_and_with_it_apply_revokes_what_no_file
 /// `keyless-emulator` binary in depth) starts the emulator and prints where it is.
 #[tokio::test]
 async fn keyless_emulator_subcommand_serves_the_emulator_it_prints() {
-    use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keyless"))
         .arg("emulator")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = String::new();
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        printed.push_str(&line);
-        printed.push('\n');
-        if line.starts_with("Stop with") {
-            break;
-        }
-    }
-    let after = |marker: &str| -> String {
-        let start = printed
-            .find(marker)
-            .unwrap_or_else(|| panic!("{marker:?} missing in:\n{printed}"))
-            + marker.len();
-        printed[start..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let endpoint = after("listening on ");
-    assert!(endpoint.starts_with("https://127.0.0.1:"), "{printed}");
-    let ca = std::fs::read(after("--ca-file ")).unwrap();
+    let banner = Banner::read(&mut child, Duration::from_secs(60)).await;
+    let endpoint = banner.value_after("listening on ");
+    assert!(
+        endpoint.starts_with("https://127.0.0.1:"),
+        "{}",
+        banner.text()
+    );
+    let ca = std::fs::read(banner.value_after("--ca-file ")).unwrap();
     let http = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
         .build()
@@ -1027,6 +1011,10 @@ async fn keyless_emulator_subcommand_serves_the_emulator_it_prints() {
         .unwrap();
     assert_eq!(info.status(), 200);
     let info: serde_json::Value = info.json().await.unwrap();
-    assert_eq!(info["tenantId"], after("AZURE_TENANT_ID="), "{info}");
+    assert_eq!(
+        info["tenantId"],
+        banner.value_after("AZURE_TENANT_ID="),
+        "{info}"
+    );
     child.start_kill().unwrap();
 }

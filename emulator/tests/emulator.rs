@@ -11,6 +11,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+#[path = "support/banner.rs"]
+mod banner;
+use banner::Banner;
+
 const SUB: &str = "3f2b8c1e-9d4a-4b7e-8c6f-1a2b3c4d5e6f";
 const OPERATOR: &str = "37d99a9d-85be-4a09-9afa-73e46bc24f11";
 const OPERATOR_CLIENT: &str = "932c691f-143e-4919-b0ce-026e518e94fb";
@@ -2158,7 +2162,6 @@ async fn identities_added_at_run_time_are_service_principals_after_replication()
 
 #[tokio::test]
 async fn keyless_emulator_prints_an_endpoint_ca_and_token_file_that_work() {
-    use tokio::io::AsyncBufReadExt;
     let seed = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/emulator/seed.yaml"
@@ -2169,36 +2172,18 @@ async fn keyless_emulator_prints_an_endpoint_ca_and_token_file_that_work() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = String::new();
-    while let Some(line) = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-    {
-        printed.push_str(&line);
-        printed.push('\n');
-        if line.starts_with("Stop with") {
-            break;
-        }
-    }
-    let value_after = |marker: &str| -> String {
-        let start = printed
-            .find(marker)
-            .unwrap_or_else(|| panic!("{marker} missing in:\n{printed}"))
-            + marker.len();
-        printed[start..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let endpoint = value_after("--arm-endpoint ");
-    let ca = std::fs::read(value_after("--ca-file ")).unwrap();
-    let token_file = value_after("AZURE_FEDERATED_TOKEN_FILE=");
-    let client_id = value_after("AZURE_CLIENT_ID=");
-    let tenant = value_after("AZURE_TENANT_ID=");
-    assert_eq!(value_after("--authority-host "), endpoint);
+    let banner = Banner::read(&mut child, Duration::from_secs(60)).await;
+    let endpoint = banner.value_after("--arm-endpoint ");
+    let ca = std::fs::read(banner.value_after("--ca-file ")).unwrap();
+    let token_file = banner.value_after("AZURE_FEDERATED_TOKEN_FILE=");
+    let client_id = banner.value_after("AZURE_CLIENT_ID=");
+    let tenant = banner.value_after("AZURE_TENANT_ID=");
+    assert_eq!(
+        banner.value_after("--authority-host "),
+        endpoint,
+        "{}",
+        banner.text()
+    );
     let http = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
         .build()
